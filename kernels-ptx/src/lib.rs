@@ -1,0 +1,1 @@
+//! PTX writer and library kernels (GEMM, reductions) with their launch metadata.

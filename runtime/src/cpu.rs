@@ -1,0 +1,1 @@
+//! CPU kernels that generated code calls.

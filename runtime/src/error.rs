@@ -1,0 +1,45 @@
+use crate::data::DataError;
+
+/// Every fallible operation of the runtime and of compiled functions returns this error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A symbolic dim was bound to two different sizes by the arguments of one call.
+    #[error("dim `{dim}` is {first} from `{first_arg}` but {second} from `{second_arg}`")]
+    DimConflict {
+        dim: &'static str,
+        first_arg: &'static str,
+        first: usize,
+        second_arg: &'static str,
+        second: usize,
+    },
+    /// An argument disagrees with a static dim of its declared type.
+    #[error("argument `{arg}` has size {found} in axis {axis}, but its type `{ty}` says {expected}")]
+    StaticDim {
+        arg: &'static str,
+        ty: &'static str,
+        axis: usize,
+        expected: usize,
+        found: usize,
+    },
+    /// A value given to `Shared::set_value` has another shape than the variable.
+    #[error("shared variable `{name}`: new value has shape {found:?}, expected {expected:?}")]
+    SharedShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A device that is not present or not compiled in was asked for.
+    #[error("device unavailable: {0}")]
+    DeviceUnavailable(String),
+    /// A dataset could not be read.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

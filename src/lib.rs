@@ -1,0 +1,1 @@
+//! tensor-fn: Theano-style tensor math compiled at Rust compile time.
