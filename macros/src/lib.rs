@@ -1,1 +1,19 @@
-//! The `tensor_fn!` compiler. This file is a shim: everything happens in [`expand`].
+//! The `tensor_fn!` compiler. This file is a shim: parsing, every stage and code generation live
+//! in the other modules, on `proc_macro2` types, so they can be tested without a compiler.
+
+mod check;
+mod diag;
+mod emit;
+mod expand;
+mod grad;
+mod ir;
+mod schedule;
+mod simplify;
+mod syntax;
+mod text;
+
+/// Compiles tensor math at Rust compile time. See the crate `tensor-fn` for the language.
+#[proc_macro]
+pub fn tensor_fn(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    expand::tensor_fn(input.into()).into()
+}

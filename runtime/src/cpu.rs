@@ -1,1 +1,174 @@
-//! CPU kernels that generated code calls.
+//! CPU kernels that generated code calls: GEMM with strides, the scalar math of each op, and
+//! small helpers for buffers. Everything here is safe to call with any input; length checks
+//! happen before the one `unsafe` block.
+
+use std::borrow::Cow;
+use std::ops::Deref;
+
+use ndarray::{Array2, ArrayBase, Data, Dimension};
+
+use crate::{Error, FnInfo};
+
+/// A compiled function of the closure form: call it like a function, read its `info`.
+///
+/// `tensor_fn!(|x: f64| ...)` evaluates to one of these; calls go straight to the generated
+/// function (it derefs to it), so there is no dynamic dispatch.
+#[derive(Clone, Copy)]
+pub struct Compiled<F> {
+    f: F,
+    /// What the compiler knows about the function: graph, gradients, rewrites, plan.
+    pub info: FnInfo,
+}
+
+impl<F> Compiled<F> {
+    pub const fn new(f: F, info: FnInfo) -> Self {
+        Compiled { f, info }
+    }
+}
+
+impl<F> Deref for Compiled<F> {
+    type Target = F;
+    fn deref(&self) -> &F {
+        &self.f
+    }
+}
+
+impl<F> std::fmt::Debug for Compiled<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled").field("info", &self.info).finish()
+    }
+}
+
+/// The elements of an array in row-major order: borrowed when the array is in standard
+/// layout (the usual case), else copied once.
+pub fn contiguous<'a, T: Clone, S: Data<Elem = T>, D: Dimension>(a: &'a ArrayBase<S, D>) -> Cow<'a, [T]> {
+    match a.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(a.iter().cloned().collect()),
+    }
+}
+
+/// A `rows x cols` array from a row-major vector of exactly that length.
+pub fn array2<T>(v: Vec<T>, rows: usize, cols: usize) -> Array2<T> {
+    let len = v.len();
+    Array2::from_shape_vec((rows, cols), v)
+        .unwrap_or_else(|_| unreachable!("generated code sizes outputs as {rows}x{cols}, got {len}"))
+}
+
+/// The scalar math of every op, for f32 and f64.
+pub trait Real: Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+    fn sigmoid(self) -> Self;
+    fn softplus(self) -> Self;
+    fn relu(self) -> Self;
+    fn sign(self) -> Self;
+    fn step(self) -> Self;
+    fn powf(self, k: f64) -> Self;
+    /// Maximum that propagates NaN, like numpy's `maximum`.
+    fn max_nan(self, other: Self) -> Self;
+    fn min_nan(self, other: Self) -> Self;
+    fn ge(self, other: Self) -> Self;
+    fn eq(self, other: Self) -> Self;
+    /// C = A B for strided matrices (`rs`/`cs` are row and column strides in elements).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(m: usize, k: usize, n: usize, a: &[Self], rsa: isize, csa: isize, b: &[Self], rsb: isize, csb: isize, c: &mut [Self], rsc: isize, csc: isize);
+}
+
+macro_rules! real_impl {
+    ($t:ty, $gemm:path) => {
+        impl Real for $t {
+            #[inline(always)]
+            fn sigmoid(self) -> Self {
+                // 1 / (1 + e^-x): saturates to 0 or 1 without producing NaN.
+                1.0 / (1.0 + (-self).exp())
+            }
+            #[inline(always)]
+            fn softplus(self) -> Self {
+                // log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow for large x.
+                self.max(0.0) + (-self.abs()).exp().ln_1p()
+            }
+            #[inline(always)]
+            fn relu(self) -> Self {
+                if self > 0.0 || self.is_nan() { self } else { 0.0 }
+            }
+            #[inline(always)]
+            fn sign(self) -> Self {
+                if self > 0.0 { 1.0 } else if self < 0.0 { -1.0 } else { self * 0.0 }
+            }
+            #[inline(always)]
+            fn step(self) -> Self {
+                if self > 0.0 { 1.0 } else { 0.0 }
+            }
+            #[inline(always)]
+            fn powf(self, k: f64) -> Self {
+                <$t>::powf(self, k as $t)
+            }
+            #[inline(always)]
+            fn max_nan(self, other: Self) -> Self {
+                if self.is_nan() || self >= other { self } else { other }
+            }
+            #[inline(always)]
+            fn min_nan(self, other: Self) -> Self {
+                if self.is_nan() || self <= other { self } else { other }
+            }
+            #[inline(always)]
+            fn ge(self, other: Self) -> Self {
+                if self >= other { 1.0 } else { 0.0 }
+            }
+            #[inline(always)]
+            fn eq(self, other: Self) -> Self {
+                if self == other { 1.0 } else { 0.0 }
+            }
+            fn gemm(m: usize, k: usize, n: usize, a: &[Self], rsa: isize, csa: isize, b: &[Self], rsb: isize, csb: isize, c: &mut [Self], rsc: isize, csc: isize) {
+                // SAFETY: `gemm` below checked that every index (i*rs + j*cs) of each operand is
+                // inside its slice, and `c` is borrowed mutably so it aliases neither input.
+                unsafe {
+                    $gemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), rsc, csc);
+                }
+            }
+        }
+    };
+}
+
+real_impl!(f32, matrixmultiply::sgemm);
+real_impl!(f64, matrixmultiply::dgemm);
+
+/// The largest element index of a `rows x cols` matrix with these strides, plus one.
+fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<usize> {
+    if rows == 0 || cols == 0 {
+        return Some(0);
+    }
+    if rs < 0 || cs < 0 {
+        return None;
+    }
+    let last = (rows - 1).checked_mul(rs as usize)?.checked_add((cols - 1).checked_mul(cs as usize)?)?;
+    last.checked_add(1)
+}
+
+/// C = A B for strided matrices, after checking every operand fits its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    rsa: isize,
+    csa: isize,
+    b: &[T],
+    rsb: isize,
+    csb: isize,
+    c: &mut [T],
+    rsc: isize,
+    csc: isize,
+) -> Result<(), Error> {
+    let fits = |rows, cols, rs, cs, len| extent(rows, cols, rs, cs).is_some_and(|e| e <= len);
+    if !fits(m, k, rsa, csa, a.len()) || !fits(k, n, rsb, csb, b.len()) || !fits(m, n, rsc, csc, c.len()) {
+        return Err(Error::Internal(format!(
+            "gemm operands do not fit their buffers (m={m}, k={k}, n={n})"
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    T::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc);
+    Ok(())
+}

@@ -29,6 +29,9 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// A check inside generated code failed: a bug in tensor-fn, never the caller's fault.
+    #[error("internal error in tensor-fn: {0}")]
+    Internal(String),
     /// A device that is not present or not compiled in was asked for.
     #[error("device unavailable: {0}")]
     DeviceUnavailable(String),

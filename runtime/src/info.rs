@@ -10,6 +10,8 @@ pub struct FnInfo {
     pub signature: &'static str,
     /// The simplified graph of every output and update, one node per line.
     pub graph: &'static str,
+    /// The simplified outputs (and updates) as compact expressions: `"v"`, `"0"`.
+    pub expr: &'static str,
     /// Each `grad(cost, x)` of the source with the simplified expression it became.
     pub grads: &'static str,
     /// The rewrites that fired, with counts; inexact ones (not IEEE-exact) are marked.
@@ -19,11 +21,26 @@ pub struct FnInfo {
 }
 
 impl FnInfo {
-    /// The simplified expression of the single output, compactly (e.g. `"v"` or `"0"`).
-    pub fn output_expr(&self) -> &'static str {
-        self.graph
+    /// The info of a function that failed to compile (only seen next to compile errors).
+    pub const EMPTY: FnInfo = FnInfo {
+        name: "",
+        signature: "",
+        graph: "",
+        expr: "",
+        grads: "",
+        rewrites: "",
+        plan: "",
+    };
+
+    /// Whether a rewrite rule with this name fired.
+    pub fn fired(&self, rule: &str) -> bool {
+        self.rewrites
             .lines()
-            .find_map(|l| l.strip_prefix("return "))
-            .unwrap_or("")
+            .any(|l| l.split(' ').next() == Some(rule))
+    }
+
+    /// Number of kernels the function runs per call.
+    pub fn kernel_count(&self) -> usize {
+        self.plan.lines().filter(|l| l.starts_with('k')).count()
     }
 }

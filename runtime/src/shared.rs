@@ -67,6 +67,22 @@ impl<T: Clone, D: Dimension> Shared<T, D> {
         self.value.view_mut()
     }
 
+    /// The elements in row-major order, without copying.
+    pub fn data(&self) -> &[T] {
+        // Standard layout is an invariant: `new` and `set_value` store it so, and views
+        // handed out cannot change the layout.
+        self.value
+            .as_slice()
+            .expect("Shared values are kept in standard layout")
+    }
+
+    /// The elements in row-major order, mutably, without copying.
+    pub fn data_mut(&mut self) -> &mut [T] {
+        self.value
+            .as_slice_mut()
+            .expect("Shared values are kept in standard layout")
+    }
+
     /// Takes the value out, consuming the variable.
     pub fn into_value(self) -> Array<T, D> {
         self.value

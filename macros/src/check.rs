@@ -1,0 +1,51 @@
+//! Stage 5: re-verify every shape after `grad` and `simplify`. A failure here is a bug in the
+//! compiler, reported as an internal error with the printed IR, never a panic.
+
+use crate::ir::{broadcast_shapes, infer, Function, Op};
+
+pub fn check(f: &Function) -> Result<(), String> {
+    let g = &f.graph;
+    let dtype = f
+        .outputs
+        .first()
+        .or(f.updates.first().map(|u| &u.1))
+        .map(|n| g.ty(*n).dtype);
+    for id in g.ids() {
+        let n = g.node(id);
+        if n.args.iter().any(|a| *a >= id) {
+            return Err(format!("%{} uses a later node", id.0));
+        }
+        let want = match n.op {
+            Op::Var(v) => Some(g.vars[v as usize].ty.clone()),
+            Op::Const(_) | Op::DimSize(_) => None,
+            Op::Broadcast => {
+                let a = g.ty(n.args[0]);
+                if a.dtype != n.ty.dtype || broadcast_shapes(&a.shape, &n.ty.shape).as_ref() != Some(&n.ty.shape) {
+                    return Err(format!("%{}: bad broadcast", id.0));
+                }
+                None
+            }
+            Op::Grad(_) => return Err(format!("%{}: `grad` left after the grad stage", id.0)),
+            op => {
+                let tys: Vec<_> = n.args.iter().map(|a| g.ty(*a)).collect();
+                Some(infer(g, op, &tys).map_err(|e| format!("%{}: {}", id.0, e.message))?)
+            }
+        };
+        if let Some(w) = want {
+            if w != n.ty {
+                return Err(format!(
+                    "%{}: type is {} but its shape rule gives {}",
+                    id.0,
+                    g.type_str(&n.ty),
+                    g.type_str(&w)
+                ));
+            }
+        }
+        if let Some(d) = dtype {
+            if n.ty.dtype != d {
+                return Err(format!("%{}: mixes element types", id.0));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,635 @@
+//! CPU emission: specialized Rust from the schedule, via `quote!`.
+//!
+//! Every buffer is a contiguous row-major slice. Loop kernels become one loop nest each, with
+//! loads of full rows hoisted into bounds-checked-once slices, values that don't depend on the
+//! inner index computed outside it, and reductions accumulated in registers. GEMMs call the
+//! runtime's `gemm` with strides, so transposes cost nothing.
+
+use proc_macro2::{Ident, Literal, Span, TokenStream};
+use quote::{format_ident, quote};
+
+use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, Ret, Unary, VarKind};
+use crate::schedule::{BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule};
+
+/// How the function is declared around its body.
+pub enum Shape<'a> {
+    /// A free function (closure and equation forms).
+    Free { name: &'a Ident, vis: TokenStream },
+    /// A method of a model; `mutable` says `&mut self`.
+    Method { name: &'a Ident, vis: TokenStream, mutable: bool },
+}
+
+pub fn scalar_ty(dt: DType) -> TokenStream {
+    match dt {
+        DType::F32 => quote!(f32),
+        DType::F64 => quote!(f64),
+    }
+}
+
+/// The Rust type of an argument of this type: a scalar by value, arrays as views.
+pub fn arg_ty(g: &Graph, ty: &crate::ir::Type) -> TokenStream {
+    let t = scalar_ty(ty.dtype);
+    let _ = g;
+    match ty.rank() {
+        0 => t,
+        1 => quote!(::tensor_fn::__private::ndarray::ArrayView1<'_, #t>),
+        _ => quote!(::tensor_fn::__private::ndarray::ArrayView2<'_, #t>),
+    }
+}
+
+/// The Rust type of a returned value.
+pub fn out_ty(ty: &crate::ir::Type) -> TokenStream {
+    let t = scalar_ty(ty.dtype);
+    match ty.rank() {
+        0 => t,
+        1 => quote!(::tensor_fn::__private::ndarray::Array1<#t>),
+        _ => quote!(::tensor_fn::__private::ndarray::Array2<#t>),
+    }
+}
+
+/// The return type of the whole function.
+pub fn ret_ty(f: &Function) -> TokenStream {
+    let g = &f.graph;
+    let tys: Vec<TokenStream> = f.outputs.iter().map(|o| out_ty(g.ty(*o))).collect();
+    match f.ret {
+        Ret::Unit => quote!(()),
+        Ret::One if tys.len() == 1 => tys[0].clone(),
+        _ => quote!((#(#tys),*)),
+    }
+}
+
+/// The parameter list (without `self`).
+pub fn params(f: &Function) -> Vec<TokenStream> {
+    let g = &f.graph;
+    f.inputs
+        .iter()
+        .map(|&v| {
+            let var = &g.vars[v as usize];
+            let name = Ident::new(&var.name, var.span);
+            let t = arg_ty(g, &var.ty);
+            quote!(#name: #t)
+        })
+        .collect()
+}
+
+fn dim_expr(g: &Graph, d: Dim) -> TokenStream {
+    match d {
+        Dim::Static(k) => {
+            let l = Literal::usize_unsuffixed(k as usize);
+            quote!(#l)
+        }
+        Dim::Sym(s) => {
+            let id = format_ident!("__d_{}", g.syms[s as usize]);
+            quote!(#id)
+        }
+    }
+}
+
+fn len_expr(g: &Graph, dims: &[Dim]) -> TokenStream {
+    if dims.is_empty() {
+        return quote!(1usize);
+    }
+    let parts: Vec<TokenStream> = dims.iter().map(|d| dim_expr(g, *d)).collect();
+    let mut it = parts.into_iter();
+    let first = it.next().unwrap();
+    it.fold(quote!(#first), |acc, p| quote!(#acc * #p))
+}
+
+fn num_lit(v: f64, dt: DType) -> TokenStream {
+    match dt {
+        DType::F32 => {
+            let l = Literal::f32_suffixed(v as f32);
+            quote!(#l)
+        }
+        DType::F64 => {
+            let l = Literal::f64_suffixed(v);
+            quote!(#l)
+        }
+    }
+}
+
+fn buf_ident(s: &Schedule, b: usize) -> Ident {
+    match s.bufs[b].kind {
+        BufKind::Input(p) => format_ident!("__in{}", p),
+        BufKind::Param(v) => format_ident!("__p{}", v),
+        BufKind::Work => format_ident!("__b{}", b),
+        BufKind::Output(p) => format_ident!("__out{}", p),
+    }
+}
+
+/// Emits the whole function item.
+pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -> TokenStream {
+    let g = &f.graph;
+    let dtype = f
+        .outputs
+        .first()
+        .map(|o| g.ty(*o).dtype)
+        .or_else(|| g.vars.first().map(|v| v.ty.dtype))
+        .unwrap_or(DType::F64);
+    let t = scalar_ty(dtype);
+    let ps = params(f);
+    let ret = ret_ty(f);
+
+    // Bind and check dims: params first, then arguments, each axis once.
+    let mut seen: Vec<(u32, String)> = Vec::new();
+    let mut checks = Vec::new();
+    let mut order: Vec<u32> = g
+        .vars
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.kind == VarKind::Param)
+        .map(|(i, _)| i as u32)
+        .collect();
+    order.extend(f.inputs.iter().copied());
+    for &v in &order {
+        let var = &g.vars[v as usize];
+        if var.ty.rank() == 0 {
+            continue;
+        }
+        let name = &var.name;
+        let shape_expr = match var.kind {
+            VarKind::Param => {
+                let id = Ident::new(name, Span::call_site());
+                quote!(self.#id.shape())
+            }
+            VarKind::Input => {
+                let id = Ident::new(name, var.span);
+                quote!(#id.shape())
+            }
+        };
+        let sh = format_ident!("__sh_{}", name);
+        checks.push(quote!(let #sh = #shape_expr;));
+        let tystr = g.type_str(&var.ty);
+        for (axis, d) in var.ty.shape.iter().enumerate() {
+            match d {
+                Dim::Static(k) => {
+                    let k = *k as usize;
+                    checks.push(quote! {
+                        if #sh[#axis] != #k {
+                            return ::core::result::Result::Err(::tensor_fn::Error::StaticDim {
+                                arg: #name, ty: #tystr, axis: #axis, expected: #k, found: #sh[#axis],
+                            });
+                        }
+                    });
+                }
+                Dim::Sym(sid) => {
+                    let dn = &g.syms[*sid as usize];
+                    let id = format_ident!("__d_{}", dn);
+                    match seen.iter().find(|(s, _)| s == sid) {
+                        None => {
+                            seen.push((*sid, name.clone()));
+                            checks.push(quote!(let #id: usize = #sh[#axis];));
+                        }
+                        Some((_, first)) => checks.push(quote! {
+                            if #sh[#axis] != #id {
+                                return ::core::result::Result::Err(::tensor_fn::Error::DimConflict {
+                                    dim: #dn, first_arg: #first, first: #id, second_arg: #name, second: #sh[#axis],
+                                });
+                            }
+                        }),
+                    }
+                }
+            }
+        }
+    }
+
+    // Array arguments as contiguous slices (a copy only for non-standard layouts).
+    let mut prologue = Vec::new();
+    for (pos, &v) in f.inputs.iter().enumerate() {
+        let var = &g.vars[v as usize];
+        let name = Ident::new(&var.name, var.span);
+        let a = format_ident!("__a{}", v);
+        if var.ty.rank() == 0 {
+            prologue.push(quote!(let #a: #t = #name;));
+        } else if s.bufs.iter().any(|b| b.kind == BufKind::Input(pos)) {
+            let cow = format_ident!("__cow{}", pos);
+            let sl = format_ident!("__in{}", pos);
+            prologue.push(quote! {
+                let #cow = ::tensor_fn::__private::contiguous(&#name);
+                let #sl: &[#t] = &#cow;
+            });
+        }
+    }
+
+    // Output arrays (rank >= 1) are allocated per call: they are returned to the caller.
+    let mut out_allocs = Vec::new();
+    let mut ws_bufs = Vec::new();
+    for (b, buf) in s.bufs.iter().enumerate() {
+        match buf.kind {
+            BufKind::Output(_) if buf.ty.rank() > 0 => {
+                let id = buf_ident(s, b);
+                let len = len_expr(g, &buf.ty.shape);
+                out_allocs.push(quote!(let mut #id: ::std::vec::Vec<#t> = ::std::vec![0.0; #len];));
+            }
+            BufKind::Output(_) | BufKind::Work => ws_bufs.push(b),
+            BufKind::Input(_) | BufKind::Param(_) => {}
+        }
+    }
+    let lens: Vec<TokenStream> = ws_bufs.iter().map(|b| len_expr(g, &s.bufs[*b].ty.shape)).collect();
+    let splits: Vec<TokenStream> = ws_bufs
+        .iter()
+        .zip(&lens)
+        .map(|(b, l)| {
+            let id = buf_ident(s, *b);
+            quote!(let (#id, __rest) = __rest.split_at_mut(#l);)
+        })
+        .collect();
+
+    let param_binds: Vec<TokenStream> = s
+        .bufs
+        .iter()
+        .filter_map(|b| match b.kind {
+            BufKind::Param(v) => {
+                let id = format_ident!("__p{}", v);
+                let field = Ident::new(&g.vars[v as usize].name, Span::call_site());
+                Some(quote!(let #id: &[#t] = self.#field.data();))
+            }
+            _ => None,
+        })
+        .collect();
+
+    let kernels: Vec<TokenStream> = s
+        .kernels
+        .iter()
+        .enumerate()
+        .map(|(i, k)| match k {
+            Kernel::Gemm(m) => emit_gemm(g, s, m, i),
+            Kernel::Loop(l) => emit_loop(g, s, l, dtype, i),
+        })
+        .collect();
+
+    let commits: Vec<TokenStream> = s
+        .commits
+        .iter()
+        .map(|(p, b)| {
+            let field = Ident::new(&g.vars[*p as usize].name, Span::call_site());
+            let src = buf_ident(s, *b);
+            quote!(self.#field.data_mut().copy_from_slice(&#src[..]);)
+        })
+        .collect();
+
+    let results: Vec<TokenStream> = s
+        .outputs
+        .iter()
+        .zip(&f.outputs)
+        .map(|(src, node)| {
+            let ty = g.ty(*node);
+            match *src {
+                OutSrc::Arg(v) => {
+                    let a = format_ident!("__a{}", v);
+                    quote!(#a)
+                }
+                OutSrc::Buf(b) => {
+                    let id = buf_ident(s, b);
+                    match ty.rank() {
+                        0 => quote!(#id[0]),
+                        1 => quote!(::tensor_fn::__private::ndarray::Array1::from_vec(#id)),
+                        _ => {
+                            let (d0, d1) = (dim_expr(g, ty.shape[0]), dim_expr(g, ty.shape[1]));
+                            quote!(::tensor_fn::__private::array2(#id, #d0, #d1))
+                        }
+                    }
+                }
+            }
+        })
+        .collect();
+    // Scalars are read inside the workspace borrow; arrays move out after it.
+    let (scalar_reads, ret_expr) = {
+        let mut reads = Vec::new();
+        let mut exprs = Vec::new();
+        for (i, (r, node)) in results.iter().zip(&f.outputs).enumerate() {
+            if g.ty(*node).rank() == 0 {
+                let id = format_ident!("__r{}", i);
+                reads.push(quote!(let #id: #t = #r;));
+                exprs.push(quote!(#id));
+            } else {
+                exprs.push(r.clone());
+            }
+        }
+        let e = match f.ret {
+            Ret::Unit => quote!(()),
+            Ret::One if exprs.len() == 1 => exprs[0].clone(),
+            _ => quote!((#(#exprs),*)),
+        };
+        (reads, e)
+    };
+    let scalar_ids: Vec<Ident> = f
+        .outputs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| g.ty(**o).rank() == 0)
+        .map(|(i, _)| format_ident!("__r{}", i))
+        .collect();
+
+    let body = quote! {
+        #(#checks)*
+        #(#prologue)*
+        #(#out_allocs)*
+        ::std::thread_local! {
+            static __WS: ::core::cell::RefCell<::std::vec::Vec<#t>> =
+                const { ::core::cell::RefCell::new(::std::vec::Vec::new()) };
+        }
+        let (#(#scalar_ids,)*) = __WS.with(|__ws| -> ::core::result::Result<_, ::tensor_fn::Error> {
+            let mut __ws = __ws.borrow_mut();
+            let __need: usize = 0usize #(+ #lens)*;
+            if __ws.len() < __need {
+                __ws.resize(__need, 0.0);
+            }
+            let __rest: &mut [#t] = &mut __ws[..];
+            #(#splits)*
+            let _ = __rest;
+            {
+                #(#param_binds)*
+                #(#kernels)*
+            }
+            #(#commits)*
+            #(#scalar_reads)*
+            ::core::result::Result::Ok((#(#scalar_ids,)*))
+        })?;
+        ::core::result::Result::Ok(#ret_expr)
+    };
+    let attrs = quote! {
+        #(#docs)*
+        #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
+    };
+    match shape {
+        Shape::Free { name, vis } => quote! {
+            #attrs
+            #vis fn #name(#(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                #body
+            }
+        },
+        Shape::Method { name, vis, mutable } => {
+            let recv = if mutable { quote!(&mut self) } else { quote!(&self) };
+            quote! {
+                #attrs
+                #vis fn #name(#recv, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                    #body
+                }
+            }
+        }
+    }
+}
+
+fn strides(g: &Graph, v: &MatView) -> (TokenStream, TokenStream) {
+    if v.trans {
+        let rows = dim_expr(g, v.rows);
+        (quote!(1isize), quote!((#rows) as isize))
+    } else {
+        let cols = dim_expr(g, v.cols);
+        (quote!((#cols) as isize), quote!(1isize))
+    }
+}
+
+fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize) -> TokenStream {
+    let (a, b, c) = (buf_ident(s, m.a.buf), buf_ident(s, m.b.buf), buf_ident(s, m.c.buf));
+    let (rsa, csa) = strides(g, &m.a);
+    let (rsb, csb) = strides(g, &m.b);
+    let (rsc, csc) = strides(g, &m.c);
+    let (mm, kk, nn) = (dim_expr(g, m.m), dim_expr(g, m.k), dim_expr(g, m.n));
+    let note = format!("k{i}: gemm");
+    quote! {
+        let _ = #note;
+        ::tensor_fn::__private::gemm(#mm, #kk, #nn, &#a[..], #rsa, #csa, &#b[..], #rsb, #csb, &mut #c[..], #rsc, #csc)?;
+    }
+}
+
+/// Loop nest levels: 0 = invariant, 1 = depends on the outer index, 2 = on the inner one.
+fn levels(l: &LoopKernel) -> Vec<u8> {
+    let mut lv = Vec::with_capacity(l.instrs.len());
+    for ins in &l.instrs {
+        let v = match ins {
+            Instr::Load { index, .. } => index
+                .iter()
+                .map(|i| match i {
+                    Ix::Outer => 1,
+                    Ix::Inner => 2,
+                    Ix::Zero => 0,
+                })
+                .max()
+                .unwrap_or(0),
+            Instr::Arg(_) | Instr::Const(_) | Instr::DimSize(_) => 0,
+            Instr::Unary(_, a) => lv[*a],
+            Instr::Binary(_, a, b) => std::cmp::max(lv[*a], lv[*b]),
+        };
+        lv.push(v);
+    }
+    lv
+}
+
+fn ix_expr(i: Ix) -> TokenStream {
+    match i {
+        Ix::Outer => quote!(__i),
+        Ix::Inner => quote!(__j),
+        Ix::Zero => quote!(0usize),
+    }
+}
+
+fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> TokenStream {
+    let t = scalar_ty(dt);
+    let lv = levels(l);
+    let rank = l.dims.len();
+    let inner_len = l.dims.last().map(|d| dim_expr(g, *d)).unwrap_or(quote!(1usize));
+    let outer_len = if rank == 2 { dim_expr(g, l.dims[0]) } else { quote!(1usize) };
+    let mut pre = [Vec::new(), Vec::new(), Vec::new()];
+    let mut row_slices = [Vec::new(), Vec::new(), Vec::new()];
+    for (vi, ins) in l.instrs.iter().enumerate() {
+        let v = format_ident!("__v{}", vi);
+        let e = match ins {
+            Instr::Load { buf, index } => {
+                let id = buf_ident(s, *buf);
+                let shape = &s.bufs[*buf].ty.shape;
+                // Contiguous along the inner index: hoist a row slice of exactly the inner length.
+                let inner_pos = index.iter().position(|x| *x == Ix::Inner);
+                let stride_of = |k: usize| -> TokenStream {
+                    let rest: Vec<TokenStream> = shape[k + 1..].iter().map(|d| dim_expr(g, *d)).collect();
+                    quote!((1usize #(* #rest)*))
+                };
+                let offset = |skip_inner: bool| -> TokenStream {
+                    let terms: Vec<TokenStream> = index
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, x)| !(skip_inner && **x == Ix::Inner) && **x != Ix::Zero)
+                        .map(|(k, x)| {
+                            let ix = ix_expr(*x);
+                            let st = stride_of(k);
+                            quote!(#ix * #st)
+                        })
+                        .collect();
+                    quote!(0usize #(+ #terms)*)
+                };
+                match inner_pos {
+                    Some(p) if p + 1 == shape.len() => {
+                        let rs = format_ident!("__row{}", vi);
+                        let base = offset(true);
+                        let lvl = if index.contains(&Ix::Outer) { 1 } else { 0 };
+                        row_slices[lvl].push(quote!(let #rs: &[#t] = &#id[#base..][..#inner_len];));
+                        quote!(#rs[__j])
+                    }
+                    _ => {
+                        let off = offset(false);
+                        quote!(#id[#off])
+                    }
+                }
+            }
+            Instr::Arg(a) => {
+                let a = format_ident!("__a{}", a);
+                quote!(#a)
+            }
+            Instr::Const(c) => num_lit(*c, dt),
+            Instr::DimSize(d) => {
+                let de = dim_expr(g, *d);
+                quote!((#de as #t))
+            }
+            Instr::Unary(u, a) => unary_expr(*u, format_ident!("__v{}", a)),
+            Instr::Binary(b, x, y) => binary_expr(*b, format_ident!("__v{}", x), format_ident!("__v{}", y)),
+        };
+        pre[lv[vi] as usize].push(quote!(let #v: #t = #e;));
+    }
+    // Stores and reductions.
+    let mut store_rows = Vec::new();
+    let mut inner_stmts = Vec::new();
+    let mut before = Vec::new();
+    let mut outer_init = Vec::new();
+    let mut outer_fini = Vec::new();
+    let mut after = Vec::new();
+    for (k, (v, b)) in l.stores.iter().enumerate() {
+        let id = buf_ident(s, *b);
+        let val = format_ident!("__v{}", v);
+        let row = format_ident!("__st{}", k);
+        if rank == 2 {
+            store_rows.push(quote!(let #row: &mut [#t] = &mut #id[__i * #inner_len..][..#inner_len];));
+        } else {
+            before.push(quote!(let #row: &mut [#t] = &mut #id[..#inner_len];));
+        }
+        inner_stmts.push(quote!(#row[__j] = #val;));
+    }
+    for (k, r) in l.reductions.iter().enumerate() {
+        let id = buf_ident(s, r.out);
+        let val = format_ident!("__v{}", r.value);
+        let acc = format_ident!("__acc{}", k);
+        let init = match r.kind {
+            RedKind::Sum => num_lit(0.0, dt),
+            RedKind::Max => quote!(#t::NEG_INFINITY),
+        };
+        let combine = |target: TokenStream| match r.kind {
+            RedKind::Sum => quote!(#target += #val;),
+            RedKind::Max => quote!(#target = ::tensor_fn::__private::Real::max_nan(#target, #val);),
+        };
+        // Which iteration axis is folded: with rank 2, axis 0 = outer, 1 = inner; rank 1: inner.
+        let folds_outer_only = rank == 2 && r.axis == Axis::One(0);
+        let folds_inner_only = rank == 2 && r.axis == Axis::One(1);
+        if folds_outer_only {
+            let red = format_ident!("__red{}", k);
+            before.push(quote! {
+                let #red: &mut [#t] = &mut #id[..#inner_len];
+                for __x in #red.iter_mut() { *__x = #init; }
+            });
+            inner_stmts.push(combine(quote!(#red[__j])));
+        } else if folds_inner_only {
+            outer_init.push(quote!(let mut #acc: #t = #init;));
+            inner_stmts.push(combine(quote!(#acc)));
+            outer_fini.push(quote!(#id[__i] = #acc;));
+        } else {
+            before.push(quote!(let mut #acc: #t = #init;));
+            inner_stmts.push(combine(quote!(#acc)));
+            after.push(quote!(#id[0] = #acc;));
+        }
+    }
+    let [p0, p1, p2] = pre;
+    let [r0, r1, _] = row_slices;
+    let note = format!("k{ki}: loop");
+    match rank {
+        0 => quote! {
+            {
+                let _ = #note;
+                let __j = 0usize;
+                #(#r0)*
+                #(#before)*
+                #(#p0)* #(#p1)* #(#p2)*
+                #(#inner_stmts)*
+                #(#after)*
+            }
+        },
+        1 => quote! {
+            {
+                let _ = #note;
+                #(#r0)*
+                #(#before)*
+                #(#p0)*
+                for __j in 0..#inner_len {
+                    #(#p1)*
+                    #(#p2)*
+                    #(#inner_stmts)*
+                }
+                #(#after)*
+            }
+        },
+        _ => quote! {
+            {
+                let _ = #note;
+                #(#r0)*
+                #(#before)*
+                #(#p0)*
+                for __i in 0..#outer_len {
+                    #(#r1)*
+                    #(#store_rows)*
+                    #(#p1)*
+                    #(#outer_init)*
+                    for __j in 0..#inner_len {
+                        #(#p2)*
+                        #(#inner_stmts)*
+                    }
+                    #(#outer_fini)*
+                }
+                #(#after)*
+            }
+        },
+    }
+}
+
+/// The Rust of each unary op.
+fn unary_expr(u: Unary, a: Ident) -> TokenStream {
+    let r = quote!(::tensor_fn::__private::Real);
+    match u {
+        Unary::Neg => quote!(-#a),
+        Unary::Exp => quote!(#a.exp()),
+        Unary::Log => quote!(#a.ln()),
+        Unary::Log1p => quote!(#a.ln_1p()),
+        Unary::Sqrt => quote!(#a.sqrt()),
+        Unary::Tanh => quote!(#a.tanh()),
+        Unary::Sigmoid => quote!(#r::sigmoid(#a)),
+        Unary::Softplus => quote!(#r::softplus(#a)),
+        Unary::Relu => quote!(#r::relu(#a)),
+        Unary::Abs => quote!(#a.abs()),
+        Unary::Sign => quote!(#r::sign(#a)),
+        Unary::Step => quote!(#r::step(#a)),
+        Unary::Pow(k) => {
+            let k = k.get();
+            if k == 2.0 {
+                quote!(#a * #a)
+            } else if k == 0.5 {
+                quote!(#a.sqrt())
+            } else if k.fract() == 0.0 && k.abs() <= 64.0 {
+                let ki = Literal::i32_unsuffixed(k as i32);
+                quote!(#a.powi(#ki))
+            } else {
+                quote!(#r::powf(#a, #k))
+            }
+        }
+    }
+}
+
+/// The Rust of each binary op.
+fn binary_expr(b: Binary, x: Ident, y: Ident) -> TokenStream {
+    let r = quote!(::tensor_fn::__private::Real);
+    match b {
+        Binary::Add => quote!(#x + #y),
+        Binary::Mul => quote!(#x * #y),
+        Binary::Div => quote!(#x / #y),
+        Binary::Maximum => quote!(#r::max_nan(#x, #y)),
+        Binary::Minimum => quote!(#r::min_nan(#x, #y)),
+        Binary::Ge => quote!(#r::ge(#x, #y)),
+        Binary::Eq => quote!(#r::eq(#x, #y)),
+    }
+}

@@ -1,0 +1,484 @@
+//! The order of the stages, one line each, with error barriers between them:
+//! syntax -> ir (lower) -> simplify -> grad -> simplify -> check -> schedule -> emit.
+
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::{format_ident, quote, ToTokens};
+
+use crate::diag::Diagnostics;
+use crate::emit::rust::{self as rs, Shape};
+use crate::ir::{self, Function};
+use crate::schedule::{self, Schedule};
+use crate::syntax::{self, Program, TypeAst};
+use crate::{check, grad, simplify, text};
+
+/// A function through every stage, with the reports its `FnInfo` shows.
+pub struct Compiled {
+    pub f: Function,
+    pub schedule: Schedule,
+    pub rewrites: String,
+    pub grads: String,
+}
+
+/// The macro's entry: tokens in, code (or errors plus stubs) out. Never panics on user input.
+pub fn tensor_fn(input: TokenStream) -> TokenStream {
+    let program = match syntax::parse(input) {
+        Ok(p) => p,
+        Err(e) => return e.to_compile_error(),
+    };
+    match compile(&program) {
+        Ok(fns) => emit(&program, &fns),
+        Err(diags) => {
+            let mut out = diags.to_compile_errors();
+            out.extend(stub(&program));
+            out
+        }
+    }
+}
+
+/// Runs every stage up to the schedule. Errors are the user's (with spans) or internal.
+pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let fns = ir::lower(program, &mut diags);
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let mut out = Vec::new();
+    for mut f in fns {
+        check_one_dtype(&f, &mut diags);
+        let s1 = simplify::simplify(&mut f);
+        internal(&mut diags, &f, "simplify", limit(&s1))?;
+        grad::grad(&mut f).or_else(|e| internal(&mut diags, &f, "grad", Err(e)))?;
+        let s2 = simplify::simplify(&mut f);
+        internal(&mut diags, &f, "simplify", limit(&s2))?;
+        check::check(&f).or_else(|e| internal(&mut diags, &f, "check", Err(e)))?;
+        let schedule = schedule::schedule(&f);
+        let mut rewrites = simplify::report_text(&s1);
+        rewrites.push_str(&simplify::report_text(&s2));
+        let grads = f
+            .grads
+            .iter()
+            .map(|(t, n)| format!("{t} = {}\n", text::infix(&f.graph, *n)))
+            .collect();
+        out.push(Compiled {
+            f,
+            schedule,
+            rewrites: merge_report(&rewrites),
+            grads,
+        });
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(out)
+}
+
+fn limit(s: &simplify::Simplifier) -> Result<(), String> {
+    if s.limit_hit {
+        Err(format!(
+            "the simplifier stopped after {} rewrites; the expression is too large to simplify",
+            simplify::MAX_REWRITES
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn internal(diags: &mut Diagnostics, f: &Function, stage: &str, r: Result<(), String>) -> Result<(), Diagnostics> {
+    if let Err(e) = r {
+        diags.error(
+            Span::call_site(),
+            format!(
+                "internal error in tensor_fn! (stage `{stage}`) in `{}`: {e}\n{}",
+                f.name,
+                text::graph_text(f)
+            ),
+        );
+        return Err(std::mem::take(diags));
+    }
+    Ok(())
+}
+
+fn check_one_dtype(f: &Function, diags: &mut Diagnostics) {
+    let g = &f.graph;
+    let mut roots = f.outputs.clone();
+    roots.extend(f.updates.iter().map(|u| u.1));
+    if let Some(first) = roots.first() {
+        let d = g.ty(*first).dtype;
+        for r in &roots {
+            if g.ty(*r).dtype != d {
+                diags.error(
+                    g.node(*r).span,
+                    format!(
+                        "`{}` computes in {} and also in {}: a function uses one element type",
+                        f.name,
+                        d.name(),
+                        g.ty(*r).dtype.name()
+                    ),
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Sums counts of rules that fired in both simplify passes, keeping first-fired order.
+fn merge_report(text: &str) -> String {
+    let mut rows: Vec<(String, String, usize)> = Vec::new();
+    for line in text.lines() {
+        let (head, tail) = line.split_once(" (").map(|(h, t)| (h, format!(" ({t}"))).unwrap_or((line, String::new()));
+        let Some((name, count)) = head.rsplit_once(" x") else { continue };
+        let count: usize = count.parse().unwrap_or(0);
+        match rows.iter_mut().find(|r| r.0 == name) {
+            Some(r) => r.2 += count,
+            None => rows.push((name.to_string(), tail, count)),
+        }
+    }
+    rows.iter().map(|(n, t, c)| format!("{n} x{c}{t}\n")).collect()
+}
+
+fn info_tokens(c: &Compiled) -> TokenStream {
+    let name = &c.f.name;
+    let signature = text::signature_text(&c.f);
+    let graph = text::graph_text(&c.f);
+    let expr = text::expr_text(&c.f);
+    let grads = &c.grads;
+    let rewrites = &c.rewrites;
+    let plan = c.schedule.plan_text(&c.f.graph);
+    quote! {
+        ::tensor_fn::FnInfo {
+            name: #name,
+            signature: #signature,
+            graph: #graph,
+            expr: #expr,
+            grads: #grads,
+            rewrites: #rewrites,
+            plan: #plan,
+        }
+    }
+}
+
+fn doc_tokens(c: &Compiled) -> Vec<TokenStream> {
+    let mut lines = vec![
+        format!(" Compiled by `tensor_fn!`: `{}`", text::signature_text(&c.f)),
+        String::new(),
+        " Simplified graph:".into(),
+        " ```text".into(),
+    ];
+    lines.extend(text::graph_text(&c.f).lines().map(|l| format!(" {l}")));
+    lines.push(" ```".into());
+    if !c.grads.is_empty() {
+        lines.push(" Gradients:".into());
+        lines.push(" ```text".into());
+        lines.extend(c.grads.lines().map(|l| format!(" {l}")));
+        lines.push(" ```".into());
+    }
+    lines.push(" Kernel plan:".into());
+    lines.push(" ```text".into());
+    lines.extend(c.schedule.plan_text(&c.f.graph).lines().map(|l| format!(" {l}")));
+    lines.push(" ```".into());
+    lines.into_iter().map(|l| quote!(#[doc = #l])).collect()
+}
+
+fn emit(program: &Program, fns: &[Compiled]) -> TokenStream {
+    match program {
+        Program::Closure(_) => {
+            let c = &fns[0];
+            let name = Ident::new("__tensor_fn", Span::call_site());
+            let item = rs::emit_fn(&c.f, &c.schedule, Shape::Free { name: &name, vis: quote!() }, &doc_tokens(c));
+            let info = info_tokens(c);
+            quote! {
+                {
+                    #item
+                    ::tensor_fn::__private::Compiled::new(#name, #info)
+                }
+            }
+        }
+        Program::Equations(eqs) => {
+            let mut out = TokenStream::new();
+            for (eq, c) in eqs.equations.iter().zip(fns) {
+                let vis = eq.vis.to_token_stream();
+                let mut docs: Vec<TokenStream> = eq.attrs.iter().map(|a| a.to_token_stream()).collect();
+                docs.extend(doc_tokens(c));
+                out.extend(rs::emit_fn(&c.f, &c.schedule, Shape::Free { name: &eq.name, vis: vis.clone() }, &docs));
+                let info = info_tokens(c);
+                let name = &eq.name;
+                let mod_doc = format!(" What `tensor_fn!` knows about `{name}`.");
+                out.extend(quote! {
+                    #[doc = #mod_doc]
+                    #[allow(non_snake_case, dead_code)]
+                    #vis mod #name {
+                        /// The compiled function's graph, gradients, rewrites and kernel plan.
+                        pub const INFO: ::tensor_fn::FnInfo = #info;
+                    }
+                });
+            }
+            out
+        }
+        Program::Model(m) => emit_model(m, Some(fns)),
+    }
+}
+
+fn param_field_ty(t: &TypeAst) -> TokenStream {
+    let s = rs::scalar_ty(t.dtype);
+    let d = match t.dims.len() {
+        0 => quote!(::tensor_fn::__private::ndarray::Ix0),
+        1 => quote!(::tensor_fn::__private::ndarray::Ix1),
+        _ => quote!(::tensor_fn::__private::ndarray::Ix2),
+    };
+    quote!(::tensor_fn::Shared<#s, #d>)
+}
+
+fn param_array_ty(t: &TypeAst) -> TokenStream {
+    let s = rs::scalar_ty(t.dtype);
+    let d = match t.dims.len() {
+        0 => quote!(::tensor_fn::__private::ndarray::Ix0),
+        1 => quote!(::tensor_fn::__private::ndarray::Ix1),
+        _ => quote!(::tensor_fn::__private::ndarray::Ix2),
+    };
+    quote!(::tensor_fn::__private::ndarray::Array<#s, #d>)
+}
+
+fn ast_arg_ty(t: &TypeAst) -> TokenStream {
+    let s = rs::scalar_ty(t.dtype);
+    match t.dims.len() {
+        0 => s,
+        1 => quote!(::tensor_fn::__private::ndarray::ArrayView1<'_, #s>),
+        _ => quote!(::tensor_fn::__private::ndarray::ArrayView2<'_, #s>),
+    }
+}
+
+fn ast_out_ty(t: &TypeAst) -> TokenStream {
+    let s = rs::scalar_ty(t.dtype);
+    match t.dims.len() {
+        0 => s,
+        1 => quote!(::tensor_fn::__private::ndarray::Array1<#s>),
+        _ => quote!(::tensor_fn::__private::ndarray::Array2<#s>),
+    }
+}
+
+/// The model's struct and impl; with `fns` None, a stub with the declared signatures.
+fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
+    let name = &m.name;
+    let vis = &m.vis;
+    let attrs = &m.attrs;
+    let fields: Vec<TokenStream> = m
+        .params
+        .iter()
+        .map(|p| {
+            let n = &p.name;
+            let t = param_field_ty(&p.ty);
+            let doc = format!(" Shared parameter `{}: {}`.", p.name, type_ast_str(&p.ty));
+            quote!(#[doc = #doc] pub #n: #t)
+        })
+        .collect();
+    let args: Vec<TokenStream> = m
+        .params
+        .iter()
+        .map(|p| {
+            let n = &p.name;
+            let t = param_array_ty(&p.ty);
+            quote!(#n: #t)
+        })
+        .collect();
+    let inits: Vec<TokenStream> = m
+        .params
+        .iter()
+        .map(|p| {
+            let n = &p.name;
+            let s = p.name.to_string();
+            quote!(#n: ::tensor_fn::Shared::new(#s, #n))
+        })
+        .collect();
+    let checks = param_checks(m);
+    let mut methods = Vec::new();
+    for (i, meth) in m.methods.iter().enumerate() {
+        let mvis = meth.vis.to_token_stream();
+        let docs: Vec<TokenStream> = meth.attrs.iter().map(|a| a.to_token_stream()).collect();
+        match fns {
+            Some(fns) => {
+                let c = &fns[i];
+                let mut d = docs.clone();
+                if !docs.is_empty() {
+                    d.push(quote!(#[doc = ""]));
+                }
+                d.extend(doc_tokens(c));
+                methods.push(rs::emit_fn(
+                    &c.f,
+                    &c.schedule,
+                    Shape::Method {
+                        name: &meth.name,
+                        vis: mvis,
+                        mutable: meth.mutable,
+                    },
+                    &d,
+                ));
+                let info = info_tokens(c);
+                let cname = format_ident!("{}_INFO", meth.name.to_string().to_uppercase());
+                let cdoc = format!(" What `tensor_fn!` knows about `{}`.", meth.name);
+                methods.push(quote!(#[doc = #cdoc] pub const #cname: ::tensor_fn::FnInfo = #info;));
+            }
+            None => {
+                let mname = &meth.name;
+                let recv = if meth.mutable { quote!(&mut self) } else { quote!(&self) };
+                let ps: Vec<TokenStream> = meth
+                    .inputs
+                    .iter()
+                    .map(|d| {
+                        let n = &d.name;
+                        let t = ast_arg_ty(&d.ty);
+                        quote!(#n: #t)
+                    })
+                    .collect();
+                let ret = match &meth.ret {
+                    syntax::RetAst::Unit => quote!(()),
+                    syntax::RetAst::One(t) => ast_out_ty(t),
+                    syntax::RetAst::Tuple(ts, _) => {
+                        let ts: Vec<TokenStream> = ts.iter().map(ast_out_ty).collect();
+                        quote!((#(#ts),*))
+                    }
+                };
+                methods.push(quote! {
+                    #(#docs)*
+                    #[allow(unused_variables)]
+                    #mvis fn #mname(#recv, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                        ::core::unreachable!("tensor_fn! could not compile this method")
+                    }
+                });
+            }
+        }
+    }
+    quote! {
+        #(#attrs)*
+        #[derive(Debug, Clone)]
+        #vis struct #name {
+            #(#fields,)*
+        }
+
+        impl #name {
+            /// Makes the model from initial parameter values, checking them against the
+            /// declared shapes (static dims, and symbolic dims shared between parameters).
+            pub fn new(#(#args),*) -> ::core::result::Result<Self, ::tensor_fn::Error> {
+                let __m = Self { #(#inits,)* };
+                {
+                    let __s = &__m;
+                    #(#checks)*
+                }
+                ::core::result::Result::Ok(__m)
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
+fn type_ast_str(t: &TypeAst) -> String {
+    let mut s = t.dtype.name().to_string();
+    if !t.dims.is_empty() {
+        let d: Vec<String> = t
+            .dims
+            .iter()
+            .map(|d| match d {
+                syntax::DimAst::Static(n, _) => n.to_string(),
+                syntax::DimAst::Sym(i) => i.to_string(),
+            })
+            .collect();
+        s.push_str(&format!("[{}]", d.join(", ")));
+    }
+    s
+}
+
+/// Shape checks of a model's parameters, as in the methods: static dims match, a symbolic dim
+/// has one size across parameters.
+fn param_checks(m: &syntax::ModelAst) -> Vec<TokenStream> {
+    let mut out = Vec::new();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for p in &m.params {
+        let n = &p.name;
+        let name = n.to_string();
+        let tystr = type_ast_str(&p.ty);
+        let sh = format_ident!("__sh_{}", n);
+        out.push(quote!(let #sh = __s.#n.shape();));
+        for (axis, d) in p.ty.dims.iter().enumerate() {
+            match d {
+                syntax::DimAst::Static(k, _) => {
+                    let k = *k as usize;
+                    out.push(quote! {
+                        if #sh[#axis] != #k {
+                            return ::core::result::Result::Err(::tensor_fn::Error::StaticDim {
+                                arg: #name, ty: #tystr, axis: #axis, expected: #k, found: #sh[#axis],
+                            });
+                        }
+                    });
+                }
+                syntax::DimAst::Sym(id) => {
+                    let dn = id.to_string();
+                    let v = format_ident!("__d_{}", dn);
+                    match seen.iter().find(|(s, _)| *s == dn) {
+                        None => {
+                            seen.push((dn.clone(), name.clone()));
+                            out.push(quote!(let #v: usize = #sh[#axis];));
+                        }
+                        Some((_, first)) => out.push(quote! {
+                            if #sh[#axis] != #v {
+                                return ::core::result::Result::Err(::tensor_fn::Error::DimConflict {
+                                    dim: #dn, first_arg: #first, first: #v, second_arg: #name, second: #sh[#axis],
+                                });
+                            }
+                        }),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Items with the declared signatures, so that a failed expansion shows our errors only.
+fn stub(program: &Program) -> TokenStream {
+    let never = quote!(::core::unreachable!("tensor_fn! could not compile this function"));
+    match program {
+        Program::Closure(c) => {
+            let ps: Vec<TokenStream> = c
+                .inputs
+                .iter()
+                .map(|d| {
+                    let n = &d.name;
+                    let t = ast_arg_ty(&d.ty);
+                    quote!(#n: #t)
+                })
+                .collect();
+            let ret = rs::scalar_ty(c.inputs.first().map(|d| d.ty.dtype).unwrap_or(syntax::DType::F64));
+            quote! {
+                {
+                    #[allow(unused_variables)]
+                    fn __tensor_fn(#(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> { #never }
+                    ::tensor_fn::__private::Compiled::new(__tensor_fn, ::tensor_fn::FnInfo::EMPTY)
+                }
+            }
+        }
+        Program::Equations(eqs) => {
+            let ps: Vec<TokenStream> = eqs
+                .inputs
+                .iter()
+                .map(|d| {
+                    let n = &d.name;
+                    let t = ast_arg_ty(&d.ty);
+                    quote!(#n: #t)
+                })
+                .collect();
+            let ret = rs::scalar_ty(eqs.inputs.first().map(|d| d.ty.dtype).unwrap_or(syntax::DType::F64));
+            let mut out = TokenStream::new();
+            for eq in &eqs.equations {
+                let (name, vis) = (&eq.name, &eq.vis);
+                out.extend(quote! {
+                    #[allow(unused_variables, dead_code)]
+                    #vis fn #name(#(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> { #never }
+                    #[allow(non_snake_case, dead_code)]
+                    #vis mod #name { pub const INFO: ::tensor_fn::FnInfo = ::tensor_fn::FnInfo::EMPTY; }
+                });
+            }
+            out
+        }
+        Program::Model(m) => emit_model(m, None),
+    }
+}

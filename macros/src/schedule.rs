@@ -1,0 +1,620 @@
+//! Stage 6: the kernel plan both emitters consume.
+//!
+//! The checked graph is cut into GEMMs (transposes absorbed as layout flags) and loop kernels:
+//! fused elementwise chains that store some nodes and reduce others, all over one iteration
+//! space. Which nodes get a buffer is decided once here; the emitters never re-derive it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::ir::{Axis, Binary, Dim, Function, Graph, NodeId, Op, Type, Unary, VarKind};
+
+pub type BufId = usize;
+pub type ValId = usize;
+
+/// Where a buffer's storage comes from. All buffers are contiguous and row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufKind {
+    /// The argument at this position (rank >= 1).
+    Input(usize),
+    /// The model parameter with this var index.
+    Param(u32),
+    /// A workspace region owned by the compiled function.
+    Work,
+    /// The output at this position, returned to the caller.
+    Output(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Buf {
+    pub kind: BufKind,
+    pub ty: Type,
+}
+
+/// A loop index of an iteration space: rank-2 loops have an outer and an inner index, rank-1
+/// loops only the inner one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ix {
+    Outer,
+    Inner,
+    Zero,
+}
+
+/// One SSA instruction of a loop body, evaluated at every point of the iteration space.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Instr {
+    Load { buf: BufId, index: Vec<Ix> },
+    /// A rank-0 argument, passed by value.
+    Arg(u32),
+    Const(f64),
+    DimSize(Dim),
+    Unary(Unary, ValId),
+    Binary(Binary, ValId, ValId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedKind {
+    Sum,
+    Max,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reduction {
+    pub kind: RedKind,
+    /// Over the iteration space's axes.
+    pub axis: Axis,
+    pub value: ValId,
+    pub out: BufId,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoopKernel {
+    /// The iteration space, rank 0 to 2.
+    pub dims: Vec<Dim>,
+    pub instrs: Vec<Instr>,
+    pub stores: Vec<(ValId, BufId)>,
+    pub reductions: Vec<Reduction>,
+    /// The graph nodes computed here, for the plan text.
+    pub nodes: Vec<NodeId>,
+}
+
+/// A GEMM operand: a buffer seen as a `rows x cols` matrix, transposed if `trans`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatView {
+    pub buf: BufId,
+    pub rows: Dim,
+    pub cols: Dim,
+    /// The stored layout is `cols x rows` (the logical matrix is its transpose).
+    pub trans: bool,
+}
+
+/// C = A B, with C `m x n`, A `m x k`, B `k x n`.
+#[derive(Debug, Clone)]
+pub struct Gemm {
+    pub a: MatView,
+    pub b: MatView,
+    pub c: MatView,
+    pub m: Dim,
+    pub k: Dim,
+    pub n: Dim,
+    pub node: NodeId,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kernel {
+    Gemm(Gemm),
+    Loop(LoopKernel),
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub bufs: Vec<Buf>,
+    pub kernels: Vec<Kernel>,
+    /// Outputs: the buffer holding each, or a rank-0 argument returned as is.
+    pub outputs: Vec<OutSrc>,
+    /// Updates: copy buffer -> parameter after every kernel ran (simultaneous semantics).
+    pub commits: Vec<(u32, BufId)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum OutSrc {
+    Buf(BufId),
+    Arg(u32),
+}
+
+struct Task {
+    node: NodeId,
+    kind: TaskKind,
+}
+
+enum TaskKind {
+    /// Computes the node into the buffer.
+    Store(BufId),
+    /// Copies an already available value (an argument, a constant, another buffer).
+    Copy(BufId),
+    Reduce(RedKind, Axis, BufId),
+    Gemm,
+}
+
+/// Builds the kernel plan of a checked function.
+pub fn schedule(f: &Function) -> Schedule {
+    let g = &f.graph;
+    let mut roots = f.outputs.clone();
+    roots.extend(f.updates.iter().map(|u| u.1));
+    let live = g.reachable(&roots);
+    let mut uses = g.use_counts(&live);
+    for r in &roots {
+        uses[r.idx()] += 1;
+    }
+    let mut need = vec![false; g.len()];
+    for id in g.ids() {
+        if !live[id.idx()] {
+            continue;
+        }
+        let n = g.node(id);
+        match n.op {
+            Op::Dot => {
+                for &a in &n.args {
+                    let t = if g.op(a) == Op::Transpose { g.args(a)[0] } else { a };
+                    need[t.idx()] = true;
+                }
+            }
+            Op::Sum(_) | Op::Max(_) => {}
+            _ if is_elementwise(n.op) => {
+                for &a in &n.args {
+                    if is_elementwise(g.op(a)) && g.ty(a).shape != n.ty.shape {
+                        need[a.idx()] = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut mat = vec![false; g.len()];
+    for id in g.ids() {
+        if !live[id.idx()] {
+            continue;
+        }
+        let op = g.op(id);
+        mat[id.idx()] = match op {
+            Op::Var(v) => g.vars[v as usize].kind == VarKind::Param || g.ty(id).rank() > 0,
+            Op::Const(_) | Op::DimSize(_) => false,
+            Op::Dot | Op::Sum(_) | Op::Max(_) => true,
+            Op::Grad(_) => false,
+            _ => need[id.idx()] || (uses[id.idx()] >= 2 && !cheap(g, id)),
+        };
+    }
+
+    let mut s = Schedule {
+        bufs: Vec::new(),
+        kernels: Vec::new(),
+        outputs: Vec::new(),
+        commits: Vec::new(),
+    };
+    let mut buf_of: HashMap<NodeId, BufId> = HashMap::new();
+    let mut arg_pos: HashMap<u32, usize> = HashMap::new();
+    for (pos, &v) in f.inputs.iter().enumerate() {
+        arg_pos.insert(v, pos);
+    }
+    for id in g.ids() {
+        if let (true, Op::Var(v)) = (mat[id.idx()], g.op(id)) {
+            let kind = match g.vars[v as usize].kind {
+                VarKind::Input => BufKind::Input(arg_pos[&v]),
+                VarKind::Param => BufKind::Param(v),
+            };
+            buf_of.insert(id, s.add_buf(kind, g.ty(id).clone()));
+        }
+    }
+    // Outputs claim their node's buffer when the node is computed here; else a copy task fills
+    // a fresh output buffer.
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut copies: Vec<Task> = Vec::new();
+    for (pos, &o) in f.outputs.iter().enumerate() {
+        if let Op::Var(v) = g.op(o) {
+            if !mat[o.idx()] {
+                s.outputs.push(OutSrc::Arg(v));
+                continue;
+            }
+        }
+        let buf = s.add_buf(BufKind::Output(pos), g.ty(o).clone());
+        let computed_here = mat[o.idx()] && !matches!(g.op(o), Op::Var(_));
+        if computed_here && !buf_of.contains_key(&o) {
+            buf_of.insert(o, buf);
+        } else {
+            copies.push(Task {
+                node: o,
+                kind: TaskKind::Copy(buf),
+            });
+        }
+        s.outputs.push(OutSrc::Buf(buf));
+    }
+    for &(p, v) in &f.updates {
+        let buf = if !buf_of.contains_key(&v) && mat[v.idx()] && !matches!(g.op(v), Op::Var(_)) {
+            let b = s.add_buf(BufKind::Work, g.ty(v).clone());
+            buf_of.insert(v, b);
+            b
+        } else {
+            let b = s.add_buf(BufKind::Work, g.ty(v).clone());
+            copies.push(Task {
+                node: v,
+                kind: TaskKind::Copy(b),
+            });
+            b
+        };
+        s.commits.push((p, buf));
+    }
+    for id in g.ids() {
+        if !mat[id.idx()] || matches!(g.op(id), Op::Var(_)) {
+            continue;
+        }
+        let buf = *buf_of
+            .entry(id)
+            .or_insert_with(|| s.bufs.len());
+        if buf == s.bufs.len() {
+            s.bufs.push(Buf {
+                kind: BufKind::Work,
+                ty: g.ty(id).clone(),
+            });
+        }
+        let kind = match g.op(id) {
+            Op::Dot => TaskKind::Gemm,
+            Op::Sum(a) => TaskKind::Reduce(RedKind::Sum, a, buf),
+            Op::Max(a) => TaskKind::Reduce(RedKind::Max, a, buf),
+            _ => TaskKind::Store(buf),
+        };
+        tasks.push(Task { node: id, kind });
+    }
+    tasks.extend(copies);
+
+    let mut builder = LoopBuilder {
+        g,
+        mat: &mat,
+        buf_of: &buf_of,
+        cur: None,
+    };
+    for t in tasks {
+        match t.kind {
+            TaskKind::Gemm => {
+                builder.flush(&mut s);
+                s.kernels.push(Kernel::Gemm(gemm_of(g, t.node, &buf_of)));
+            }
+            TaskKind::Store(buf) => {
+                let dims = g.ty(t.node).shape.clone();
+                builder.add(&mut s, dims, t.node, None, buf, true);
+            }
+            TaskKind::Copy(buf) => {
+                let dims = g.ty(t.node).shape.clone();
+                builder.add(&mut s, dims, t.node, None, buf, false);
+            }
+            TaskKind::Reduce(kind, axis, buf) => {
+                let arg = g.args(t.node)[0];
+                let dims = g.ty(arg).shape.clone();
+                builder.add(&mut s, dims, arg, Some((kind, axis, t.node)), buf, false);
+            }
+        }
+    }
+    builder.flush(&mut s);
+    s
+}
+
+impl Schedule {
+    fn add_buf(&mut self, kind: BufKind, ty: Type) -> BufId {
+        self.bufs.push(Buf { kind, ty });
+        self.bufs.len() - 1
+    }
+
+    /// One line per kernel, for the generated docs and for tests.
+    pub fn plan_text(&self, g: &Graph) -> String {
+        let mut out = String::new();
+        let dims = |d: &[Dim]| d.iter().map(|x| g.dim_str(*x)).collect::<Vec<_>>().join(", ");
+        for (i, k) in self.kernels.iter().enumerate() {
+            match k {
+                Kernel::Gemm(m) => {
+                    let _ = writeln!(
+                        out,
+                        "k{i} gemm %{}: [{}, {}] = b{}{} x b{}{} (k = {})",
+                        m.node.0,
+                        g.dim_str(m.m),
+                        g.dim_str(m.n),
+                        m.a.buf,
+                        if m.a.trans { ".T" } else { "" },
+                        m.b.buf,
+                        if m.b.trans { ".T" } else { "" },
+                        g.dim_str(m.k)
+                    );
+                }
+                Kernel::Loop(l) => {
+                    let stores: Vec<String> = l.stores.iter().map(|(_, b)| format!("b{b}")).collect();
+                    let reds: Vec<String> = l
+                        .reductions
+                        .iter()
+                        .map(|r| {
+                            let op = match r.kind {
+                                RedKind::Sum => "sum",
+                                RedKind::Max => "max",
+                            };
+                            match r.axis {
+                                Axis::All => format!("{op} -> b{}", r.out),
+                                Axis::One(a) => format!("{op}[axis={a}] -> b{}", r.out),
+                            }
+                        })
+                        .collect();
+                    let _ = write!(out, "k{i} loop [{}]: {} ops", dims(&l.dims), l.instrs.len());
+                    if !stores.is_empty() {
+                        let _ = write!(out, ", store {}", stores.join(" "));
+                    }
+                    if !reds.is_empty() {
+                        let _ = write!(out, ", {}", reds.join(", "));
+                    }
+                    out.push('\n');
+                }
+            }
+        }
+        for (p, b) in &self.commits {
+            let _ = writeln!(out, "update {} <- b{b}", g.vars[*p as usize].name);
+        }
+        out
+    }
+}
+
+fn is_elementwise(op: Op) -> bool {
+    match op {
+        Op::Unary(_) | Op::Binary(_) | Op::Transpose | Op::ExpandDims(_) | Op::Broadcast | Op::Outer => true,
+        Op::Var(_) | Op::Const(_) | Op::DimSize(_) | Op::Dot | Op::Sum(_) | Op::Max(_) | Op::Grad(_) => false,
+    }
+}
+
+/// Cheap enough to recompute at each use instead of storing: a sign flip or a re-indexing of
+/// something that is already in memory.
+fn cheap(g: &Graph, id: NodeId) -> bool {
+    let leafish = |a: NodeId| {
+        matches!(
+            g.op(a),
+            Op::Var(_) | Op::Const(_) | Op::DimSize(_) | Op::Dot | Op::Sum(_) | Op::Max(_)
+        )
+    };
+    match g.op(id) {
+        Op::Unary(Unary::Neg) | Op::Transpose | Op::ExpandDims(_) | Op::Broadcast => leafish(g.args(id)[0]),
+        _ => false,
+    }
+}
+
+fn gemm_of(g: &Graph, id: NodeId, buf_of: &HashMap<NodeId, BufId>) -> Gemm {
+    let (a, b) = (g.args(id)[0], g.args(id)[1]);
+    let view = |x: NodeId, left: bool| -> MatView {
+        let (base, trans) = if g.op(x) == Op::Transpose {
+            (g.args(x)[0], true)
+        } else {
+            (x, false)
+        };
+        let s = &g.ty(x).shape;
+        let (rows, cols) = match (s.len(), left) {
+            (1, true) => (Dim::Static(1), s[0]),
+            (1, false) => (s[0], Dim::Static(1)),
+            _ => (s[0], s[1]),
+        };
+        MatView {
+            buf: buf_of[&base],
+            rows,
+            cols,
+            trans,
+        }
+    };
+    let av = view(a, true);
+    let bv = view(b, false);
+    let c = MatView {
+        buf: buf_of[&id],
+        rows: av.rows,
+        cols: bv.cols,
+        trans: false,
+    };
+    Gemm {
+        m: av.rows,
+        k: av.cols,
+        n: bv.cols,
+        a: av,
+        b: bv,
+        c,
+        node: id,
+    }
+}
+
+struct LoopBuilder<'a> {
+    g: &'a Graph,
+    mat: &'a [bool],
+    buf_of: &'a HashMap<NodeId, BufId>,
+    cur: Option<Cur>,
+}
+
+struct Cur {
+    k: LoopKernel,
+    memo: HashMap<(NodeId, Vec<Ix>), ValId>,
+    /// Buffers written by this kernel's reductions (not readable until it ends).
+    reduced: Vec<BufId>,
+    /// Buffers stored by this kernel, readable only at the identity index.
+    stored: Vec<BufId>,
+}
+
+fn root_index(rank: usize) -> Vec<Ix> {
+    match rank {
+        0 => vec![],
+        1 => vec![Ix::Inner],
+        _ => vec![Ix::Outer, Ix::Inner],
+    }
+}
+
+impl LoopBuilder<'_> {
+    fn flush(&mut self, s: &mut Schedule) {
+        if let Some(c) = self.cur.take() {
+            s.kernels.push(Kernel::Loop(c.k));
+        }
+    }
+
+    /// Adds a store (`red` None) or a reduction of `node` over `dims`, joining the current
+    /// kernel when it has the same iteration space and none of the values needed are ones this
+    /// kernel cannot provide yet.
+    fn add(
+        &mut self,
+        s: &mut Schedule,
+        dims: Vec<Dim>,
+        node: NodeId,
+        red: Option<(RedKind, Axis, NodeId)>,
+        out: BufId,
+        compute: bool,
+    ) {
+        let idx = root_index(dims.len());
+        let joinable = match &self.cur {
+            Some(c) => c.k.dims == dims && self.can_join(c, node, &idx, compute),
+            None => false,
+        };
+        if !joinable {
+            self.flush(s);
+            self.cur = Some(Cur {
+                k: LoopKernel {
+                    dims,
+                    instrs: Vec::new(),
+                    stores: Vec::new(),
+                    reductions: Vec::new(),
+                    nodes: Vec::new(),
+                },
+                memo: HashMap::new(),
+                reduced: Vec::new(),
+                stored: Vec::new(),
+            });
+        }
+        let v = self.value(node, &idx, compute);
+        let c = self.cur.as_mut().unwrap();
+        match red {
+            None => {
+                c.k.stores.push((v, out));
+                c.stored.push(out);
+                c.k.nodes.push(node);
+            }
+            Some((kind, axis, rnode)) => {
+                c.k.reductions.push(Reduction {
+                    kind,
+                    axis,
+                    value: v,
+                    out,
+                });
+                c.reduced.push(out);
+                c.k.nodes.push(rnode);
+            }
+        }
+    }
+
+    /// Whether every buffer `node` reads at `idx` is either produced before this kernel or
+    /// stored by it at the same index (so the value is at hand in registers).
+    fn can_join(&self, c: &Cur, node: NodeId, idx: &[Ix], compute: bool) -> bool {
+        let mut ok = true;
+        self.visit_loads(node, idx, compute, &mut |buf, at| {
+            if c.reduced.contains(&buf) {
+                ok = false;
+            }
+            if c.stored.contains(&buf) && at != root_index(at.len()).as_slice() {
+                ok = false;
+            }
+        });
+        ok
+    }
+
+    fn visit_loads(&self, node: NodeId, idx: &[Ix], root: bool, f: &mut dyn FnMut(BufId, &[Ix])) {
+        let g = self.g;
+        if (!root || matches!(g.op(node), Op::Var(_))) && self.mat[node.idx()] {
+            if let Some(&b) = self.buf_of.get(&node) {
+                f(b, idx);
+            }
+            return;
+        }
+        let n = g.node(node);
+        for (k, &a) in n.args.iter().enumerate() {
+            let ai = arg_index(g, node, k, idx);
+            self.visit_loads(a, &ai, false, f);
+        }
+    }
+
+    fn push(&mut self, key: (NodeId, Vec<Ix>), instr: Instr) -> ValId {
+        let c = self.cur.as_mut().unwrap();
+        if let Some(pos) = c.k.instrs.iter().position(|i| *i == instr) {
+            c.memo.insert(key, pos);
+            return pos;
+        }
+        c.k.instrs.push(instr);
+        let v = c.k.instrs.len() - 1;
+        c.memo.insert(key, v);
+        v
+    }
+
+    /// The SSA value of `node` at `idx`, computing inlined ancestors and loading stored ones.
+    fn value(&mut self, node: NodeId, idx: &[Ix], is_root: bool) -> ValId {
+        let key = (node, idx.to_vec());
+        if let Some(&v) = self.cur.as_ref().unwrap().memo.get(&key) {
+            return v;
+        }
+        let g = self.g;
+        let n = g.node(node);
+        if (!is_root || matches!(n.op, Op::Var(_))) && self.mat[node.idx()] {
+            let buf = self.buf_of[&node];
+            return self.push(key, Instr::Load { buf, index: idx.to_vec() });
+        }
+        let instr = match n.op {
+            Op::Var(v) => Instr::Arg(v),
+            Op::Const(c) => Instr::Const(c.get()),
+            Op::DimSize(d) => Instr::DimSize(d),
+            Op::Unary(u) => {
+                let a = self.value(n.args[0], &arg_index(g, node, 0, idx), false);
+                Instr::Unary(u, a)
+            }
+            Op::Binary(b) => {
+                let a = self.value(n.args[0], &arg_index(g, node, 0, idx), false);
+                let c = self.value(n.args[1], &arg_index(g, node, 1, idx), false);
+                Instr::Binary(b, a, c)
+            }
+            Op::Outer => {
+                let a = self.value(n.args[0], &arg_index(g, node, 0, idx), false);
+                let c = self.value(n.args[1], &arg_index(g, node, 1, idx), false);
+                Instr::Binary(Binary::Mul, a, c)
+            }
+            Op::Transpose | Op::ExpandDims(_) | Op::Broadcast => {
+                let v = self.value(n.args[0], &arg_index(g, node, 0, idx), false);
+                self.cur.as_mut().unwrap().memo.insert(key, v);
+                return v;
+            }
+            Op::Dot | Op::Sum(_) | Op::Max(_) | Op::Grad(_) => {
+                unreachable!("materialized ops are loaded, never inlined")
+            }
+        };
+        self.push(key, instr)
+    }
+}
+
+/// The index at which argument `k` of `node` is read when `node` is evaluated at `idx`.
+fn arg_index(g: &Graph, node: NodeId, k: usize, idx: &[Ix]) -> Vec<Ix> {
+    let n = g.node(node);
+    let a = n.args[k];
+    match n.op {
+        Op::Transpose => idx.iter().rev().copied().collect(),
+        Op::ExpandDims(ax) => {
+            let mut v = idx.to_vec();
+            v.remove(ax as usize);
+            v
+        }
+        Op::Outer => vec![idx[k]],
+        Op::Sum(_) | Op::Max(_) => idx.to_vec(),
+        _ => {
+            // Elementwise with numpy broadcasting: align on the right; static 1 reads index 0.
+            let rs = &n.ty.shape;
+            let as_ = &g.ty(a).shape;
+            let off = rs.len() - as_.len();
+            (0..as_.len())
+                .map(|i| {
+                    if as_[i] == Dim::Static(1) && rs[i + off] != Dim::Static(1) {
+                        Ix::Zero
+                    } else {
+                        idx[i + off]
+                    }
+                })
+                .collect()
+        }
+    }
+}

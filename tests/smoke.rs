@@ -1,0 +1,77 @@
+use ndarray::{arr1, Array2};
+use tensor_fn::prelude::*;
+
+#[test]
+fn dot_closure() {
+    let f = tensor_fn!(|a: f64[n, m], v: f64[m]| dot(a, v));
+    let av = f(Array2::ones((2, 2)).view(), arr1(&[1.0, 2.0]).view()).unwrap();
+    assert_eq!(av, arr1(&[3.0, 3.0]));
+    println!("{}", f.info.graph);
+    println!("{}", f.info.plan);
+}
+
+#[test]
+fn grad_closure() {
+    let g = tensor_fn!(|v: f64[n], w: f64[n]| grad(dot(v, w), w));
+    assert_eq!(g.info.expr, "v");
+    let r = g(arr1(&[0.0, 0.0]).view(), arr1(&[1.0, 2.0]).view()).unwrap();
+    assert_eq!(r, arr1(&[0.0, 0.0]));
+}
+
+#[test]
+fn zero() {
+    let h = tensor_fn!(|x: f64| x + (-x));
+    assert_eq!(h.info.expr, "0");
+    assert_eq!(h(3.0).unwrap(), 0.0);
+    println!("{}", h.info.rewrites);
+}
+
+tensor_fn! {
+    w: f64[n, k], x: f64[k];
+    cost = mean(dot(w, x));
+    dcost_dw = grad(cost, w);
+}
+
+#[test]
+fn equations() {
+    let w = Array2::from_shape_vec((2, 3), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    let x = arr1(&[1.0, 1.0, 1.0]);
+    assert_eq!(cost(w.view(), x.view()).unwrap(), 10.5);
+    let g = dcost_dw(w.view(), x.view()).unwrap();
+    assert_eq!(g, Array2::from_elem((2, 3), 0.5));
+    println!("{}\n{}\n{}", dcost_dw::INFO.graph, dcost_dw::INFO.grads, dcost_dw::INFO.plan);
+}
+
+tensor_fn! {
+    /// Tied-weights autoencoder.
+    pub struct Autoencoder { w: f32[784, h], b1: f32[h], b2: f32[784] }
+
+    impl Autoencoder {
+        pub fn train(&mut self, x: f32[b, 784], lr: f32) -> f32 {
+            let hidden = sigmoid(dot(x, w) + b1);
+            let output = sigmoid(dot(hidden, w.T) + b2);
+            let cost = mean(-sum(x * log(output) + (1 - x) * log(1 - output), axis = 1));
+            w -= lr * grad(cost, w);
+            b1 -= lr * grad(cost, b1);
+            b2 -= lr * grad(cost, b2);
+            cost
+        }
+        pub fn hidden(&self, x: f32[b, 784]) -> f32[b, h] { sigmoid(dot(x, w) + b1) }
+    }
+}
+
+#[test]
+fn model() {
+    let mut m = Autoencoder::new(
+        Array2::from_elem((784, 5), 0.01),
+        ndarray::Array1::zeros(5),
+        ndarray::Array1::zeros(784),
+    )
+    .unwrap();
+    let x = Array2::from_elem((3, 784), 0.5f32);
+    let c0 = m.train(x.view(), 0.1).unwrap();
+    let c1 = m.train(x.view(), 0.1).unwrap();
+    println!("{c0} {c1}");
+    println!("{}\n{}\n{}\n{}", Autoencoder::TRAIN_INFO.graph, Autoencoder::TRAIN_INFO.grads, Autoencoder::TRAIN_INFO.rewrites, Autoencoder::TRAIN_INFO.plan);
+    assert!(c1 < c0);
+}
