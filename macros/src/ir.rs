@@ -720,11 +720,18 @@ pub fn lower(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function
                     .collect();
                 let mut all = vec![root];
                 all.extend(grads.iter().map(|g| g.1));
+                // The function takes the declared inputs its equation uses, in declared order.
+                let live = l.g.reachable(&[root]);
+                let used: Vec<u32> = inputs
+                    .iter()
+                    .copied()
+                    .filter(|v| l.g.ids().any(|id| live[id.idx()] && l.g.op(id) == Op::Var(*v)))
+                    .collect();
                 let (g, r) = l.g.extract(&all);
                 fns.push(Function {
                     name: eq.name.to_string(),
                     graph: g,
-                    inputs: inputs.clone(),
+                    inputs: used,
                     outputs: vec![r[0]],
                     ret: Ret::One,
                     updates: Vec::new(),

@@ -12,6 +12,9 @@ mod simplify;
 mod syntax;
 mod text;
 
+#[cfg(test)]
+mod tests;
+
 /// Compiles tensor math at Rust compile time. See the crate `tensor-fn` for the language.
 #[proc_macro]
 pub fn tensor_fn(input: proc_macro::TokenStream) -> proc_macro::TokenStream {

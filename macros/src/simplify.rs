@@ -80,6 +80,10 @@ pub const RULES: &[Rule] = &[
     rule!("mul-const-const", inexact; fn mul_const_const),
     // x / c = x * (1/c) when 1/c is exact (c a power of two).
     rule!("div-const", exact; fn div_const),
+    // (a b)^T = b^T a^T: the GEMM writes the transposed product directly.
+    rule!("transpose-dot", exact; "(transpose (dot ?a ?b))" => "(dot (transpose ?b) (transpose ?a))"),
+    // f(broadcast(x)) = broadcast(f(x)): an elementwise op on copies runs once per original.
+    rule!("unary-broadcast", exact; fn unary_broadcast),
     // broadcast(x) to x's own type is x; a broadcast feeding an elementwise op is implicit.
     rule!("broadcast-noop", exact; fn broadcast_noop),
     rule!("broadcast-implicit", exact; fn broadcast_implicit),
@@ -349,6 +353,7 @@ fn op_by_name(name: &str) -> Op {
         "mul" => Op::Binary(Binary::Mul),
         "div" => Op::Binary(Binary::Div),
         "transpose" => Op::Transpose,
+        "dot" => Op::Dot,
         other => panic!("unknown op `{other}` in a rewrite pattern"),
     }
 }
@@ -505,6 +510,26 @@ fn div_const(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
     s.fit(m, &ty, span)
 }
 
+fn unary_broadcast(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
+    let op = s.g.op(id);
+    let a = *s.g.args(id).first()?;
+    if s.g.op(a) != Op::Broadcast {
+        return None;
+    }
+    let x = s.g.args(a)[0];
+    let ty = s.g.ty(id).clone();
+    let span = s.g.node(id).span;
+    match op {
+        Op::Unary(_) => {
+            let inner = s.build(op, vec![x], span)?;
+            Some(s.add(Op::Broadcast, vec![inner], ty, span))
+        }
+        // A broadcast scalar gains a dim of 1 by broadcasting to the larger shape directly.
+        Op::ExpandDims(_) if s.g.ty(x).rank() == 0 => Some(s.add(Op::Broadcast, vec![x], ty, span)),
+        _ => None,
+    }
+}
+
 fn broadcast_noop(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
     if s.g.op(id) != Op::Broadcast {
         return None;
@@ -549,10 +574,16 @@ fn sum_broadcast(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
         return None;
     }
     let b = s.g.args(id)[0];
-    if s.g.op(b) != Op::Broadcast {
-        return None;
-    }
-    let x = s.g.args(b)[0];
+    let x = match s.g.op(b) {
+        Op::Broadcast => s.g.args(b)[0],
+        // A constant array is a broadcast scalar.
+        Op::Const(_) if s.g.ty(b).rank() > 0 => {
+            let c = s.g.const_value(b)?;
+            let span = s.g.node(id).span;
+            s.konst(c, Type::scalar(s.g.ty(b).dtype), span)
+        }
+        _ => return None,
+    };
     let (xs, bs) = (s.g.ty(x).shape.clone(), s.g.ty(b).shape.clone());
     let ty = s.g.ty(id).clone();
     let span = s.g.node(id).span;
