@@ -439,14 +439,7 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
     let same_dtype = |what: &str| -> Result<DType, TypeError> {
         let d = args[0].dtype;
         if let Some(other) = args.iter().find(|t| t.dtype != d) {
-            return Err(TypeError {
-                message: format!(
-                    "element types differ in `{what}`: left is {}, right is {}",
-                    g.type_str(args[0]),
-                    g.type_str(other)
-                ),
-                help: Some("tensor_fn! never converts implicitly: declare both as `f32` or both as `f64`".into()),
-            });
+            return Err(dtype_error(g, what, args[0], other));
         }
         Ok(d)
     };
@@ -471,19 +464,7 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         }
         Op::Binary(_) => {
             arity(2)?;
-            let dtype = same_dtype(op_symbol(op))?;
-            match broadcast_shapes(&args[0].shape, &args[1].shape) {
-                Some(shape) => Ok(Type { dtype, shape }),
-                None => Err(TypeError {
-                    message: format!(
-                        "shapes do not broadcast in `{}`: left is {}, right is {}",
-                        op_symbol(op),
-                        g.type_str(args[0]),
-                        g.type_str(args[1])
-                    ),
-                    help: broadcast_help(g, args[0], args[1]),
-                }),
-            }
+            binary_type(g, op_symbol(op), args[0], args[1], None)
         }
         Op::Transpose => {
             arity(1)?;
@@ -513,38 +494,7 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         }
         Op::Dot => {
             arity(2)?;
-            let dtype = same_dtype("dot")?;
-            let (a, b) = (&args[0].shape, &args[1].shape);
-            if a.is_empty() || b.is_empty() {
-                return Err(TypeError {
-                    message: format!(
-                        "`dot` needs vectors or matrices: left is {}, right is {}",
-                        g.type_str(args[0]),
-                        g.type_str(args[1])
-                    ),
-                    help: Some("multiply by a scalar with `*`".into()),
-                });
-            }
-            let ka = a[a.len() - 1];
-            let kb = b[0];
-            if ka != kb {
-                return Err(TypeError {
-                    message: format!(
-                        "shape mismatch in `dot`: left is {}, right is {}",
-                        g.type_str(args[0]),
-                        g.type_str(args[1])
-                    ),
-                    help: dot_help(g, a, b),
-                });
-            }
-            let mut shape = Vec::new();
-            if a.len() == 2 {
-                shape.push(a[0]);
-            }
-            if b.len() == 2 {
-                shape.push(b[1]);
-            }
-            Ok(Type { dtype, shape })
+            dot_type(g, args[0], args[1], None)
         }
         Op::Sum(axis) | Op::Max(axis) => {
             arity(1)?;
@@ -567,29 +517,179 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
     }
 }
 
-fn dot_help(g: &Graph, a: &[Dim], b: &[Dim]) -> Option<String> {
-    let fits = |a: &[Dim], b: &[Dim]| a[a.len() - 1] == b[0];
-    let rev = |s: &[Dim]| s.iter().rev().copied().collect::<Vec<_>>();
-    if b.len() == 2 && fits(a, &rev(b)) {
-        return Some("did you mean to transpose the right side, as `x.T`?".into());
+fn dtype_error(g: &Graph, what: &str, a: &Type, b: &Type) -> TypeError {
+    TypeError {
+        message: format!(
+            "element types differ in `{what}`: left is {}, right is {}",
+            g.type_str(a),
+            g.type_str(b)
+        ),
+        help: Some(
+            "tensor_fn! never converts implicitly: declare both as `f32` or both as `f64`".into(),
+        ),
     }
-    if a.len() == 2 && fits(&rev(a), b) {
-        return Some("did you mean to transpose the left side, as `x.T`?".into());
-    }
-    let _ = g;
-    None
 }
 
-fn broadcast_help(g: &Graph, a: &Type, b: &Type) -> Option<String> {
-    let rev = |s: &[Dim]| s.iter().rev().copied().collect::<Vec<_>>();
-    if a.rank() == 2 && broadcast_shapes(&rev(&a.shape), &b.shape).is_some() {
-        return Some("the shapes fit if the left side is transposed (`.T`)".into());
+/// The shape rule of an elementwise binary op, shown to the user as `sym` (`+`, `-`,
+/// `maximum`): one element type, numpy-broadcast shapes. `src` is the source text of both
+/// sides, when known, so that a hint can quote the fix.
+pub fn binary_type(
+    g: &Graph,
+    sym: &str,
+    a: &Type,
+    b: &Type,
+    src: Option<(&str, &str)>,
+) -> Result<Type, TypeError> {
+    if a.dtype != b.dtype {
+        return Err(dtype_error(g, sym, a, b));
+    }
+    match broadcast_shapes(&a.shape, &b.shape) {
+        Some(shape) => Ok(Type {
+            dtype: a.dtype,
+            shape,
+        }),
+        None => Err(TypeError {
+            message: format!(
+                "shapes do not broadcast in `{sym}`: left is {}, right is {}",
+                g.type_str(a),
+                g.type_str(b)
+            ),
+            help: Some(broadcast_help(g, sym, a, b, src)),
+        }),
+    }
+}
+
+/// The shape rule of `dot` (numpy's, for ranks 1 and 2); `src` as in `binary_type`.
+pub fn dot_type(
+    g: &Graph,
+    ta: &Type,
+    tb: &Type,
+    src: Option<(&str, &str)>,
+) -> Result<Type, TypeError> {
+    if ta.dtype != tb.dtype {
+        return Err(dtype_error(g, "dot", ta, tb));
+    }
+    let (a, b) = (&ta.shape, &tb.shape);
+    if a.is_empty() || b.is_empty() {
+        return Err(TypeError {
+            message: format!(
+                "`dot` needs vectors or matrices: left is {}, right is {}",
+                g.type_str(ta),
+                g.type_str(tb)
+            ),
+            help: Some("multiply by a scalar with `*`".into()),
+        });
+    }
+    if a[a.len() - 1] != b[0] {
+        return Err(TypeError {
+            message: format!(
+                "shape mismatch in `dot`: left is {}, right is {}",
+                g.type_str(ta),
+                g.type_str(tb)
+            ),
+            help: Some(dot_help(g, a, b, src)),
+        });
+    }
+    let mut shape = Vec::new();
+    if a.len() == 2 {
+        shape.push(a[0]);
+    }
+    if b.len() == 2 {
+        shape.push(b[1]);
+    }
+    Ok(Type {
+        dtype: ta.dtype,
+        shape,
+    })
+}
+
+fn rev(s: &[Dim]) -> Vec<Dim> {
+    s.iter().rev().copied().collect()
+}
+
+fn dot_help(g: &Graph, a: &[Dim], b: &[Dim], src: Option<(&str, &str)>) -> String {
+    let fits = |a: &[Dim], b: &[Dim]| a[a.len() - 1] == b[0];
+    if b.len() == 2 && fits(a, &rev(b)) {
+        return match src {
+            Some((l, r)) => format!("did you mean `dot({l}, {r}.T)`?"),
+            None => "did you mean to transpose the right side (`.T`)?".into(),
+        };
+    }
+    if a.len() == 2 && fits(&rev(a), b) {
+        return match src {
+            Some((l, r)) => format!("did you mean `dot({l}.T, {r})`?"),
+            None => "did you mean to transpose the left side (`.T`)?".into(),
+        };
+    }
+    format!(
+        "`dot` needs the last dim of the left side ({}) to equal the first dim of the right side ({})",
+        g.dim_str(a[a.len() - 1]),
+        g.dim_str(b[0])
+    )
+}
+
+/// Why two dims that must be equal are not, when symbolic dims are involved.
+fn dims_hint(g: &Graph, x: Dim, y: Dim) -> Option<String> {
+    match (x, y) {
+        (Dim::Sym(_), Dim::Static(_)) | (Dim::Static(_), Dim::Sym(_)) => {
+            let (s, k) = if matches!(x, Dim::Sym(_)) { (x, y) } else { (y, x) };
+            Some(format!(
+                "`{}` is a symbolic dim, so it is never known to be {}: declare both with `{}`, or both with {}",
+                g.dim_str(s),
+                g.dim_str(k),
+                g.dim_str(s),
+                g.dim_str(k)
+            ))
+        }
+        (Dim::Sym(_), Dim::Sym(_)) => Some(format!(
+            "`{}` and `{}` are different symbolic dims: if they are the same size, use one name for both",
+            g.dim_str(x),
+            g.dim_str(y)
+        )),
+        (Dim::Static(_), Dim::Static(_)) => None,
+    }
+}
+
+fn broadcast_help(g: &Graph, sym: &str, a: &Type, b: &Type, src: Option<(&str, &str)>) -> String {
+    let quote = |l: &str, r: &str| {
+        if sym.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            format!("`{sym}({l}, {r})`")
+        } else {
+            format!("`{l} {sym} {r}`")
+        }
+    };
+    // An update (`w -= v`) cannot transpose its left side.
+    let is_update = sym.ends_with('=');
+    if a.rank() == 2 && !is_update && broadcast_shapes(&rev(&a.shape), &b.shape).is_some() {
+        return match src {
+            Some((l, r)) => format!(
+                "the shapes fit if the left side is transposed: {}",
+                quote(&format!("{l}.T"), r)
+            ),
+            None => "the shapes fit if the left side is transposed (`.T`)".into(),
+        };
     }
     if b.rank() == 2 && broadcast_shapes(&a.shape, &rev(&b.shape)).is_some() {
-        return Some("the shapes fit if the right side is transposed (`.T`)".into());
+        return match src {
+            Some((l, r)) => format!(
+                "the shapes fit if the right side is transposed: {}",
+                quote(l, &format!("{r}.T"))
+            ),
+            None => "the shapes fit if the right side is transposed (`.T`)".into(),
+        };
     }
-    let _ = g;
-    Some("numpy broadcasting aligns shapes on the right; each pair of dims must be equal or a static 1".into())
+    // The first pair of dims (aligned on the right) that does not broadcast.
+    let clash = a
+        .shape
+        .iter()
+        .rev()
+        .zip(b.shape.iter().rev())
+        .find(|(x, y)| x != y && **x != Dim::Static(1) && **y != Dim::Static(1));
+    if let Some(h) = clash.and_then(|(x, y)| dims_hint(g, *x, *y)) {
+        return h;
+    }
+    "numpy broadcasting aligns shapes on the right; each pair of dims must be equal or a static 1"
+        .into()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -655,7 +755,9 @@ enum Val {
 
 struct Lowerer<'d> {
     g: Graph,
-    env: Vec<(String, Val)>,
+    /// Names in scope; `None` for a name whose definition failed (already reported), so that
+    /// its uses report nothing more.
+    env: Vec<(String, Option<Val>)>,
     diags: &'d mut Diagnostics,
     /// Source text of each grad call, by node.
     grads: Vec<(String, NodeId)>,
@@ -674,7 +776,7 @@ const UNARY_FUNCS: &[(&str, Unary)] = &[
     ("abs", Unary::Abs),
 ];
 
-const ALL_FUNCS: &[&str] = &[
+pub const ALL_FUNCS: &[&str] = &[
     "exp", "log", "log1p", "sqrt", "tanh", "sigmoid", "softplus", "relu", "abs", "pow", "maximum",
     "minimum", "dot", "sum", "mean", "max", "grad",
 ];
@@ -704,9 +806,7 @@ pub fn lower(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function
                 }
                 let v = l.lower_expr(&eq.expr);
                 let node = v.map(|v| l.materialize(v));
-                if let Some(n) = node {
-                    l.env.push((eq.name.to_string(), Val::Node(n)));
-                }
+                l.env.push((eq.name.to_string(), node.map(Val::Node)));
                 roots.push(node);
             }
             let mut fns = Vec::new();
@@ -725,7 +825,10 @@ pub fn lower(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function
                 let used: Vec<u32> = inputs
                     .iter()
                     .copied()
-                    .filter(|v| l.g.ids().any(|id| live[id.idx()] && l.g.op(id) == Op::Var(*v)))
+                    .filter(|v| {
+                        l.g.ids()
+                            .any(|id| live[id.idx()] && l.g.op(id) == Op::Var(*v))
+                    })
                     .collect();
                 let (g, r) = l.g.extract(&all);
                 fns.push(Function {
@@ -753,7 +856,8 @@ pub fn lower(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function
                 let mut l = Lowerer::new(diags, &all_decls);
                 l.declare_all(&m.params, VarKind::Param);
                 let inputs = l.declare_all(&meth.inputs, VarKind::Input);
-                let (outputs, ret, updates) = l.lower_body(&meth.body, Some(meth), meth.name.span());
+                let (outputs, ret, updates) =
+                    l.lower_body(&meth.body, Some(meth), meth.name.span());
                 fns.push(l.finish(
                     &meth.name.to_string(),
                     inputs,
@@ -826,10 +930,8 @@ impl<'d> Lowerer<'d> {
         for d in decls {
             let name = d.name.to_string();
             if self.env.iter().any(|(n, _)| *n == name) {
-                self.diags.error(
-                    d.name.span(),
-                    format!("`{name}` is declared twice"),
-                );
+                self.diags
+                    .error(d.name.span(), format!("`{name}` is declared twice"));
                 continue;
             }
             let ty = self.lower_type(&d.ty);
@@ -841,13 +943,14 @@ impl<'d> Lowerer<'d> {
                 span: d.name.span(),
             });
             let node = self.g.add(Op::Var(idx), Vec::new(), ty, d.name.span());
-            self.env.push((name, Val::Node(node)));
+            self.env.push((name, Some(Val::Node(node))));
             ids.push(idx);
         }
         ids
     }
 
-    fn lookup(&self, name: &str) -> Option<Val> {
+    /// The binding of a name: `None` if unknown, `Some(None)` if its definition failed.
+    fn lookup(&self, name: &str) -> Option<Option<Val>> {
         self.env
             .iter()
             .rev()
@@ -867,9 +970,10 @@ impl<'d> Lowerer<'d> {
 
     fn lit_node(&mut self, x: f64, dtype: DType, span: Span) -> NodeId {
         if dtype == DType::F32 && x.is_finite() && (x as f32).is_infinite() {
-            self.diags.error(
+            self.diags.error_help(
                 span,
-                format!("literal `{x}` does not fit in f32 (the largest f32 is about 3.4e38)"),
+                format!("literal `{x:e}` does not fit in f32: the largest f32 is about 3.4e38"),
+                "use a smaller constant, or declare the inputs as `f64`",
             );
         }
         self.g.scalar_const(x, dtype, span)
@@ -879,7 +983,9 @@ impl<'d> Lowerer<'d> {
         match v {
             Val::Node(n) => n,
             Val::Lit(x, span) => {
-                let dt = like.map(|n| self.g.ty(n).dtype).unwrap_or(self.default_dtype);
+                let dt = like
+                    .map(|n| self.g.ty(n).dtype)
+                    .unwrap_or(self.default_dtype);
                 self.lit_node(x, dt, span)
             }
         }
@@ -896,12 +1002,16 @@ impl<'d> Lowerer<'d> {
         match self.g.build(op, args, span) {
             Ok(n) => Some(n),
             Err(e) => {
-                match e.help {
-                    Some(h) => self.diags.error_help(span, e.message, h),
-                    None => self.diags.error(span, e.message),
-                }
+                self.report(span, e);
                 None
             }
+        }
+    }
+
+    fn report(&mut self, span: Span, e: TypeError) {
+        match e.help {
+            Some(h) => self.diags.error_help(span, e.message, h),
+            None => self.diags.error(span, e.message),
         }
     }
 
@@ -916,13 +1026,9 @@ impl<'d> Lowerer<'d> {
         for s in &body.stmts {
             match s {
                 Stmt::Let(name, e) => {
-                    if let Some(v) = self.lower_expr(e) {
-                        self.env.push((name.to_string(), v));
-                    } else {
-                        // Keep the name known so later uses don't pile up "unknown name" errors.
-                        let n = self.g.scalar_const(0.0, self.default_dtype, name.span());
-                        self.env.push((name.to_string(), Val::Node(n)));
-                    }
+                    // A failed definition stays known, so later uses don't pile up follow-on errors.
+                    let v = self.lower_expr(e);
+                    self.env.push((name.to_string(), v));
                 }
                 Stmt::Update {
                     target,
@@ -954,7 +1060,11 @@ impl<'d> Lowerer<'d> {
             self.check_ret(m, &outputs, &ret, body);
         }
         let _ = span;
-        (outputs, ret, updates.into_iter().map(|(p, n, _)| (p, n)).collect())
+        (
+            outputs,
+            ret,
+            updates.into_iter().map(|(p, n, _)| (p, n)).collect(),
+        )
     }
 
     fn check_ret(&mut self, m: &syntax::MethodAst, outputs: &[NodeId], ret: &Ret, body: &Body) {
@@ -963,22 +1073,38 @@ impl<'d> Lowerer<'d> {
             syntax::RetAst::One(t) => vec![t],
             syntax::RetAst::Tuple(ts, _) => ts.iter().collect(),
         };
-        let result_span = body.result.as_ref().map(|e| e.full_span()).unwrap_or(m.ret_span);
+        let result_span = body
+            .result
+            .as_ref()
+            .map(|e| e.full_span())
+            .unwrap_or(m.ret_span);
         let found_n = match ret {
             Ret::Unit => 0,
             Ret::One => 1,
             Ret::Tuple(n) => *n,
         };
-        if declared.len() != found_n || (matches!(m.ret, syntax::RetAst::Tuple(..)) != matches!(ret, Ret::Tuple(_)) && found_n != 0) {
-            self.diags.error(
-                result_span,
-                format!(
-                    "`{}` declares {} result(s) but its body gives {}",
-                    m.name,
-                    declared.len(),
-                    found_n
-                ),
+        if declared.len() != found_n
+            || (matches!(m.ret, syntax::RetAst::Tuple(..)) != matches!(ret, Ret::Tuple(_))
+                && found_n != 0)
+        {
+            let count = |n: usize| match n {
+                0 => "no result".to_string(),
+                1 => "1 result".to_string(),
+                n => format!("{n} results"),
+            };
+            let msg = format!(
+                "`{}` declares {}, but its body gives {}",
+                m.name,
+                count(declared.len()),
+                count(found_n)
             );
+            let help = match (declared.len(), found_n) {
+                (0, _) => "declare the result type after the arguments, as `-> f32`".to_string(),
+                (_, 0) => "end the body with the result, without a `;`".to_string(),
+                (1, _) => "end the body with one value, not a tuple".to_string(),
+                (n, _) => format!("end the body with a tuple of {n} values, as `(a, b)`"),
+            };
+            self.diags.error_help(result_span, msg, help);
             return;
         }
         if outputs.len() != declared.len() {
@@ -1011,7 +1137,8 @@ impl<'d> Lowerer<'d> {
         updates: &mut Vec<(u32, NodeId, Span)>,
     ) {
         let name = target.to_string();
-        let var = self.lookup(&name).and_then(|v| match v {
+        let binding = self.lookup(&name);
+        let var = binding.flatten().and_then(|v| match v {
             Val::Node(n) => match self.g.op(n) {
                 Op::Var(i) => Some((i, n)),
                 _ => None,
@@ -1019,7 +1146,18 @@ impl<'d> Lowerer<'d> {
             Val::Lit(..) => None,
         });
         let rhs = self.lower_expr(value);
+        if matches!(binding, Some(None)) {
+            return; // its definition failed, and that was reported
+        }
         let Some((vi, vnode)) = var else {
+            if binding.is_some() {
+                self.diags.error_help(
+                    target.span(),
+                    format!("cannot update `{name}`: it is a value computed in this function, not a parameter"),
+                    "only the model's parameters (fields of its struct) can be updated",
+                );
+                return;
+            }
             let params: Vec<String> = self
                 .g
                 .vars
@@ -1047,9 +1185,18 @@ impl<'d> Lowerer<'d> {
         }
         if let Some(m) = method {
             if !m.mutable {
+                // One error per method, naming its first update.
+                let first = m.body.stmts.iter().find_map(|s| match s {
+                    Stmt::Update { target, .. } => Some(target.to_string()),
+                    Stmt::Let(..) => None,
+                });
                 self.diags.error_help(
                     m.self_span,
-                    format!("`{}` updates `{name}` but takes `&self`", m.name),
+                    format!(
+                        "`{}` takes `&self`, but it updates `{}`",
+                        m.name,
+                        first.unwrap_or_else(|| name.clone())
+                    ),
                     "take `&mut self` to update parameters",
                 );
                 return;
@@ -1065,6 +1212,15 @@ impl<'d> Lowerer<'d> {
         }
         let Some(rhs) = rhs else { return };
         let rhs = self.node_of(rhs, Some(vnode));
+        if op != UpdateOp::Assign {
+            let sym = if op == UpdateOp::Add { "+=" } else { "-=" };
+            let src = expr_source(value);
+            let (pt, vt) = (self.g.ty(vnode).clone(), self.g.ty(rhs).clone());
+            if let Err(e) = binary_type(&self.g, sym, &pt, &vt, Some((&name, &src))) {
+                self.report(op_span, e);
+                return;
+            }
+        }
         let new = match op {
             UpdateOp::Assign => Some(rhs),
             UpdateOp::Add => self.build(Op::Binary(Binary::Add), vec![vnode, rhs], op_span),
@@ -1081,11 +1237,15 @@ impl<'d> Lowerer<'d> {
                 UpdateOp::Assign => value.full_span(),
                 _ => op_span,
             };
-            self.diags.error(
+            self.diags.error_help(
                 span,
                 format!(
-                    "update of `{name}` has type {}, but `{name}` is {}",
-                    self.g.type_str(&got),
+                    "the update changes the type of `{name}`: `{name}` is {}, the new value is {}",
+                    self.g.type_str(&want),
+                    self.g.type_str(&got)
+                ),
+                format!(
+                    "a parameter keeps its type: the right side must be {} (or broadcast to it)",
                     self.g.type_str(&want)
                 ),
             );
@@ -1096,9 +1256,12 @@ impl<'d> Lowerer<'d> {
 
     fn lower_expr(&mut self, e: &Expr) -> Option<Val> {
         match e {
-            Expr::Num { value, span, text, .. } => {
+            Expr::Num {
+                value, span, text, ..
+            } => {
                 if !value.is_finite() {
-                    self.diags.error(*span, format!("literal `{text}` is out of range for f64"));
+                    self.diags
+                        .error(*span, format!("literal `{text}` is out of range for f64"));
                     return None;
                 }
                 Some(Val::Lit(*value, *span))
@@ -1106,12 +1269,22 @@ impl<'d> Lowerer<'d> {
             Expr::Name(id) => {
                 let name = id.to_string();
                 match self.lookup(&name) {
-                    Some(v) => Some(v),
+                    Some(v) => v,
                     None => {
                         let names: Vec<String> = self.env.iter().map(|(n, _)| n.clone()).collect();
                         let msg = format!("unknown name `{name}`");
-                        match closest(&name, names.iter().map(|s| s.as_str())) {
-                            Some(c) => self.diags.error_help(id.span(), msg, format!("did you mean `{c}`?")),
+                        let help = if ALL_FUNCS.contains(&name.as_str()) {
+                            Some(format!(
+                                "`{name}` is a function: call it, as in `{name}(...)`"
+                            ))
+                        } else if self.g.syms.contains(&name) {
+                            Some(format!("`{name}` is a symbolic dim of a type, not a value"))
+                        } else {
+                            closest(&name, names.iter().map(|s| s.as_str()))
+                                .map(|c| format!("did you mean `{c}`?"))
+                        };
+                        match help {
+                            Some(h) => self.diags.error_help(id.span(), msg, h),
                             None => self.diags.error(id.span(), msg),
                         }
                         None
@@ -1122,7 +1295,9 @@ impl<'d> Lowerer<'d> {
                 let v = self.lower_expr(expr)?;
                 match v {
                     Val::Lit(x, _) => Some(Val::Lit(-x, *span)),
-                    Val::Node(n) => self.build(Op::Unary(Unary::Neg), vec![n], *span).map(Val::Node),
+                    Val::Node(n) => self
+                        .build(Op::Unary(Unary::Neg), vec![n], *span)
+                        .map(Val::Node),
                 }
             }
             Expr::Binary { op, lhs, rhs, span } => {
@@ -1144,6 +1319,13 @@ impl<'d> Lowerer<'d> {
                 };
                 let a = self.node_of(a, like);
                 let b = self.node_of(b, like);
+                // Check here, where the operator is the user's (`-` lowers to `+` and `neg`).
+                let (l, r) = (expr_source(lhs), expr_source(rhs));
+                let (ta, tb) = (self.g.ty(a).clone(), self.g.ty(b).clone());
+                if let Err(e) = binary_type(&self.g, op.symbol(), &ta, &tb, Some((&l, &r))) {
+                    self.report(*span, e);
+                    return None;
+                }
                 let n = match op {
                     BinOp::Add => self.build(Op::Binary(Binary::Add), vec![a, b], *span),
                     // a - b is a + (-b): one canonical form, so `x + (-x)` and `x - x` simplify alike.
@@ -1169,7 +1351,10 @@ impl<'d> Lowerer<'d> {
                 }
             }
             Expr::Tuple(_, span) => {
-                self.diags.error(*span, "a tuple is only allowed as the whole result of a function");
+                self.diags.error(
+                    *span,
+                    "a tuple is only allowed as the whole result of a function",
+                );
                 None
             }
             Expr::Call { func, args, span } => self.lower_call(func, args, *span),
@@ -1179,28 +1364,49 @@ impl<'d> Lowerer<'d> {
     fn lower_call(&mut self, func: &syn::Ident, args: &[Arg], span: Span) -> Option<Val> {
         let fname = func.to_string();
         let mut pos = Vec::new();
-        let mut axis: Option<(i64, Span)> = None;
+        // (value, span of the value, span of the `axis` name)
+        let mut axis: Option<(i64, Span, Span)> = None;
         let mut bad = false;
         for a in args {
             match a {
                 Arg::Pos(e) => pos.push(e),
                 Arg::Named(n, e) if n == "axis" => match literal_int(e) {
-                    Some(k) => axis = Some((k, e.full_span())),
+                    Some(k) => axis = Some((k, e.full_span(), n.span())),
                     None => {
-                        self.diags.error(e.full_span(), "`axis` must be an integer literal");
+                        self.diags.error(
+                            e.full_span(),
+                            format!(
+                                "`axis` must be an integer literal, found `{}`",
+                                expr_source(e)
+                            ),
+                        );
                         bad = true;
                     }
                 },
                 Arg::Named(n, _) => {
-                    self.diags.error(n.span(), format!("unknown argument `{n}` of `{fname}`"));
+                    let msg = format!("unknown argument `{n}` of `{fname}`");
+                    let reduces = matches!(fname.as_str(), "sum" | "mean" | "max");
+                    if reduces && closest(&n.to_string(), ["axis"].into_iter()).is_some() {
+                        self.diags.error_help(n.span(), msg, "did you mean `axis`?");
+                    } else if reduces {
+                        self.diags.error_help(
+                            n.span(),
+                            msg,
+                            format!("`{fname}` takes one tensor and an optional `axis = k`"),
+                        );
+                    } else {
+                        self.diags.error(n.span(), msg);
+                    }
                     bad = true;
                 }
             }
         }
         let expect = |this: &mut Self, n: usize| -> bool {
             if pos.len() != n {
+                // Too many: on the first extra argument; too few: on the function's name.
+                let at = pos.get(n).map(|e| e.full_span()).unwrap_or(span);
                 this.diags.error(
-                    span,
+                    at,
                     format!(
                         "`{fname}` takes {n} argument{}, found {}",
                         if n == 1 { "" } else { "s" },
@@ -1212,7 +1418,11 @@ impl<'d> Lowerer<'d> {
             true
         };
         if axis.is_some() && !matches!(fname.as_str(), "sum" | "mean" | "max") {
-            self.diags.error(axis.unwrap().1, format!("`{fname}` takes no `axis`"));
+            self.diags.error_help(
+                axis.unwrap().2,
+                format!("`{fname}` takes no `axis`"),
+                "only the reductions `sum`, `mean` and `max` take `axis = k`",
+            );
             return None;
         }
         if let Some(&(_, u)) = UNARY_FUNCS.iter().find(|(n, _)| *n == fname) {
@@ -1235,7 +1445,11 @@ impl<'d> Lowerer<'d> {
                     self.diags.error_help(
                         pos[1].full_span(),
                         "the exponent of `pow` must be a numeric literal",
-                        "for a variable exponent write `exp(k * log(x))`",
+                        format!(
+                            "for a variable exponent write `exp({} * log({}))`",
+                            expr_source(pos[1]),
+                            bare_source(pos[0])
+                        ),
                     );
                     return None;
                 };
@@ -1260,7 +1474,11 @@ impl<'d> Lowerer<'d> {
                 };
                 if let (Val::Lit(x, s), Val::Lit(y, _)) = (a, b) {
                     if op != Op::Dot {
-                        let v = if fname == "maximum" { x.max(y) } else { x.min(y) };
+                        let v = if fname == "maximum" {
+                            x.max(y)
+                        } else {
+                            x.min(y)
+                        };
                         return Some(Val::Lit(v, s));
                     }
                 }
@@ -1270,6 +1488,17 @@ impl<'d> Lowerer<'d> {
                 };
                 let a = self.node_of(a, like);
                 let b = self.node_of(b, like);
+                // Check here, where the arguments' source is known, so a hint can quote the fix.
+                let (l, r) = (expr_source(pos[0]), expr_source(pos[1]));
+                let (ta, tb) = (self.g.ty(a).clone(), self.g.ty(b).clone());
+                let checked = match op {
+                    Op::Dot => dot_type(&self.g, &ta, &tb, Some((&l, &r))),
+                    _ => binary_type(&self.g, &fname, &ta, &tb, Some((&l, &r))),
+                };
+                if let Err(e) = checked {
+                    self.report(span, e);
+                    return None;
+                }
                 self.build(op, vec![a, b], span).map(Val::Node)
             }
             "sum" | "mean" | "max" => {
@@ -1281,15 +1510,22 @@ impl<'d> Lowerer<'d> {
                 let rank = self.g.ty(x).rank() as i64;
                 let ax = match axis {
                     None => Axis::All,
-                    Some((k, s)) => {
+                    Some((k, s, _)) => {
                         let kk = if k < 0 { k + rank } else { k };
                         if kk < 0 || kk >= rank {
-                            self.diags.error(
+                            let help = match rank {
+                                0 => "a scalar has no axes: drop `axis = ...`".to_string(),
+                                1 => "the only axis is 0 (or -1)".to_string(),
+                                _ => "the axes are 0 and 1 (or -2 and -1, counting from the end)"
+                                    .to_string(),
+                            };
+                            self.diags.error_help(
                                 s,
                                 format!(
-                                    "axis {k} is out of range for {} (rank {rank})",
+                                    "axis {k} is out of range for {}, which has rank {rank}",
                                     self.g.type_str(self.g.ty(x))
                                 ),
+                                help,
                             );
                             return None;
                         }
@@ -1299,7 +1535,11 @@ impl<'d> Lowerer<'d> {
                 if rank == 0 {
                     return Some(Val::Node(x)); // reducing a scalar is the scalar
                 }
-                let op = if fname == "max" { Op::Max(ax) } else { Op::Sum(ax) };
+                let op = if fname == "max" {
+                    Op::Max(ax)
+                } else {
+                    Op::Sum(ax)
+                };
                 let r = self.build(op, vec![x], span)?;
                 if fname != "mean" {
                     return Some(Val::Node(r));
@@ -1321,13 +1561,17 @@ impl<'d> Lowerer<'d> {
                 }
                 let one = self.g.scalar_const(1.0, t.dtype, span);
                 let inv = self.build(Op::Binary(Binary::Div), vec![one, count?], span)?;
-                self.build(Op::Binary(Binary::Mul), vec![r, inv], span).map(Val::Node)
+                self.build(Op::Binary(Binary::Mul), vec![r, inv], span)
+                    .map(Val::Node)
             }
             "grad" => self.lower_grad(&pos, span).map(Val::Node),
             _ => {
                 let msg = format!("unknown function `{fname}`");
                 match closest(&fname, ALL_FUNCS.iter().copied()) {
-                    Some(c) => self.diags.error_help(func.span(), msg, format!("did you mean `{c}`?")),
+                    Some(c) => {
+                        self.diags
+                            .error_help(func.span(), msg, format!("did you mean `{c}`?"))
+                    }
                     None => self.diags.error_help(
                         func.span(),
                         msg,
@@ -1343,11 +1587,34 @@ impl<'d> Lowerer<'d> {
         }
     }
 
+    /// The variables a node is computed from, for hints: "`w` and `x`".
+    fn vars_of(&self, n: NodeId) -> String {
+        let live = self.g.reachable(&[n]);
+        let names: Vec<String> = self
+            .g
+            .ids()
+            .filter(|id| live[id.idx()])
+            .filter_map(|id| match self.g.op(id) {
+                Op::Var(i) => Some(format!("`{}`", self.g.vars[i as usize].name)),
+                _ => None,
+            })
+            .collect();
+        match names.split_last() {
+            None => "constants only".into(),
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        }
+    }
+
     fn lower_grad(&mut self, pos: &[&Expr], span: Span) -> Option<NodeId> {
         if pos.len() != 2 {
+            let at = pos.get(2).map(|e| e.full_span()).unwrap_or(span);
             self.diags.error(
-                span,
-                format!("`grad` takes 2 arguments (cost, variable), found {}", pos.len()),
+                at,
+                format!(
+                    "`grad` takes 2 arguments (cost, variable), found {}",
+                    pos.len()
+                ),
             );
             return None;
         }
@@ -1355,7 +1622,10 @@ impl<'d> Lowerer<'d> {
         let Expr::Name(wrt) = pos[1] else {
             self.diags.error(
                 pos[1].full_span(),
-                "the second argument of `grad` must name an input or a parameter",
+                format!(
+                    "the second argument of `grad` must name an input or a parameter, found `{}`",
+                    bare_source(pos[1])
+                ),
             );
             return None;
         };
@@ -1363,16 +1633,25 @@ impl<'d> Lowerer<'d> {
         let cost = cost?;
         let wrt_node = match wrt_val? {
             Val::Node(n) if matches!(self.g.op(n), Op::Var(_)) => n,
-            _ => {
+            v => {
+                let help = match v {
+                    Val::Node(n) => format!(
+                        "take the gradient with respect to what `{wrt}` is computed from: {}",
+                        self.vars_of(n)
+                    ),
+                    Val::Lit(..) => format!("`{wrt}` is a constant: it has no gradient"),
+                };
                 self.diags.error_help(
                     wrt.span(),
-                    format!("`grad` is taken with respect to an input or a parameter, and `{wrt}` is an intermediate value"),
-                    "take the gradient with respect to the variables it is computed from",
+                    format!("`grad` needs an input or a parameter as its variable, found `{wrt}`, an intermediate value"),
+                    help,
                 );
                 return None;
             }
         };
-        let Op::Var(vi) = self.g.op(wrt_node) else { unreachable!() };
+        let Op::Var(vi) = self.g.op(wrt_node) else {
+            unreachable!()
+        };
         let cost = match cost {
             Val::Node(n) => n,
             Val::Lit(..) => {
@@ -1385,17 +1664,19 @@ impl<'d> Lowerer<'d> {
         };
         let ct = self.g.ty(cost).clone();
         if ct.rank() != 0 {
+            let src = bare_source(pos[0]);
             self.diags.error_help(
                 pos[0].full_span(),
                 format!("`grad` needs a scalar cost, found {}", self.g.type_str(&ct)),
-                "reduce it first, e.g. `mean(...)` or `sum(...)`",
+                format!("reduce it first, e.g. `mean({src})` or `sum({src})`"),
             );
             return None;
         }
         if !self.g.depends_on(cost, wrt_node) {
-            self.diags.error(
+            self.diags.error_help(
                 wrt.span(),
                 format!("the cost does not depend on `{wrt}`, so its gradient is not defined"),
+                format!("the cost is computed from {}", self.vars_of(cost)),
             );
             return None;
         }
@@ -1431,7 +1712,9 @@ fn literal_num(e: &Expr) -> Option<f64> {
 fn literal_int(e: &Expr) -> Option<i64> {
     match e {
         Expr::Num {
-            value, is_int: true, ..
+            value,
+            is_int: true,
+            ..
         } => Some(*value as i64),
         Expr::Neg { expr, .. } => literal_int(expr).map(|v| -v),
         _ => None,
@@ -1476,6 +1759,16 @@ pub fn expr_source(e: &Expr) -> String {
     let mut s = String::new();
     write_source(e, &mut s);
     s
+}
+
+/// The source text of an expression as a whole call argument: without the outer parentheses
+/// `expr_source` puts around a binary expression.
+pub fn bare_source(e: &Expr) -> String {
+    let s = expr_source(e);
+    match e {
+        Expr::Binary { .. } => s[1..s.len() - 1].to_string(),
+        _ => s,
+    }
 }
 
 fn write_source(e: &Expr, s: &mut String) {

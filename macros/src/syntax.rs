@@ -129,7 +129,9 @@ impl Expr {
     /// The span of the whole expression, for errors about the value as a whole.
     pub fn full_span(&self) -> Span {
         match self {
-            Expr::Binary { lhs, rhs, span, .. } => join(join(lhs.full_span(), *span), rhs.full_span()),
+            Expr::Binary { lhs, rhs, span, .. } => {
+                join(join(lhs.full_span(), *span), rhs.full_span())
+            }
             Expr::Neg { expr, span } => join(*span, expr.full_span()),
             Expr::Transpose { expr, span } => join(expr.full_span(), *span),
             other => other.span(),
@@ -328,9 +330,16 @@ fn options_from(attrs: &[Attribute]) -> syn::Result<Options> {
         if a.path().is_ident("strict") {
             o.strict = true;
         } else if !a.path().is_ident("doc") {
+            let name = a
+                .path()
+                .get_ident()
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "...".into());
             return Err(syn::Error::new(
                 a.path().span(),
-                "unknown attribute: `tensor_fn!` understands `#[strict]` and doc comments",
+                format!(
+                    "unknown attribute `#[{name}]`\n\nhelp: `tensor_fn!` understands `#[strict]` and doc comments"
+                ),
             ));
         }
     }
@@ -339,7 +348,10 @@ fn options_from(attrs: &[Attribute]) -> syn::Result<Options> {
 
 fn split_attrs(attrs: Vec<Attribute>) -> syn::Result<(Vec<Attribute>, Options)> {
     let options = options_from(&attrs)?;
-    let docs = attrs.into_iter().filter(|a| a.path().is_ident("doc")).collect();
+    let docs = attrs
+        .into_iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .collect();
     Ok((docs, options))
 }
 
@@ -389,7 +401,8 @@ fn parse_method(input: ParseStream) -> syn::Result<MethodAst> {
         args.parse::<Token![mut]>()?;
     }
     let self_tok: Token![self] = args.parse()?;
-    let self_span = join(amp.span, self_tok.span);
+    // `&self` where spans join (nightly), else `self`: an error there reads better than on `&`.
+    let self_span = amp.span.join(self_tok.span).unwrap_or(self_tok.span);
     let mut inputs = Vec::new();
     while !args.is_empty() {
         args.parse::<Token![,]>()?;
@@ -505,12 +518,14 @@ impl Parse for TypeAst {
             "f64" => DType::F64,
             other => {
                 let hint = match other {
-                    "float" | "float32" | "floatX" | "fscalar" | "fvector" | "fmatrix" => {
-                        " (did you mean `f32`?)"
+                    "float" | "float32" | "floatX" | "fscalar" | "fvector" | "fmatrix" | "F32" => {
+                        "\n\nhelp: did you mean `f32`?"
                     }
-                    "double" | "float64" | "dscalar" | "dvector" | "dmatrix" => {
-                        " (did you mean `f64`?)"
+                    "double" | "float64" | "dscalar" | "dvector" | "dmatrix" | "F64" => {
+                        "\n\nhelp: did you mean `f64`?"
                     }
+                    "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" | "int"
+                    | "bool" | "f16" | "bf16" => "\n\nhelp: tensors hold `f32` or `f64` elements; convert the data before the call",
                     _ => "",
                 };
                 return Err(syn::Error::new(
@@ -538,7 +553,9 @@ impl Parse for TypeAst {
                     if !s.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_') {
                         return Err(syn::Error::new(
                             id.span(),
-                            format!("symbolic dim `{s}` must be a lower-case name, like `n` or `batch`"),
+                            format!(
+                                "symbolic dim `{s}` must be a lower-case name, like `n` or `batch`"
+                            ),
                         ));
                     }
                     dims.push(DimAst::Sym(id));
@@ -550,9 +567,17 @@ impl Parse for TypeAst {
                 }
             }
             if dims.len() > 2 {
+                // On the first dim past the second: the one to remove.
+                let at = match &dims[2] {
+                    DimAst::Static(_, s) => *s,
+                    DimAst::Sym(id) => id.span(),
+                };
                 return Err(syn::Error::new(
-                    span,
-                    format!("rank {} is not supported: tensors have rank 0, 1 or 2", dims.len()),
+                    at,
+                    format!(
+                        "tensors have rank 0, 1 or 2, found rank {}\n\nhelp: flatten the trailing axes into one, as in `f32[b, 784]` for 28 x 28 images",
+                        dims.len()
+                    ),
                 ));
             }
         }
@@ -572,7 +597,11 @@ pub fn parse_expr(input: ParseStream) -> syn::Result<Expr> {
 
 fn peek_binop(input: ParseStream) -> Option<(BinOp, u8)> {
     // `-=` and `+=` end an expression; so do `==` and friends, which are not operators here.
-    if input.peek(Token![+=]) || input.peek(Token![-=]) || input.peek(Token![*=]) || input.peek(Token![/=]) {
+    if input.peek(Token![+=])
+        || input.peek(Token![-=])
+        || input.peek(Token![*=])
+        || input.peek(Token![/=])
+    {
         return None;
     }
     if input.peek(Token![+]) {
@@ -593,9 +622,24 @@ fn parse_bp(input: ParseStream, min_bp: u8) -> syn::Result<Expr> {
     loop {
         if input.peek(Token![*]) && input.peek2(Token![*]) {
             let t: Token![*] = input.parse()?;
+            input.parse::<Token![*]>()?;
+            // Quote the fix when the exponent parses.
+            let help = match parse_unary(input) {
+                Ok(k) if is_literal(&k) => format!(
+                    "write `pow({}, {})`",
+                    crate::ir::bare_source(&lhs),
+                    crate::ir::bare_source(&k)
+                ),
+                Ok(k) => format!(
+                    "`pow` takes a constant exponent; for a variable one write `exp({} * log({}))`",
+                    crate::ir::expr_source(&k),
+                    crate::ir::bare_source(&lhs)
+                ),
+                Err(_) => "write `pow(x, k)` with a constant exponent `k`".into(),
+            };
             return Err(syn::Error::new(
                 t.span,
-                "`**` is not an operator here: use `pow(x, k)` with a constant exponent",
+                format!("`**` is not an operator here\n\nhelp: {help}"),
             ));
         }
         let Some((op, bp)) = peek_binop(input) else {
@@ -621,6 +665,14 @@ fn parse_bp(input: ParseStream, min_bp: u8) -> syn::Result<Expr> {
     Ok(lhs)
 }
 
+fn is_literal(e: &Expr) -> bool {
+    match e {
+        Expr::Num { .. } => true,
+        Expr::Neg { expr, .. } => is_literal(expr),
+        _ => false,
+    }
+}
+
 fn parse_unary(input: ParseStream) -> syn::Result<Expr> {
     if input.peek(Token![-]) {
         let t: Token![-] = input.parse()?;
@@ -644,23 +696,39 @@ fn parse_postfix(input: ParseStream) -> syn::Result<Expr> {
                 span: id.span(),
             };
         } else {
+            let help = if id == "t" {
+                "did you mean `.T`?".to_string()
+            } else if crate::ir::ALL_FUNCS.contains(&id.to_string().as_str()) {
+                format!(
+                    "`{id}` is a function: call it as `{id}({})`",
+                    crate::ir::bare_source(&e)
+                )
+            } else {
+                "`.T` (transpose) is the only member".to_string()
+            };
             return Err(syn::Error::new(
                 id.span(),
-                format!("unknown member `.{id}`: only `.T` (transpose) is supported; functions are called as `{id}(x)`"),
+                format!("unknown member `.{id}`\n\nhelp: {help}"),
             ));
         }
     }
     Ok(e)
 }
 
+fn suffix_error(span: Span, digits: &str, suffix: &str) -> syn::Error {
+    syn::Error::new(
+        span,
+        format!(
+            "literal suffix `{suffix}` is not used here: a literal takes the element type of the expression around it\n\nhelp: write `{digits}`"
+        ),
+    )
+}
+
 fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
     if input.peek(syn::LitFloat) {
         let l: syn::LitFloat = input.parse()?;
         if !l.suffix().is_empty() {
-            return Err(syn::Error::new(
-                l.span(),
-                "literal suffixes are not used here: a literal takes the element type of the expression around it",
-            ));
+            return Err(suffix_error(l.span(), l.base10_digits(), l.suffix()));
         }
         let value: f64 = l
             .base10_parse()
@@ -675,10 +743,7 @@ fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
     if input.peek(syn::LitInt) {
         let l: syn::LitInt = input.parse()?;
         if !l.suffix().is_empty() {
-            return Err(syn::Error::new(
-                l.span(),
-                "literal suffixes are not used here: a literal takes the element type of the expression around it",
-            ));
+            return Err(suffix_error(l.span(), l.base10_digits(), l.suffix()));
         }
         let value: f64 = l
             .base10_digits()
@@ -735,5 +800,6 @@ fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
         }
         return Ok(Expr::Name(id));
     }
-    Err(input.error("expected an expression: a name, a number, a call like `dot(a, b)`, or `( ... )`"))
+    Err(input
+        .error("expected an expression: a name, a number, a call like `dot(a, b)`, or `( ... )`"))
 }

@@ -1,0 +1,8 @@
+use tensor_fn::prelude::*;
+
+tensor_fn! {
+    x: f64[n], y: f64[m];
+    z = x - y;
+}
+
+fn main() {}
