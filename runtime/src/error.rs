@@ -45,4 +45,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file (or an item inside one, e.g. a checkpoint's tensor) does not have the expected
+    /// content: a wrong magic number, an unsupported version or dtype, a truncated body, a
+    /// checksum mismatch, a shape other than the one asked for. `path` names the file or item;
+    /// `reason` says what is wrong, expected vs found.
+    #[error("{path}: {reason}")]
+    Format { path: String, reason: String },
 }

@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod data;
+pub mod io;
 mod device;
 mod error;
 mod info;
