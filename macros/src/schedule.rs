@@ -88,7 +88,24 @@ pub struct MatView {
     pub trans: bool,
 }
 
-/// C = A B, with C `m x n`, A `m x k`, B `k x n`.
+/// A scalar known before any kernel runs: sign times a product of arguments, constants and
+/// dims (GEMM alphas).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scale {
+    pub sign: f64,
+    pub factors: Vec<Instr>,
+}
+
+impl Scale {
+    pub fn one() -> Scale {
+        Scale {
+            sign: 1.0,
+            factors: Vec::new(),
+        }
+    }
+}
+
+/// C = alpha A B + beta C, with C `m x n`, A `m x k`, B `k x n`.
 #[derive(Debug, Clone)]
 pub struct Gemm {
     pub a: MatView,
@@ -97,6 +114,9 @@ pub struct Gemm {
     pub m: Dim,
     pub k: Dim,
     pub n: Dim,
+    pub alpha: Scale,
+    /// 0 (C is only written) or 1 (accumulate into C).
+    pub beta: f64,
     pub node: NodeId,
 }
 
@@ -114,6 +134,9 @@ pub struct Schedule {
     pub outputs: Vec<OutSrc>,
     /// Updates: copy buffer -> parameter after every kernel ran (simultaneous semantics).
     pub commits: Vec<(u32, BufId)>,
+    /// Kernels from this index on write parameters in place (`w -= lr * dot(...)` as a GEMM
+    /// accumulating into `w`); they run after every kernel that reads the old values.
+    pub inplace_from: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +159,87 @@ enum TaskKind {
     Gemm,
 }
 
+/// An update `p <- p + sum_k alpha_k dot_k` done as GEMMs accumulating into `p`.
+struct InPlace {
+    param: u32,
+    terms: Vec<(Scale, NodeId)>,
+}
+
+/// Splits `node` into `p + sum_k scale_k * dot_k` when every node on the way is used only
+/// there and no dot reads a parameter (they all must see the old values). Collects the nodes
+/// the split absorbs.
+#[allow(clippy::too_many_arguments)]
+fn linear_terms(
+    g: &Graph,
+    node: NodeId,
+    p: NodeId,
+    scale: Scale,
+    uses: &[u32],
+    terms: &mut Vec<(Scale, NodeId)>,
+    absorbed: &mut Vec<NodeId>,
+    base: &mut bool,
+) -> bool {
+    if node == p {
+        let ok = !*base && scale == Scale::one();
+        *base = true;
+        return ok;
+    }
+    if uses[node.idx()] != 1 {
+        return false;
+    }
+    let n = g.node(node);
+    let scalar_src = |a: NodeId| -> Option<Instr> {
+        if g.ty(a).rank() != 0 {
+            return None;
+        }
+        match g.op(a) {
+            Op::Var(v) if g.vars[v as usize].kind == VarKind::Input => Some(Instr::Arg(v)),
+            Op::Const(c) => Some(Instr::Const(c.get())),
+            Op::DimSize(d) => Some(Instr::DimSize(d)),
+            _ => None,
+        }
+    };
+    match n.op {
+        Op::Binary(Binary::Add) => {
+            absorbed.push(node);
+            linear_terms(g, n.args[0], p, scale.clone(), uses, terms, absorbed, base)
+                && linear_terms(g, n.args[1], p, scale, uses, terms, absorbed, base)
+        }
+        Op::Unary(Unary::Neg) => {
+            absorbed.push(node);
+            let s = Scale {
+                sign: -scale.sign,
+                factors: scale.factors,
+            };
+            linear_terms(g, n.args[0], p, s, uses, terms, absorbed, base)
+        }
+        Op::Binary(Binary::Mul) => {
+            let (src, rest) = match (scalar_src(n.args[0]), scalar_src(n.args[1])) {
+                (Some(s), _) => (s, n.args[1]),
+                (None, Some(s)) => (s, n.args[0]),
+                _ => return false,
+            };
+            absorbed.push(node);
+            let mut s = scale;
+            s.factors.push(src);
+            linear_terms(g, rest, p, s, uses, terms, absorbed, base)
+        }
+        Op::Dot if g.ty(node) == g.ty(p) => {
+            let reads_param = n.args.iter().any(|&a| {
+                let base = if g.op(a) == Op::Transpose { g.args(a)[0] } else { a };
+                matches!(g.op(base), Op::Var(v) if g.vars[v as usize].kind == VarKind::Param)
+            });
+            if reads_param {
+                return false;
+            }
+            absorbed.push(node);
+            terms.push((scale, node));
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Builds the kernel plan of a checked function.
 pub fn schedule(f: &Function) -> Schedule {
     let g = &f.graph;
@@ -145,6 +249,22 @@ pub fn schedule(f: &Function) -> Schedule {
     let mut uses = g.use_counts(&live);
     for r in &roots {
         uses[r.idx()] += 1;
+    }
+    // In-place updates: the value node and everything it absorbs get no buffer of their own.
+    let mut absorbed = vec![false; g.len()];
+    let mut inplace: Vec<InPlace> = Vec::new();
+    for &(p, v) in &f.updates {
+        let Some(pnode) = g.ids().find(|&id| g.op(id) == Op::Var(p)) else { continue };
+        if g.ty(pnode).rank() != 2 {
+            continue;
+        }
+        let (mut terms, mut nodes, mut base) = (Vec::new(), Vec::new(), false);
+        if linear_terms(g, v, pnode, Scale::one(), &uses, &mut terms, &mut nodes, &mut base) && base && !terms.is_empty() {
+            for n in nodes {
+                absorbed[n.idx()] = true;
+            }
+            inplace.push(InPlace { param: p, terms });
+        }
     }
     let mut need = vec![false; g.len()];
     for id in g.ids() {
@@ -177,6 +297,7 @@ pub fn schedule(f: &Function) -> Schedule {
         }
         let op = g.op(id);
         mat[id.idx()] = match op {
+            _ if absorbed[id.idx()] => false,
             Op::Var(v) => g.vars[v as usize].kind == VarKind::Param || g.ty(id).rank() > 0,
             Op::Const(_) | Op::DimSize(_) => false,
             Op::Dot | Op::Sum(_) | Op::Max(_) => true,
@@ -190,6 +311,7 @@ pub fn schedule(f: &Function) -> Schedule {
         kernels: Vec::new(),
         outputs: Vec::new(),
         commits: Vec::new(),
+        inplace_from: 0,
     };
     let mut buf_of: HashMap<NodeId, BufId> = HashMap::new();
     let mut arg_pos: HashMap<u32, usize> = HashMap::new();
@@ -229,6 +351,9 @@ pub fn schedule(f: &Function) -> Schedule {
         s.outputs.push(OutSrc::Buf(buf));
     }
     for &(p, v) in &f.updates {
+        if inplace.iter().any(|ip| ip.param == p) {
+            continue;
+        }
         let buf = if !buf_of.contains_key(&v) && mat[v.idx()] && !matches!(g.op(v), Op::Var(_)) {
             let b = s.add_buf(BufKind::Work, g.ty(v).clone());
             buf_of.insert(v, b);
@@ -276,7 +401,7 @@ pub fn schedule(f: &Function) -> Schedule {
         match t.kind {
             TaskKind::Gemm => {
                 builder.flush(&mut s);
-                s.kernels.push(Kernel::Gemm(gemm_of(g, t.node, &buf_of)));
+                s.kernels.push(Kernel::Gemm(gemm_of(g, t.node, &buf_of, buf_of[&t.node])));
             }
             TaskKind::Store(buf) => {
                 let dims = g.ty(t.node).shape.clone();
@@ -294,6 +419,17 @@ pub fn schedule(f: &Function) -> Schedule {
         }
     }
     builder.flush(&mut s);
+    s.inplace_from = s.kernels.len();
+    for ip in inplace {
+        let pnode = g.ids().find(|&id| g.op(id) == Op::Var(ip.param)).expect("param is live");
+        let pbuf = buf_of[&pnode];
+        for (scale, dot) in ip.terms {
+            let mut gm = gemm_of(g, dot, &buf_of, pbuf);
+            gm.alpha = scale;
+            gm.beta = 1.0;
+            s.kernels.push(Kernel::Gemm(gm));
+        }
+    }
     s
 }
 
@@ -310,10 +446,21 @@ impl Schedule {
         for (i, k) in self.kernels.iter().enumerate() {
             match k {
                 Kernel::Gemm(m) => {
+                    let acc = if m.beta != 0.0 { "+" } else { "" };
+                    let mut alpha = if m.alpha.sign < 0.0 { "-".to_string() } else { String::new() };
+                    for f in &m.alpha.factors {
+                        alpha.push_str(&match f {
+                            Instr::Arg(v) => format!("{} ", g.vars[*v as usize].name),
+                            Instr::Const(c) => format!("{c} "),
+                            Instr::DimSize(d) => format!("{} ", g.dim_str(*d)),
+                            _ => "? ".into(),
+                        });
+                    }
                     let _ = writeln!(
                         out,
-                        "k{i} gemm %{}: [{}, {}] = b{}{} x b{}{} (k = {})",
+                        "k{i} gemm %{}: b{} [{}, {}] {acc}= {alpha}b{}{} x b{}{} (k = {})",
                         m.node.0,
+                        m.c.buf,
                         g.dim_str(m.m),
                         g.dim_str(m.n),
                         m.a.buf,
@@ -379,7 +526,7 @@ fn cheap(g: &Graph, id: NodeId) -> bool {
     }
 }
 
-fn gemm_of(g: &Graph, id: NodeId, buf_of: &HashMap<NodeId, BufId>) -> Gemm {
+fn gemm_of(g: &Graph, id: NodeId, buf_of: &HashMap<NodeId, BufId>, out: BufId) -> Gemm {
     let (a, b) = (g.args(id)[0], g.args(id)[1]);
     let view = |x: NodeId, left: bool| -> MatView {
         let (base, trans) = if g.op(x) == Op::Transpose {
@@ -403,7 +550,7 @@ fn gemm_of(g: &Graph, id: NodeId, buf_of: &HashMap<NodeId, BufId>) -> Gemm {
     let av = view(a, true);
     let bv = view(b, false);
     let c = MatView {
-        buf: buf_of[&id],
+        buf: out,
         rows: av.rows,
         cols: bv.cols,
         trans: false,
@@ -415,6 +562,8 @@ fn gemm_of(g: &Graph, id: NodeId, buf_of: &HashMap<NodeId, BufId>) -> Gemm {
         a: av,
         b: bv,
         c,
+        alpha: Scale::one(),
+        beta: 0.0,
         node: id,
     }
 }

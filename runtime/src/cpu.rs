@@ -9,6 +9,9 @@ use ndarray::{Array2, ArrayBase, Data, Dimension};
 
 use crate::{Error, FnInfo};
 
+mod pool;
+mod sgemm;
+
 /// A compiled function of the closure form: call it like a function, read its `info`.
 ///
 /// `tensor_fn!(|x: f64| ...)` evaluates to one of these; calls go straight to the generated
@@ -68,9 +71,11 @@ pub trait Real: Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul
     fn min_nan(self, other: Self) -> Self;
     fn ge(self, other: Self) -> Self;
     fn eq(self, other: Self) -> Self;
-    /// C = A B for strided matrices (`rs`/`cs` are row and column strides in elements).
+    /// C = alpha A B + beta C for strided matrices (`rs`/`cs`: row and column strides in
+    /// elements). Lengths are checked by [`gemm`].
     #[allow(clippy::too_many_arguments)]
-    fn gemm(m: usize, k: usize, n: usize, a: &[Self], rsa: isize, csa: isize, b: &[Self], rsb: isize, csb: isize, c: &mut [Self], rsc: isize, csc: isize);
+    fn gemm(m: usize, k: usize, n: usize, alpha: Self, a: &[Self], rsa: isize, csa: isize, b: &[Self], rsb: isize, csb: isize, beta: Self, c: &mut [Self], rsc: isize, csc: isize);
+    fn from_f64(x: f64) -> Self;
 }
 
 macro_rules! real_impl {
@@ -118,18 +123,22 @@ macro_rules! real_impl {
             fn eq(self, other: Self) -> Self {
                 if self == other { 1.0 } else { 0.0 }
             }
-            fn gemm(m: usize, k: usize, n: usize, a: &[Self], rsa: isize, csa: isize, b: &[Self], rsb: isize, csb: isize, c: &mut [Self], rsc: isize, csc: isize) {
+            fn gemm(m: usize, k: usize, n: usize, alpha: Self, a: &[Self], rsa: isize, csa: isize, b: &[Self], rsb: isize, csb: isize, beta: Self, c: &mut [Self], rsc: isize, csc: isize) {
                 // SAFETY: `gemm` below checked that every index (i*rs + j*cs) of each operand is
                 // inside its slice, and `c` is borrowed mutably so it aliases neither input.
                 unsafe {
-                    $gemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), rsc, csc);
+                    $gemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), rsc, csc);
                 }
+            }
+            #[inline(always)]
+            fn from_f64(x: f64) -> Self {
+                x as $t
             }
         }
     };
 }
 
-real_impl!(f32, matrixmultiply::sgemm);
+real_impl!(f32, sgemm::sgemm);
 real_impl!(f64, matrixmultiply::dgemm);
 
 /// The largest element index of a `rows x cols` matrix with these strides, plus one.
@@ -144,18 +153,21 @@ fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<usize> {
     last.checked_add(1)
 }
 
-/// C = A B for strided matrices, after checking every operand fits its slice.
+/// C = alpha A B + beta C for strided matrices, after checking every operand fits its slice.
+/// With beta = 0, C is only written.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Real>(
     m: usize,
     k: usize,
     n: usize,
+    alpha: T,
     a: &[T],
     rsa: isize,
     csa: isize,
     b: &[T],
     rsb: isize,
     csb: isize,
+    beta: T,
     c: &mut [T],
     rsc: isize,
     csc: isize,
@@ -169,6 +181,6 @@ pub fn gemm<T: Real>(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    T::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc);
+    T::gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
     Ok(())
 }

@@ -248,13 +248,35 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
         })
         .collect();
 
-    let kernels: Vec<TokenStream> = s
-        .kernels
+    let kernels: Vec<TokenStream> = s.kernels[..s.inplace_from]
         .iter()
         .enumerate()
         .map(|(i, k)| match k {
-            Kernel::Gemm(m) => emit_gemm(g, s, m, i),
+            Kernel::Gemm(m) => emit_gemm(g, s, m, i, dtype),
             Kernel::Loop(l) => emit_loop(g, s, l, dtype, i),
+        })
+        .collect();
+    // In-place kernels write parameters: they run after every read of the old values, with
+    // the parameter borrowed mutably.
+    let inplace: Vec<TokenStream> = s.kernels[s.inplace_from..]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| match k {
+            Kernel::Gemm(m) => {
+                let BufKind::Param(v) = s.bufs[m.c.buf].kind else {
+                    unreachable!("in-place GEMMs write parameters")
+                };
+                let id = format_ident!("__p{}", v);
+                let field = Ident::new(&g.vars[v as usize].name, Span::call_site());
+                let call = emit_gemm(g, s, m, s.inplace_from + i, dtype);
+                quote! {
+                    {
+                        let #id: &mut [#t] = self.#field.data_mut();
+                        #call
+                    }
+                }
+            }
+            Kernel::Loop(_) => unreachable!("only GEMMs run in place"),
         })
         .collect();
 
@@ -342,6 +364,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                 #(#param_binds)*
                 #(#kernels)*
             }
+            #(#inplace)*
             #(#commits)*
             #(#scalar_reads)*
             ::core::result::Result::Ok((#(#scalar_ids,)*))
@@ -381,8 +404,26 @@ fn strides(g: &Graph, v: &MatView) -> (TokenStream, TokenStream) {
     }
 }
 
-fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize) -> TokenStream {
+fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStream {
     let (a, b, c) = (buf_ident(s, m.a.buf), buf_ident(s, m.b.buf), buf_ident(s, m.c.buf));
+    let t = scalar_ty(dt);
+    let mut alpha = num_lit(m.alpha.sign, dt);
+    for f in &m.alpha.factors {
+        let x = match f {
+            Instr::Arg(v) => {
+                let a = format_ident!("__a{}", v);
+                quote!(#a)
+            }
+            Instr::Const(c) => num_lit(*c, dt),
+            Instr::DimSize(d) => {
+                let de = dim_expr(g, *d);
+                quote!((#de as #t))
+            }
+            other => unreachable!("GEMM scales are arguments, constants and dims: {other:?}"),
+        };
+        alpha = quote!(#alpha * #x);
+    }
+    let beta = num_lit(m.beta, dt);
     let (rsa, csa) = strides(g, &m.a);
     let (rsb, csb) = strides(g, &m.b);
     let (rsc, csc) = strides(g, &m.c);
@@ -390,7 +431,7 @@ fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize) -> TokenStream {
     let note = format!("k{i}: gemm");
     quote! {
         let _ = #note;
-        ::tensor_fn::__private::gemm(#mm, #kk, #nn, &#a[..], #rsa, #csa, &#b[..], #rsb, #csb, &mut #c[..], #rsc, #csc)?;
+        ::tensor_fn::__private::gemm(#mm, #kk, #nn, #alpha, &#a[..], #rsa, #csa, &#b[..], #rsb, #csb, #beta, &mut #c[..], #rsc, #csc)?;
     }
 }
 

@@ -1,0 +1,437 @@
+//! Single-precision GEMM specialized for the shapes compiled functions meet: small minibatches
+//! against wide weight matrices (20x784 by 784x500 and its transposes).
+//!
+//! Two AVX-512 micro-kernels cover every layout without packing:
+//! - `bcast`: B and C are row-contiguous. A 6x64 tile of C lives in 24 zmm registers; each step
+//!   of k loads 4 vectors of a row of B and broadcasts 6 elements of A (any strides, so A may
+//!   be transposed).
+//! - `dots`: rows of A and columns of B are contiguous along k (C = A B^T with B stored
+//!   row-major, as in `h W^T`). A 4x4 block of dot products accumulates 16 vectors along k.
+//!
+//! Anything else, and machines without AVX-512, go to `matrixmultiply`.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// C = alpha A B + beta C (beta = 0 never reads C). Strides in elements; lengths were checked
+/// by the caller.
+///
+/// # Safety
+/// Every index `i*rs + j*cs` of each operand must be inside its allocation, and `c` must not
+/// overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if k > 0 && std::is_x86_feature_detected!("avx512f") {
+            let bcast = csb == 1 && csc == 1;
+            if bcast || (csa == 1 && rsb == 1) {
+                // Split the columns of C across threads, in whole tiles.
+                let align = if bcast { NV * 16 } else { DJ };
+                let parts = if m * n * k >= PARALLEL_FLOPS { super::pool::threads() } else { 1 };
+                let tiles = n.div_ceil(align);
+                let per = tiles.div_ceil(parts) * align;
+                let (a, b, c) = (Shared(a as *mut f32), Shared(b as *mut f32), Shared(c));
+                let part = |p: usize| {
+                    let j0 = (p * per).min(n);
+                    let nn = (n - j0).min(per);
+                    if nn == 0 {
+                        return;
+                    }
+                    let (a, b, c) = (a.get() as *const f32, b.get().offset(j0 as isize * csb), c.get().offset(j0 as isize * csc));
+                    // SAFETY: the parts write disjoint column ranges of C; the caller's
+                    // contract covers every index read or written.
+                    unsafe {
+                        if bcast {
+                            bcast_gemm(m, k, nn, alpha, a, rsa, csa, b, rsb, beta, c, rsc);
+                        } else {
+                            dots_gemm(m, k, nn, alpha, a, rsa, b, csb, beta, c, rsc, csc);
+                        }
+                    }
+                };
+                if parts > 1 {
+                    super::pool::run(&part);
+                } else {
+                    part(0);
+                }
+                return;
+            }
+        }
+    }
+    matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+}
+
+/// Below this many multiply-adds a GEMM runs on the calling thread alone.
+const PARALLEL_FLOPS: usize = 1 << 16;
+
+/// A pointer handed to the pool's threads.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: the threads of one GEMM touch disjoint parts of C and only read A and B.
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+impl Shared {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+const MR: usize = 6;
+const NV: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bcast_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+) {
+    let mut j0 = 0;
+    while j0 < n {
+        let cols = (n - j0).min(NV * 16);
+        let nv = cols.div_ceil(16);
+        let tail = cols - (nv - 1) * 16;
+        let mask: __mmask16 = if tail == 16 { 0xffff } else { (1u16 << tail) - 1 };
+        // A KC x 64 panel of B stays in L1 while every row block of A passes over it; C
+        // accumulates across panels.
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = (k - p0).min(KC);
+            let beta = if p0 == 0 { beta } else { 1.0 };
+            bcast_panel(m, kc, alpha, a.offset(p0 as isize * csa), rsa, csa, b.offset(p0 as isize * rsb).add(j0), rsb, beta, c.add(j0), rsc, nv, mask);
+            p0 += kc;
+        }
+        j0 += cols;
+    }
+}
+
+/// Rows of B per panel: 256 rows of 64 floats are 64 KiB, most of L1.
+const KC: usize = 192;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bcast_panel(
+    m: usize,
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    nv: usize,
+    mask: __mmask16,
+) {
+    {
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = (m - i0).min(MR);
+            let ap = a.offset(i0 as isize * rsa);
+            let bp = b;
+            let cp = c.offset(i0 as isize * rsc);
+            macro_rules! tile {
+                ($($r:literal),*; $($v:literal),*) => {{
+                    bcast_tile::<{ [$($r),*].len() }, { [$($v),*].len() }>(k, alpha, ap, rsa, csa, bp, rsb, beta, cp, rsc, mask)
+                }};
+            }
+            match (rows, nv) {
+                (6, 4) => tile!(0, 1, 2, 3, 4, 5; 0, 1, 2, 3),
+                (6, 3) => tile!(0, 1, 2, 3, 4, 5; 0, 1, 2),
+                (6, 2) => tile!(0, 1, 2, 3, 4, 5; 0, 1),
+                (6, _) => tile!(0, 1, 2, 3, 4, 5; 0),
+                (5, 4) => tile!(0, 1, 2, 3, 4; 0, 1, 2, 3),
+                (5, 3) => tile!(0, 1, 2, 3, 4; 0, 1, 2),
+                (5, 2) => tile!(0, 1, 2, 3, 4; 0, 1),
+                (5, _) => tile!(0, 1, 2, 3, 4; 0),
+                (4, 4) => tile!(0, 1, 2, 3; 0, 1, 2, 3),
+                (4, 3) => tile!(0, 1, 2, 3; 0, 1, 2),
+                (4, 2) => tile!(0, 1, 2, 3; 0, 1),
+                (4, _) => tile!(0, 1, 2, 3; 0),
+                (3, 4) => tile!(0, 1, 2; 0, 1, 2, 3),
+                (3, 3) => tile!(0, 1, 2; 0, 1, 2),
+                (3, 2) => tile!(0, 1, 2; 0, 1),
+                (3, _) => tile!(0, 1, 2; 0),
+                (2, 4) => tile!(0, 1; 0, 1, 2, 3),
+                (2, 3) => tile!(0, 1; 0, 1, 2),
+                (2, 2) => tile!(0, 1; 0, 1),
+                (2, _) => tile!(0, 1; 0),
+                (_, 4) => tile!(0; 0, 1, 2, 3),
+                (_, 3) => tile!(0; 0, 1, 2),
+                (_, 2) => tile!(0; 0, 1),
+                (_, _) => tile!(0; 0),
+            }
+            i0 += rows;
+        }
+    }
+}
+
+/// One R x (V*16) tile of C; the last vector of each row is masked by `mask`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bcast_tile<const R: usize, const V: usize>(
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    mask: __mmask16,
+) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let mut bv = [_mm512_setzero_ps(); V];
+    for p in 0..k {
+        let brow = b.offset(p as isize * rsb);
+        for v in 0..V {
+            bv[v] = if v + 1 == V {
+                _mm512_maskz_loadu_ps(mask, brow.add(v * 16))
+            } else {
+                _mm512_loadu_ps(brow.add(v * 16))
+            };
+        }
+        let acol = a.offset(p as isize * csa);
+        for r in 0..R {
+            let av = _mm512_set1_ps(*acol.offset(r as isize * rsa));
+            for v in 0..V {
+                acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+            }
+        }
+    }
+    let al = _mm512_set1_ps(alpha);
+    let be = _mm512_set1_ps(beta);
+    for r in 0..R {
+        let crow = c.offset(r as isize * rsc);
+        for v in 0..V {
+            let m = if v + 1 == V { mask } else { 0xffff };
+            let mut x = _mm512_mul_ps(al, acc[r][v]);
+            if beta != 0.0 {
+                let old = _mm512_maskz_loadu_ps(m, crow.add(v * 16));
+                x = _mm512_fmadd_ps(be, old, x);
+            }
+            _mm512_mask_storeu_ps(crow.add(v * 16), m, x);
+        }
+    }
+}
+
+const DI: usize = 5;
+const DJ: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    b: *const f32,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    // Columns of B outer: each group of DJ rows of B^T is read from memory once, while the
+    // (small) A stays in L1.
+    let mut j0 = 0;
+    while j0 < n {
+        let rj = (n - j0).min(DJ);
+        let mut i0 = 0;
+        while i0 < m {
+            let ri = (m - i0).min(DI);
+            let ap = a.offset(i0 as isize * rsa);
+            let bp = b.offset(j0 as isize * csb);
+            let cp = c.offset(i0 as isize * rsc + j0 as isize * csc);
+            if ri == DI && rj == DJ {
+                dots_tile::<DI, DJ>(k, alpha, ap, rsa, bp, csb, beta, cp, rsc, csc);
+            } else {
+                // Edges: one dot product at a time.
+                for i in 0..ri {
+                    for j in 0..rj {
+                        dots_tile::<1, 1>(
+                            k,
+                            alpha,
+                            ap.offset(i as isize * rsa),
+                            rsa,
+                            bp.offset(j as isize * csb),
+                            csb,
+                            beta,
+                            cp.offset(i as isize * rsc + j as isize * csc),
+                            rsc,
+                            csc,
+                        );
+                    }
+                }
+            }
+            i0 += ri;
+        }
+        j0 += rj;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_tile<const I: usize, const J: usize>(
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    b: *const f32,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); J]; I];
+    let mut p = 0;
+    while p < k {
+        let len = (k - p).min(16);
+        let mask: __mmask16 = if len == 16 { 0xffff } else { (1u16 << len) - 1 };
+        let mut bv = [_mm512_setzero_ps(); J];
+        for j in 0..J {
+            bv[j] = _mm512_maskz_loadu_ps(mask, b.offset(j as isize * csb).add(p));
+        }
+        for i in 0..I {
+            let av = _mm512_maskz_loadu_ps(mask, a.offset(i as isize * rsa).add(p));
+            for j in 0..J {
+                acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+            }
+        }
+        p += 16;
+    }
+    for i in 0..I {
+        for j in 0..J {
+            let s = alpha * _mm512_reduce_add_ps(acc[i][j]);
+            let cij = c.offset(i as isize * rsc + j as isize * csc);
+            *cij = if beta != 0.0 { s + beta * *cij } else { s };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference: the textbook triple loop in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: isize, csa: isize, b: &[f32], rsb: isize, csb: isize, beta: f32, c: &mut [f32], rsc: isize, csc: isize) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    s += a[(i as isize * rsa + p as isize * csa) as usize] as f64
+                        * b[(p as isize * rsb + j as isize * csb) as usize] as f64;
+                }
+                let ci = (i as isize * rsc + j as isize * csc) as usize;
+                c[ci] = (alpha as f64 * s + if beta != 0.0 { beta as f64 * c[ci] as f64 } else { 0.0 }) as f32;
+            }
+        }
+    }
+
+    fn fill(len: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2654435761).max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_layout_matches_the_reference() {
+        let shapes = [(1, 1, 1), (20, 784, 37), (7, 5, 65), (65, 33, 129), (20, 20, 500), (13, 17, 16)];
+        for &(m, k, n) in &shapes {
+            for (ta, tb, tc) in [(false, false, false), (true, false, false), (false, true, false), (true, true, true), (false, false, true)] {
+                let a = fill(m * k, 1);
+                let b = fill(k * n, 2);
+                let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
+                let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
+                let (rsc, csc) = if tc { (1, m as isize) } else { (n as isize, 1) };
+                for (alpha, beta) in [(1.0, 0.0), (-0.5, 1.0)] {
+                    let mut c = fill(m * n, 3);
+                    let mut want = c.clone();
+                    unsafe { sgemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), rsc, csc) };
+                    reference(m, k, n, alpha, &a, rsa, csa, &b, rsb, csb, beta, &mut want, rsc, csc);
+                    for (idx, (x, y)) in c.iter().zip(&want).enumerate() {
+                        assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()) * k as f32, "{m}x{k}x{n} ta={ta} tb={tb} tc={tc} alpha={alpha} beta={beta}: index {idx}: {x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use std::time::Instant;
+
+    /// GFLOP/s on the seed's five step shapes: `cargo test --release -p tensor-fn-runtime sgemm_shapes -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn sgemm_shapes() {
+        let shapes: [(usize, usize, usize, bool, bool, &str); 5] = [
+            (20, 784, 500, false, false, "x W"),
+            (20, 500, 784, false, true, "h W^T"),
+            (20, 784, 500, false, false, "g W"),
+            (784, 20, 500, true, false, "g^T h"),
+            (784, 20, 500, true, false, "x^T g"),
+        ];
+        for &(m, k, n, ta, tb, name) in &shapes {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0.0f32; m * n];
+            let (rsa, csa) = if ta { (1isize, m as isize) } else { (k as isize, 1) };
+            let (rsb, csb) = if tb { (1isize, k as isize) } else { (n as isize, 1) };
+            let reps = 2000;
+            let t = Instant::now();
+            for _ in 0..reps {
+                unsafe { sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), n as isize, 1) };
+            }
+            let g = 2.0 * (m * k * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
+            println!("{name:6} {m}x{k}x{n}: {g:.0} GFLOP/s");
+        }
+    }
+}
