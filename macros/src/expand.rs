@@ -28,9 +28,13 @@ pub fn tensor_fn(input: TokenStream) -> TokenStream {
     match compile(&program) {
         Ok(fns) => emit(&program, &fns),
         Err(diags) => {
-            let mut out = diags.to_compile_errors();
-            out.extend(stub(&program));
-            out
+            let errors = diags.to_compile_errors();
+            let stub = stub(&program);
+            match program {
+                // In expression position the errors and the stub must form one expression.
+                Program::Closure(_) => quote!({ #errors #stub }),
+                _ => quote!(#errors #stub),
+            }
         }
     }
 }
@@ -261,9 +265,7 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
     let name = &m.name;
     let vis = &m.vis;
     let attrs = &m.attrs;
-    let fields: Vec<TokenStream> = m
-        .params
-        .iter()
+    let fields: Vec<TokenStream> = unique_decls(&m.params)
         .map(|p| {
             let n = &p.name;
             let t = param_field_ty(&p.ty);
@@ -271,18 +273,14 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
             quote!(#[doc = #doc] pub #n: #t)
         })
         .collect();
-    let args: Vec<TokenStream> = m
-        .params
-        .iter()
+    let args: Vec<TokenStream> = unique_decls(&m.params)
         .map(|p| {
             let n = &p.name;
             let t = param_array_ty(&p.ty);
             quote!(#n: #t)
         })
         .collect();
-    let inits: Vec<TokenStream> = m
-        .params
-        .iter()
+    let inits: Vec<TokenStream> = unique_decls(&m.params)
         .map(|p| {
             let n = &p.name;
             let s = p.name.to_string();
@@ -433,14 +431,21 @@ fn param_checks(m: &syntax::ModelAst) -> Vec<TokenStream> {
     out
 }
 
+/// Declarations with their first occurrence only (a duplicate is reported already).
+fn unique_decls(decls: &[syntax::Decl]) -> impl Iterator<Item = &syntax::Decl> {
+    decls
+        .iter()
+        .enumerate()
+        .filter(move |(i, d)| !decls[..*i].iter().any(|e| e.name == d.name))
+        .map(|(_, d)| d)
+}
+
 /// Items with the declared signatures, so that a failed expansion shows our errors only.
 fn stub(program: &Program) -> TokenStream {
     let never = quote!(::core::unreachable!("tensor_fn! could not compile this function"));
     match program {
         Program::Closure(c) => {
-            let ps: Vec<TokenStream> = c
-                .inputs
-                .iter()
+            let ps: Vec<TokenStream> = unique_decls(&c.inputs)
                 .map(|d| {
                     let n = &d.name;
                     let t = ast_arg_ty(&d.ty);
@@ -457,9 +462,7 @@ fn stub(program: &Program) -> TokenStream {
             }
         }
         Program::Equations(eqs) => {
-            let ps: Vec<TokenStream> = eqs
-                .inputs
-                .iter()
+            let ps: Vec<TokenStream> = unique_decls(&eqs.inputs)
                 .map(|d| {
                     let n = &d.name;
                     let t = ast_arg_ty(&d.ty);
@@ -468,8 +471,13 @@ fn stub(program: &Program) -> TokenStream {
                 .collect();
             let ret = rs::scalar_ty(eqs.inputs.first().map(|d| d.ty.dtype).unwrap_or(syntax::DType::F64));
             let mut out = TokenStream::new();
+            let mut seen: Vec<String> = Vec::new();
             for eq in &eqs.equations {
                 let (name, vis) = (&eq.name, &eq.vis);
+                if seen.contains(&name.to_string()) {
+                    continue;
+                }
+                seen.push(name.to_string());
                 out.extend(quote! {
                     #[allow(unused_variables, dead_code)]
                     #vis fn #name(#(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> { #never }
