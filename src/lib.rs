@@ -17,7 +17,7 @@
 //! ```
 
 pub use tensor_fn_macros::tensor_fn;
-pub use tensor_fn_runtime::{data, Device, Error, FnInfo, Shared};
+pub use tensor_fn_runtime::{data, io, Device, Error, FnInfo, Shared};
 
 /// The names most programs need: the macro, the runtime types and ndarray.
 pub mod prelude {

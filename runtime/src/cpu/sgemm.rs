@@ -41,21 +41,17 @@ pub unsafe fn sgemm(
         if k > 0 && std::is_x86_feature_detected!("avx512f") {
             let bcast = csb == 1 && csc == 1;
             if bcast || (csa == 1 && rsb == 1) {
-                // Split the columns of C across threads, in whole tiles.
-                let align = if bcast { NV * 16 } else { DJ };
-                let parts = if m * n * k >= PARALLEL_FLOPS { super::pool::threads() } else { 1 };
-                let tiles = n.div_ceil(align);
-                let per = tiles.div_ceil(parts) * align;
+                // Chunks of whole column tiles of C, shared out among the pool's threads.
+                let width = if bcast { NV * 16 } else { 4 * DJ };
+                let chunks = if m * n * k >= PARALLEL_FLOPS { n.div_ceil(width) } else { 1 };
+                let width = if chunks == 1 { n } else { width };
                 let (a, b, c) = (Shared(a as *mut f32), Shared(b as *mut f32), Shared(c));
-                let part = |p: usize| {
-                    let j0 = (p * per).min(n);
-                    let nn = (n - j0).min(per);
-                    if nn == 0 {
-                        return;
-                    }
+                let chunk = |ch: usize| {
+                    let j0 = ch * width;
+                    let nn = (n - j0).min(width);
                     let (a, b, c) = (a.get() as *const f32, b.get().offset(j0 as isize * csb), c.get().offset(j0 as isize * csc));
-                    // SAFETY: the parts write disjoint column ranges of C; the caller's
-                    // contract covers every index read or written.
+                    // SAFETY: chunks write disjoint column ranges of C; the caller's contract
+                    // covers every index read or written.
                     unsafe {
                         if bcast {
                             bcast_gemm(m, k, nn, alpha, a, rsa, csa, b, rsb, beta, c, rsc);
@@ -64,11 +60,7 @@ pub unsafe fn sgemm(
                         }
                     }
                 };
-                if parts > 1 {
-                    super::pool::run(&part);
-                } else {
-                    part(0);
-                }
+                super::pool::run_chunks(chunks, &chunk);
                 return;
             }
         }
