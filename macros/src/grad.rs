@@ -38,6 +38,13 @@ pub fn grad(f: &mut Function) -> Result<(), String> {
 
 /// d cost / d x, for a scalar `cost`.
 pub fn backprop(g: &mut Graph, cost: NodeId, x: NodeId) -> Result<NodeId, TypeError> {
+    // Arguments precede their users, so a var numbered after the cost is not an argument of it:
+    // the cost does not depend on x (e.g. `0 * sum(x)` simplified away) and d cost / d x = 0.
+    if x.idx() > cost.idx() {
+        let ty = g.ty(x).clone();
+        let span = g.node(cost).span;
+        return Ok(g.constant(0.0, ty, span));
+    }
     // Only nodes on a path from x to cost carry a gradient.
     let n = cost.idx() + 1;
     let mut reaches_x = vec![false; n];
@@ -214,6 +221,9 @@ fn vjp(g: &mut Graph, id: NodeId, k: usize, gout: NodeId) -> Result<NodeId, Type
             }
             // piecewise constant: zero almost everywhere
             Unary::Sign | Unary::Step => b.zeros_like(x),
+            // d x^0 = 0: x^0 = 1 everywhere (powf(0, 0) = 1), while 0 * x^-1 is NaN at x = 0
+            // once `#[strict]` keeps `mul-zero` from folding it.
+            Unary::Pow(kk) if kk.get() == 0.0 => b.zeros_like(x),
             // d x^k = g * k x^(k-1)
             Unary::Pow(kk) => {
                 let kv = kk.get();

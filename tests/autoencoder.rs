@@ -1,0 +1,149 @@
+//! The seed's autoencoder as a library user writes it: training on a slice of the shipped
+//! MNIST lowers the cost and changes the filters, a training step allocates nothing after the
+//! first, bad shapes are errors, and the result matches a plain re-implementation.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use ndarray::{s, Array1, Array2, ArrayView2};
+use tensor_fn::data::mnist::Mnist;
+use tensor_fn::prelude::*;
+
+/// Counts heap allocations made by the current thread.
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: defers to the system allocator; the counter is a plain thread-local Cell.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> usize {
+    ALLOCS.with(|c| c.get())
+}
+
+tensor_fn! {
+    pub struct Autoencoder { w: f32[784, h], b1: f32[h], b2: f32[784] }
+
+    impl Autoencoder {
+        pub fn train(&mut self, x: f32[b, 784], lr: f32) -> f32 {
+            let hidden = sigmoid(dot(x, w) + b1);
+            let output = sigmoid(dot(hidden, w.T) + b2);
+            let cost = mean(-sum(x * log(output) + (1 - x) * log(1 - output), axis = 1));
+            w -= lr * grad(cost, w);
+            b1 -= lr * grad(cost, b1);
+            b2 -= lr * grad(cost, b2);
+            cost
+        }
+    }
+}
+
+fn init(hidden: usize) -> Array2<f32> {
+    // A deterministic spread of small weights (a hash, not a generator: tests need no RNG).
+    let bound = 4.0 * (6.0f32 / (hidden as f32 + 784.0)).sqrt();
+    Array2::from_shape_fn((784, hidden), |(i, j)| {
+        let mut x = (i * 7919 + j * 104729 + 1) as u32;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * bound
+    })
+}
+
+fn images() -> Array2<f32> {
+    let data = Mnist::load_default().expect("the shipped MNIST loads");
+    data.train_images.slice(s![..6000, ..]).to_owned()
+}
+
+#[test]
+fn training_lowers_the_cost_and_changes_the_filters() {
+    let x = images();
+    let hidden = 64;
+    let w0 = init(hidden);
+    let mut m = Autoencoder::new(w0.clone(), Array1::zeros(hidden), Array1::zeros(784)).unwrap();
+    let mut costs = Vec::new();
+    for i in 0..300 {
+        let batch = x.slice(s![i * 20..(i + 1) * 20, ..]);
+        costs.push(m.train(batch, 0.1).unwrap());
+    }
+    let first: f32 = costs[..20].iter().sum::<f32>() / 20.0;
+    let last: f32 = costs[280..].iter().sum::<f32>() / 20.0;
+    assert!(costs.iter().all(|c| c.is_finite()));
+    assert!(last < 0.7 * first, "cost went from {first} to {last}");
+    let moved = (&m.w.value() - &w0).mapv(f32::abs).sum() / w0.len() as f32;
+    assert!(moved > 1e-3, "filters barely changed: mean |dW| = {moved}");
+}
+
+/// The same step written by hand (forward, backprop) in f64, the way the numpy peer does it.
+fn reference_step(w: &mut Array2<f64>, b1: &mut Array1<f64>, b2: &mut Array1<f64>, x: ArrayView2<f64>, lr: f64) -> f64 {
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let h = (x.dot(w) + &*b1).mapv(sig);
+    let out = (h.dot(&w.t()) + &*b2).mapv(sig);
+    let n = x.nrows() as f64;
+    let cost = -(&x * &out.mapv(f64::ln) + &x.mapv(|v| 1.0 - v) * &out.mapv(|o| (1.0 - o).ln())).sum() / n;
+    let g2 = (&out - &x) / n;
+    let gh = g2.dot(w) * &h * &h.mapv(|v| 1.0 - v);
+    let dw = x.t().dot(&gh) + g2.t().dot(&h);
+    *w -= &(dw * lr);
+    *b1 -= &(gh.sum_axis(ndarray::Axis(0)) * lr);
+    *b2 -= &(g2.sum_axis(ndarray::Axis(0)) * lr);
+    cost
+}
+
+#[test]
+fn matches_a_hand_written_backprop() {
+    let x = images();
+    let hidden = 32;
+    let w0 = init(hidden);
+    let mut m = Autoencoder::new(w0.clone(), Array1::zeros(hidden), Array1::zeros(784)).unwrap();
+    let (mut w, mut b1, mut b2) = (w0.mapv(f64::from), Array1::<f64>::zeros(hidden), Array1::<f64>::zeros(784));
+    for i in 0..50 {
+        let batch = x.slice(s![i * 20..(i + 1) * 20, ..]);
+        let ours = m.train(batch, 0.1).unwrap() as f64;
+        let want = reference_step(&mut w, &mut b1, &mut b2, batch.mapv(f64::from).view(), 0.1);
+        assert!((ours - want).abs() <= 1e-4 * want.abs(), "step {i}: cost {ours} vs {want}");
+    }
+    let dw = (&m.w.value().mapv(f64::from) - &w).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+    assert!(dw < 1e-4, "max |W - W_ref| = {dw}");
+}
+
+#[test]
+fn a_training_step_allocates_nothing_after_the_first() {
+    let x = images();
+    let hidden = 50;
+    let mut m = Autoencoder::new(init(hidden), Array1::zeros(hidden), Array1::zeros(784)).unwrap();
+    m.train(x.slice(s![..20, ..]), 0.1).unwrap();
+    let before = allocs();
+    for i in 1..40 {
+        m.train(x.slice(s![i * 20..(i + 1) * 20, ..]), 0.1).unwrap();
+    }
+    assert_eq!(allocs() - before, 0, "allocations in 39 training steps");
+}
+
+#[test]
+fn wrong_shapes_are_errors_naming_the_argument() {
+    let hidden = 8;
+    let mut m = Autoencoder::new(init(hidden), Array1::zeros(hidden), Array1::zeros(784)).unwrap();
+    let bad = Array2::<f32>::zeros((20, 783));
+    let e = m.train(bad.view(), 0.1).unwrap_err().to_string();
+    assert_eq!(e, "argument `x` has size 783 in axis 1, but its type `f32[b, 784]` says 784");
+    // Parameters whose symbolic dims disagree are refused at construction.
+    let e = Autoencoder::new(init(hidden), Array1::zeros(hidden + 1), Array1::zeros(784)).unwrap_err();
+    assert_eq!(e.to_string(), "dim `h` is 8 from `w` but 9 from `b1`");
+}
