@@ -137,14 +137,25 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(path)) => {
             let w: Array2<f32> = io::read_npy_2d(path)?;
             if w.nrows() != 784 {
-                return Err(format!("{}: W must have 784 rows, found {:?}", path.display(), w.shape()).into());
+                return Err(format!(
+                    "{}: W must have 784 rows, found {:?}",
+                    path.display(),
+                    w.shape()
+                )
+                .into());
             }
             let hidden = w.ncols();
-            (Autoencoder::new(w, Array1::zeros(hidden), Array1::zeros(784))?, 1)
+            (
+                Autoencoder::new(w, Array1::zeros(hidden), Array1::zeros(784))?,
+                1,
+            )
         }
         (None, None) => {
             let w = init_weights(args.hidden, args.seed);
-            (Autoencoder::new(w, Array1::zeros(args.hidden), Array1::zeros(784))?, 1)
+            (
+                Autoencoder::new(w, Array1::zeros(args.hidden), Array1::zeros(784))?,
+                1,
+            )
         }
     };
     let hidden = model.w.shape()[1];
@@ -174,9 +185,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let secs = t.elapsed().as_secs_f64();
         let cost = total / steps as f64;
         seconds.push(secs);
-        history.push(EpochCost { epoch, cost, seconds: secs });
+        history.push(EpochCost {
+            epoch,
+            cost,
+            seconds: secs,
+        });
         println!("epoch {epoch}: mean cost {cost:.6}, {secs:.3} s");
-        save_checkpoint(&model, epoch, args.seed, &history, &args.out.join("checkpoint.tfck"))?;
+        save_checkpoint(
+            &model,
+            epoch,
+            args.seed,
+            &history,
+            &args.out.join("checkpoint.tfck"),
+        )?;
     }
     if !seconds.is_empty() {
         println!(
@@ -252,9 +273,15 @@ fn write_outputs(
         .write(out.join("cost.png"), &ys)?;
     // The seed's get_hidden on the test set, in chunks to keep the workspace small.
     let mut features = Array2::<f32>::zeros((data.test_images.nrows(), hidden));
-    for (i, chunk) in data.test_images.axis_chunks_iter(ndarray::Axis(0), 1000).enumerate() {
+    for (i, chunk) in data
+        .test_images
+        .axis_chunks_iter(ndarray::Axis(0), 1000)
+        .enumerate()
+    {
         let h = model.hidden(chunk)?;
-        features.slice_mut(s![i * 1000..i * 1000 + h.nrows(), ..]).assign(&h);
+        features
+            .slice_mut(s![i * 1000..i * 1000 + h.nrows(), ..])
+            .assign(&h);
     }
     io::write_npy(out.join("hidden_test.npy"), &features)?;
     io::write_npy(out.join("weights.npy"), &w)?;

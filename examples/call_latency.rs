@@ -23,6 +23,9 @@ fn main() -> Result<(), tensor_fn::Error> {
         }
         best = best.min(t.elapsed().as_secs_f64() / calls as f64);
     }
-    println!("dot(2x2, 2): {:.3} us per call (best of 5 x {calls} calls)", best * 1e6);
+    println!(
+        "dot(2x2, 2): {:.3} us per call (best of 5 x {calls} calls)",
+        best * 1e6
+    );
     Ok(())
 }

@@ -52,7 +52,10 @@ fn main() -> Result<(), tensor_fn::Error> {
     println!("\n== grad, simplified at compile time");
     let g = tensor_fn!(|v: f64[n], w: f64[n]| grad(dot(v, w), w));
     println!("grad(dot(v, w), w) = {}", g.info.expr);
-    println!("at v = [0, 0], w = [1, 2]: {}", g(arr1(&[0.0, 0.0]).view(), arr1(&[1.0, 2.0]).view())?);
+    println!(
+        "at v = [0, 0], w = [1, 2]: {}",
+        g(arr1(&[0.0, 0.0]).view(), arr1(&[1.0, 2.0]).view())?
+    );
 
     println!("\n== shared variables");
     let mut shared = Shared::new("shared_var", Array2::<f64>::ones((2, 3)));
@@ -64,13 +67,20 @@ fn main() -> Result<(), tensor_fn::Error> {
     let mut silly = Silly::new(shared.into_value())?;
     for step in 1..=2 {
         let (wx, cost) = silly.f(arr1(&[1.0, 1.0, 1.0]).view())?;
-        println!("call {step}: wx = {wx}, cost = {cost}, w = {}", silly.w.get_value());
+        println!(
+            "call {step}: wx = {wx}, cost = {cost}, w = {}",
+            silly.w.get_value()
+        );
     }
     println!("update rule: {}", Silly::F_INFO.expr);
 
     println!("\n== h = f + g with g = -f is constantly zero");
     let h = tensor_fn!(|x: f64| x + (-x));
-    println!("h(x) = {}   (rewrites: {})", h.info.expr, h.info.rewrites.trim());
+    println!(
+        "h(x) = {}   (rewrites: {})",
+        h.info.expr,
+        h.info.rewrites.trim()
+    );
     println!("h(42) = {}", h(42.0)?);
     Ok(())
 }

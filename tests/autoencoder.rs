@@ -91,12 +91,19 @@ fn training_lowers_the_cost_and_changes_the_filters() {
 }
 
 /// The same step written by hand (forward, backprop) in f64, the way the numpy peer does it.
-fn reference_step(w: &mut Array2<f64>, b1: &mut Array1<f64>, b2: &mut Array1<f64>, x: ArrayView2<f64>, lr: f64) -> f64 {
+fn reference_step(
+    w: &mut Array2<f64>,
+    b1: &mut Array1<f64>,
+    b2: &mut Array1<f64>,
+    x: ArrayView2<f64>,
+    lr: f64,
+) -> f64 {
     let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
     let h = (x.dot(w) + &*b1).mapv(sig);
     let out = (h.dot(&w.t()) + &*b2).mapv(sig);
     let n = x.nrows() as f64;
-    let cost = -(&x * &out.mapv(f64::ln) + &x.mapv(|v| 1.0 - v) * &out.mapv(|o| (1.0 - o).ln())).sum() / n;
+    let cost =
+        -(&x * &out.mapv(f64::ln) + &x.mapv(|v| 1.0 - v) * &out.mapv(|o| (1.0 - o).ln())).sum() / n;
     let g2 = (&out - &x) / n;
     let gh = g2.dot(w) * &h * &h.mapv(|v| 1.0 - v);
     let dw = x.t().dot(&gh) + g2.t().dot(&h);
@@ -112,14 +119,23 @@ fn matches_a_hand_written_backprop() {
     let hidden = 32;
     let w0 = init(hidden);
     let mut m = Autoencoder::new(w0.clone(), Array1::zeros(hidden), Array1::zeros(784)).unwrap();
-    let (mut w, mut b1, mut b2) = (w0.mapv(f64::from), Array1::<f64>::zeros(hidden), Array1::<f64>::zeros(784));
+    let (mut w, mut b1, mut b2) = (
+        w0.mapv(f64::from),
+        Array1::<f64>::zeros(hidden),
+        Array1::<f64>::zeros(784),
+    );
     for i in 0..50 {
         let batch = x.slice(s![i * 20..(i + 1) * 20, ..]);
         let ours = m.train(batch, 0.1).unwrap() as f64;
         let want = reference_step(&mut w, &mut b1, &mut b2, batch.mapv(f64::from).view(), 0.1);
-        assert!((ours - want).abs() <= 1e-4 * want.abs(), "step {i}: cost {ours} vs {want}");
+        assert!(
+            (ours - want).abs() <= 1e-4 * want.abs(),
+            "step {i}: cost {ours} vs {want}"
+        );
     }
-    let dw = (&m.w.value().mapv(f64::from) - &w).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+    let dw = (&m.w.value().mapv(f64::from) - &w)
+        .mapv(f64::abs)
+        .fold(0.0f64, |a, &b| a.max(b));
     assert!(dw < 1e-4, "max |W - W_ref| = {dw}");
 }
 
@@ -142,8 +158,12 @@ fn wrong_shapes_are_errors_naming_the_argument() {
     let mut m = Autoencoder::new(init(hidden), Array1::zeros(hidden), Array1::zeros(784)).unwrap();
     let bad = Array2::<f32>::zeros((20, 783));
     let e = m.train(bad.view(), 0.1).unwrap_err().to_string();
-    assert_eq!(e, "argument `x` has size 783 in axis 1, but its type `f32[b, 784]` says 784");
+    assert_eq!(
+        e,
+        "argument `x` has size 783 in axis 1, but its type `f32[b, 784]` says 784"
+    );
     // Parameters whose symbolic dims disagree are refused at construction.
-    let e = Autoencoder::new(init(hidden), Array1::zeros(hidden + 1), Array1::zeros(784)).unwrap_err();
+    let e =
+        Autoencoder::new(init(hidden), Array1::zeros(hidden + 1), Array1::zeros(784)).unwrap_err();
     assert_eq!(e.to_string(), "dim `h` is 8 from `w` but 9 from `b1`");
 }

@@ -1227,7 +1227,7 @@ mod disconnected {
             r.uniform(&[3, 4], -1., 1.),
             r.uniform(&[3, 4], -1., 1.),
         ];
-        let f = |a: &[In]| (lin(v2(&a[0]), v2(&a[1])).unwrap() * &v2(&a[2])).sum();
+        let f = |a: &[In]| (lin(v2(&a[0]), v2(&a[1])).unwrap() * v2(&a[2])).sum();
         let hv = h(v2(&ins[0]), v2(&ins[1]), v2(&ins[2])).unwrap();
         assert_eq!(h::INFO.expr, "0");
         check("hvp of sum(x * c)", &ins, f, &[("x", 0, hv.dy())]);
@@ -1402,8 +1402,8 @@ mod autoencoder {
         let sp = |z: f64| z.max(0.0) + (-z.abs()).exp().ln_1p();
         let sg = |z: f64| 1.0 / (1.0 + (-z).exp());
         let (w, b1, b2, x) = (v2(&a[0]), v1(&a[1]), v1(&a[2]), v2(&a[3]));
-        let h = (x.dot(&w) + &b1).mapv(sg);
-        let z = h.dot(&w.t()) + &b2;
+        let h = (x.dot(&w) + b1).mapv(sg);
+        let z = h.dot(&w.t()) + b2;
         let per = ndarray::Zip::from(&x)
             .and(&z)
             .map_collect(|&x, &z| x * sp(-z) + (1.0 - x) * sp(z));
@@ -1454,8 +1454,8 @@ mod autoencoder {
         let ins = inputs(102, 40.0);
         let z = {
             let (w, b1, b2, x) = (v2(&ins[0]), v1(&ins[1]), v1(&ins[2]), v2(&ins[3]));
-            let h = (x.dot(&w) + &b1).mapv(|z| 1.0 / (1.0 + (-z).exp()));
-            h.dot(&w.t()) + &b2
+            let h = (x.dot(&w) + b1).mapv(|z| 1.0 / (1.0 + (-z).exp()));
+            h.dot(&w.t()) + b2
         };
         let zmax = z.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         assert!(zmax > 60.0, "inputs do not saturate: max |z| = {zmax}");
@@ -1766,7 +1766,7 @@ mod second_mm {
             r.uniform(&[3, 3], -1., 1.),
             r.uniform(&[3, 4], -1., 1.),
         ];
-        let f = |x: &[In]| (ga(v2(&x[0]), v2(&x[1]), v2(&x[2])).unwrap() * &v2(&x[3])).sum();
+        let f = |x: &[In]| (ga(v2(&x[0]), v2(&x[1]), v2(&x[2])).unwrap() * v2(&x[3])).sum();
         let (a, b, c, v) = (v2(&ins[0]), v2(&ins[1]), v2(&ins[2]), v2(&ins[3]));
         check(
             "hvp sigmoid(dot(a, b)), softplus(a.T)",
@@ -1829,7 +1829,7 @@ mod second_reduce {
             r.uniform(&[3], -1., 1.),
             r.uniform(&[3, 4], -1., 1.),
         ];
-        let f = |a: &[In]| (gx(v2(&a[0]), v1(&a[1]), v1(&a[2])).unwrap() * &v2(&a[3])).sum();
+        let f = |a: &[In]| (gx(v2(&a[0]), v1(&a[1]), v1(&a[2])).unwrap() * v2(&a[3])).sum();
         let (x, b, cn, v) = (v2(&ins[0]), v1(&ins[1]), v1(&ins[2]), v2(&ins[3]));
         check(
             "hvp max/mean/sum axis, broadcast",
@@ -1863,7 +1863,7 @@ mod second_autoencoder {
             r.uniform(&[6, 4], -1., 1.),
         ];
         let f =
-            |a: &[In]| (gw(v2(&a[0]), v1(&a[1]), v1(&a[2]), v2(&a[3])).unwrap() * &v2(&a[4])).sum();
+            |a: &[In]| (gw(v2(&a[0]), v1(&a[1]), v1(&a[2]), v2(&a[3])).unwrap() * v2(&a[4])).sum();
         let (w, b1, b2, x, v) = (
             v2(&ins[0]),
             v1(&ins[1]),

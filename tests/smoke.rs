@@ -39,7 +39,12 @@ fn equations() {
     assert_eq!(cost(w.view(), x.view()).unwrap(), 10.5);
     let g = dcost_dw(w.view(), x.view()).unwrap();
     assert_eq!(g, Array2::from_elem((2, 3), 0.5));
-    println!("{}\n{}\n{}", dcost_dw::INFO.graph, dcost_dw::INFO.grads, dcost_dw::INFO.plan);
+    println!(
+        "{}\n{}\n{}",
+        dcost_dw::INFO.graph,
+        dcost_dw::INFO.grads,
+        dcost_dw::INFO.plan
+    );
 }
 
 tensor_fn! {
@@ -72,6 +77,12 @@ fn model() {
     let c0 = m.train(x.view(), 0.1).unwrap();
     let c1 = m.train(x.view(), 0.1).unwrap();
     println!("{c0} {c1}");
-    println!("{}\n{}\n{}\n{}", Autoencoder::TRAIN_INFO.graph, Autoencoder::TRAIN_INFO.grads, Autoencoder::TRAIN_INFO.rewrites, Autoencoder::TRAIN_INFO.plan);
+    println!(
+        "{}\n{}\n{}\n{}",
+        Autoencoder::TRAIN_INFO.graph,
+        Autoencoder::TRAIN_INFO.grads,
+        Autoencoder::TRAIN_INFO.rewrites,
+        Autoencoder::TRAIN_INFO.plan
+    );
     assert!(c1 < c0);
 }

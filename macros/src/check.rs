@@ -20,7 +20,9 @@ pub fn check(f: &Function) -> Result<(), String> {
             Op::Const(_) | Op::DimSize(_) => None,
             Op::Broadcast => {
                 let a = g.ty(n.args[0]);
-                if a.dtype != n.ty.dtype || broadcast_shapes(&a.shape, &n.ty.shape).as_ref() != Some(&n.ty.shape) {
+                if a.dtype != n.ty.dtype
+                    || broadcast_shapes(&a.shape, &n.ty.shape).as_ref() != Some(&n.ty.shape)
+                {
                     return Err(format!("%{}: bad broadcast", id.0));
                 }
                 None

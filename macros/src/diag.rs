@@ -35,30 +35,17 @@ impl Diagnostics {
 
     pub fn push(&mut self, d: Diagnostic) {
         // The same node can be visited from several functions of one block: report it once.
-        let dup = self.errors.iter().any(|e| {
-            e.message == d.message && format!("{:?}", e.span) == format!("{:?}", d.span)
-        });
+        let dup = self
+            .errors
+            .iter()
+            .any(|e| e.message == d.message && format!("{:?}", e.span) == format!("{:?}", d.span));
         if !dup {
             self.errors.push(d);
         }
     }
 
-    pub fn extend_syn(&mut self, e: syn::Error) {
-        for e in e {
-            self.error(e.span(), e.to_string());
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.errors.len()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.errors.iter()
     }
 
     /// `compile_error!` invocations, one per error, each on its span.

@@ -87,7 +87,12 @@ fn limit(s: &simplify::Simplifier) -> Result<(), String> {
     }
 }
 
-fn internal(diags: &mut Diagnostics, f: &Function, stage: &str, r: Result<(), String>) -> Result<(), Diagnostics> {
+fn internal(
+    diags: &mut Diagnostics,
+    f: &Function,
+    stage: &str,
+    r: Result<(), String>,
+) -> Result<(), Diagnostics> {
     if let Err(e) = r {
         diags.error(
             Span::call_site(),
@@ -129,15 +134,22 @@ fn check_one_dtype(f: &Function, diags: &mut Diagnostics) {
 fn merge_report(text: &str) -> String {
     let mut rows: Vec<(String, String, usize)> = Vec::new();
     for line in text.lines() {
-        let (head, tail) = line.split_once(" (").map(|(h, t)| (h, format!(" ({t}"))).unwrap_or((line, String::new()));
-        let Some((name, count)) = head.rsplit_once(" x") else { continue };
+        let (head, tail) = line
+            .split_once(" (")
+            .map(|(h, t)| (h, format!(" ({t}")))
+            .unwrap_or((line, String::new()));
+        let Some((name, count)) = head.rsplit_once(" x") else {
+            continue;
+        };
         let count: usize = count.parse().unwrap_or(0);
         match rows.iter_mut().find(|r| r.0 == name) {
             Some(r) => r.2 += count,
             None => rows.push((name.to_string(), tail, count)),
         }
     }
-    rows.iter().map(|(n, t, c)| format!("{n} x{c}{t}\n")).collect()
+    rows.iter()
+        .map(|(n, t, c)| format!("{n} x{c}{t}\n"))
+        .collect()
 }
 
 fn info_tokens(c: &Compiled) -> TokenStream {
@@ -163,7 +175,10 @@ fn info_tokens(c: &Compiled) -> TokenStream {
 
 fn doc_tokens(c: &Compiled) -> Vec<TokenStream> {
     let mut lines = vec![
-        format!(" Compiled by `tensor_fn!`: `{}`", text::signature_text(&c.f)),
+        format!(
+            " Compiled by `tensor_fn!`: `{}`",
+            text::signature_text(&c.f)
+        ),
         String::new(),
         " Simplified graph:".into(),
         " ```text".into(),
@@ -178,7 +193,12 @@ fn doc_tokens(c: &Compiled) -> Vec<TokenStream> {
     }
     lines.push(" Kernel plan:".into());
     lines.push(" ```text".into());
-    lines.extend(c.schedule.plan_text(&c.f.graph).lines().map(|l| format!(" {l}")));
+    lines.extend(
+        c.schedule
+            .plan_text(&c.f.graph)
+            .lines()
+            .map(|l| format!(" {l}")),
+    );
     lines.push(" ```".into());
     lines.into_iter().map(|l| quote!(#[doc = #l])).collect()
 }
@@ -188,7 +208,15 @@ fn emit(program: &Program, fns: &[Compiled]) -> TokenStream {
         Program::Closure(_) => {
             let c = &fns[0];
             let name = Ident::new("__tensor_fn", Span::call_site());
-            let item = rs::emit_fn(&c.f, &c.schedule, Shape::Free { name: &name, vis: quote!() }, &doc_tokens(c));
+            let item = rs::emit_fn(
+                &c.f,
+                &c.schedule,
+                Shape::Free {
+                    name: &name,
+                    vis: quote!(),
+                },
+                &doc_tokens(c),
+            );
             let info = info_tokens(c);
             quote! {
                 {
@@ -201,9 +229,18 @@ fn emit(program: &Program, fns: &[Compiled]) -> TokenStream {
             let mut out = TokenStream::new();
             for (eq, c) in eqs.equations.iter().zip(fns) {
                 let vis = eq.vis.to_token_stream();
-                let mut docs: Vec<TokenStream> = eq.attrs.iter().map(|a| a.to_token_stream()).collect();
+                let mut docs: Vec<TokenStream> =
+                    eq.attrs.iter().map(|a| a.to_token_stream()).collect();
                 docs.extend(doc_tokens(c));
-                out.extend(rs::emit_fn(&c.f, &c.schedule, Shape::Free { name: &eq.name, vis: vis.clone() }, &docs));
+                out.extend(rs::emit_fn(
+                    &c.f,
+                    &c.schedule,
+                    Shape::Free {
+                        name: &eq.name,
+                        vis: vis.clone(),
+                    },
+                    &docs,
+                ));
                 let info = info_tokens(c);
                 let name = &eq.name;
                 let mod_doc = format!(" What `tensor_fn!` knows about `{name}`.");
@@ -317,7 +354,11 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
             }
             None => {
                 let mname = &meth.name;
-                let recv = if meth.mutable { quote!(&mut self) } else { quote!(&self) };
+                let recv = if meth.mutable {
+                    quote!(&mut self)
+                } else {
+                    quote!(&self)
+                };
                 let ps: Vec<TokenStream> = meth
                     .inputs
                     .iter()
@@ -330,7 +371,7 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 let ret = match &meth.ret {
                     syntax::RetAst::Unit => quote!(()),
                     syntax::RetAst::One(t) => ast_out_ty(t),
-                    syntax::RetAst::Tuple(ts, _) => {
+                    syntax::RetAst::Tuple(ts) => {
                         let ts: Vec<TokenStream> = ts.iter().map(ast_out_ty).collect();
                         quote!((#(#ts),*))
                     }
@@ -442,7 +483,9 @@ fn unique_decls(decls: &[syntax::Decl]) -> impl Iterator<Item = &syntax::Decl> {
 
 /// Items with the declared signatures, so that a failed expansion shows our errors only.
 fn stub(program: &Program) -> TokenStream {
-    let never = quote!(::core::unreachable!("tensor_fn! could not compile this function"));
+    let never = quote!(::core::unreachable!(
+        "tensor_fn! could not compile this function"
+    ));
     match program {
         Program::Closure(c) => {
             let ps: Vec<TokenStream> = unique_decls(&c.inputs)
@@ -452,7 +495,12 @@ fn stub(program: &Program) -> TokenStream {
                     quote!(#n: #t)
                 })
                 .collect();
-            let ret = rs::scalar_ty(c.inputs.first().map(|d| d.ty.dtype).unwrap_or(syntax::DType::F64));
+            let ret = rs::scalar_ty(
+                c.inputs
+                    .first()
+                    .map(|d| d.ty.dtype)
+                    .unwrap_or(syntax::DType::F64),
+            );
             quote! {
                 {
                     #[allow(unused_variables)]
@@ -469,7 +517,12 @@ fn stub(program: &Program) -> TokenStream {
                     quote!(#n: #t)
                 })
                 .collect();
-            let ret = rs::scalar_ty(eqs.inputs.first().map(|d| d.ty.dtype).unwrap_or(syntax::DType::F64));
+            let ret = rs::scalar_ty(
+                eqs.inputs
+                    .first()
+                    .map(|d| d.ty.dtype)
+                    .unwrap_or(syntax::DType::F64),
+            );
             let mut out = TokenStream::new();
             let mut seen: Vec<String> = Vec::new();
             for eq in &eqs.equations {

@@ -23,7 +23,12 @@ pub fn grad(f: &mut Function) -> Result<(), String> {
         let args: Vec<NodeId> = n.args.iter().map(|a| map[a.idx()]).collect();
         map[id.idx()] = match n.op {
             Op::Grad(v) => {
-                let var = g.add(Op::Var(v), Vec::new(), g.vars[v as usize].ty.clone(), g.vars[v as usize].span);
+                let var = g.add(
+                    Op::Var(v),
+                    Vec::new(),
+                    g.vars[v as usize].ty.clone(),
+                    g.vars[v as usize].span,
+                );
                 backprop(&mut g, args[0], var).map_err(|e| e.message)?
             }
             op => g.add(op, args, n.ty.clone(), n.span),
@@ -50,7 +55,10 @@ pub fn backprop(g: &mut Graph, cost: NodeId, x: NodeId) -> Result<NodeId, TypeEr
     let mut reaches_x = vec![false; n];
     for i in x.idx()..n {
         let id = NodeId(i as u32);
-        reaches_x[i] = id == x || g.args(id).iter().any(|a| a.idx() >= x.idx() && reaches_x[a.idx()]);
+        reaches_x[i] = id == x
+            || g.args(id)
+                .iter()
+                .any(|a| a.idx() >= x.idx() && reaches_x[a.idx()]);
     }
     let mut adj: Vec<Vec<NodeId>> = vec![Vec::new(); n];
     let dt = g.ty(cost).dtype;
@@ -254,7 +262,11 @@ fn vjp(g: &mut Graph, id: NodeId, k: usize, gout: NodeId) -> Result<NodeId, Type
                 }
                 // maximum routes g to the larger argument (ties to the left)
                 (Binary::Maximum, _) | (Binary::Minimum, _) => {
-                    let (l, r) = if op == Binary::Maximum { (a, bb) } else { (bb, a) };
+                    let (l, r) = if op == Binary::Maximum {
+                        (a, bb)
+                    } else {
+                        (bb, a)
+                    };
                     let m = b.bin(Binary::Ge, l, r)?;
                     let mask = if k == 0 {
                         m

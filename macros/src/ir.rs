@@ -798,7 +798,7 @@ pub fn lower(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function
             let inputs = l.declare_all(&eqs.inputs, VarKind::Input);
             let mut roots = Vec::new();
             for eq in &eqs.equations {
-                if l.env.iter().any(|(n, _)| *n == eq.name.to_string()) {
+                if l.env.iter().any(|(n, _)| eq.name == n.as_str()) {
                     l.diags.error(
                         eq.name.span(),
                         format!("`{}` is defined twice in this block", eq.name),
@@ -1071,7 +1071,7 @@ impl<'d> Lowerer<'d> {
         let declared: Vec<&TypeAst> = match &m.ret {
             syntax::RetAst::Unit => Vec::new(),
             syntax::RetAst::One(t) => vec![t],
-            syntax::RetAst::Tuple(ts, _) => ts.iter().collect(),
+            syntax::RetAst::Tuple(ts) => ts.iter().collect(),
         };
         let result_span = body
             .result
@@ -1417,9 +1417,9 @@ impl<'d> Lowerer<'d> {
             }
             true
         };
-        if axis.is_some() && !matches!(fname.as_str(), "sum" | "mean" | "max") {
+        if let (Some(ax), false) = (axis, matches!(fname.as_str(), "sum" | "mean" | "max")) {
             self.diags.error_help(
-                axis.unwrap().2,
+                ax.2,
                 format!("`{fname}` takes no `axis`"),
                 "only the reductions `sum`, `mean` and `max` take `axis = k`",
             );

@@ -43,7 +43,10 @@ pub enum Ix {
 /// One SSA instruction of a loop body, evaluated at every point of the iteration space.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Instr {
-    Load { buf: BufId, index: Vec<Ix> },
+    Load {
+        buf: BufId,
+        index: Vec<Ix>,
+    },
     /// A rank-0 argument, passed by value.
     Arg(u32),
     Const(f64),
@@ -226,7 +229,11 @@ fn linear_terms(
         }
         Op::Dot if g.ty(node) == g.ty(p) => {
             let reads_param = n.args.iter().any(|&a| {
-                let base = if g.op(a) == Op::Transpose { g.args(a)[0] } else { a };
+                let base = if g.op(a) == Op::Transpose {
+                    g.args(a)[0]
+                } else {
+                    a
+                };
                 matches!(g.op(base), Op::Var(v) if g.vars[v as usize].kind == VarKind::Param)
             });
             if reads_param {
@@ -254,12 +261,25 @@ pub fn schedule(f: &Function) -> Schedule {
     let mut absorbed = vec![false; g.len()];
     let mut inplace: Vec<InPlace> = Vec::new();
     for &(p, v) in &f.updates {
-        let Some(pnode) = g.ids().find(|&id| g.op(id) == Op::Var(p)) else { continue };
+        let Some(pnode) = g.ids().find(|&id| g.op(id) == Op::Var(p)) else {
+            continue;
+        };
         if g.ty(pnode).rank() != 2 {
             continue;
         }
         let (mut terms, mut nodes, mut base) = (Vec::new(), Vec::new(), false);
-        if linear_terms(g, v, pnode, Scale::one(), &uses, &mut terms, &mut nodes, &mut base) && base && !terms.is_empty() {
+        if linear_terms(
+            g,
+            v,
+            pnode,
+            Scale::one(),
+            &uses,
+            &mut terms,
+            &mut nodes,
+            &mut base,
+        ) && base
+            && !terms.is_empty()
+        {
             for n in nodes {
                 absorbed[n.idx()] = true;
             }
@@ -275,7 +295,11 @@ pub fn schedule(f: &Function) -> Schedule {
         match n.op {
             Op::Dot => {
                 for &a in &n.args {
-                    let t = if g.op(a) == Op::Transpose { g.args(a)[0] } else { a };
+                    let t = if g.op(a) == Op::Transpose {
+                        g.args(a)[0]
+                    } else {
+                        a
+                    };
                     need[t.idx()] = true;
                 }
             }
@@ -372,9 +396,7 @@ pub fn schedule(f: &Function) -> Schedule {
         if !mat[id.idx()] || matches!(g.op(id), Op::Var(_)) {
             continue;
         }
-        let buf = *buf_of
-            .entry(id)
-            .or_insert_with(|| s.bufs.len());
+        let buf = *buf_of.entry(id).or_insert_with(|| s.bufs.len());
         if buf == s.bufs.len() {
             s.bufs.push(Buf {
                 kind: BufKind::Work,
@@ -401,7 +423,8 @@ pub fn schedule(f: &Function) -> Schedule {
         match t.kind {
             TaskKind::Gemm => {
                 builder.flush(&mut s);
-                s.kernels.push(Kernel::Gemm(gemm_of(g, t.node, &buf_of, buf_of[&t.node])));
+                s.kernels
+                    .push(Kernel::Gemm(gemm_of(g, t.node, &buf_of, buf_of[&t.node])));
             }
             TaskKind::Store(buf) => {
                 let dims = g.ty(t.node).shape.clone();
@@ -421,7 +444,10 @@ pub fn schedule(f: &Function) -> Schedule {
     builder.flush(&mut s);
     s.inplace_from = s.kernels.len();
     for ip in inplace {
-        let pnode = g.ids().find(|&id| g.op(id) == Op::Var(ip.param)).expect("param is live");
+        let pnode = g
+            .ids()
+            .find(|&id| g.op(id) == Op::Var(ip.param))
+            .expect("param is live");
         let pbuf = buf_of[&pnode];
         for (scale, dot) in ip.terms {
             let mut gm = gemm_of(g, dot, &buf_of, pbuf);
@@ -442,12 +468,21 @@ impl Schedule {
     /// One line per kernel, for the generated docs and for tests.
     pub fn plan_text(&self, g: &Graph) -> String {
         let mut out = String::new();
-        let dims = |d: &[Dim]| d.iter().map(|x| g.dim_str(*x)).collect::<Vec<_>>().join(", ");
+        let dims = |d: &[Dim]| {
+            d.iter()
+                .map(|x| g.dim_str(*x))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         for (i, k) in self.kernels.iter().enumerate() {
             match k {
                 Kernel::Gemm(m) => {
                     let acc = if m.beta != 0.0 { "+" } else { "" };
-                    let mut alpha = if m.alpha.sign < 0.0 { "-".to_string() } else { String::new() };
+                    let mut alpha = if m.alpha.sign < 0.0 {
+                        "-".to_string()
+                    } else {
+                        String::new()
+                    };
                     for f in &m.alpha.factors {
                         alpha.push_str(&match f {
                             Instr::Arg(v) => format!("{} ", g.vars[*v as usize].name),
@@ -471,7 +506,8 @@ impl Schedule {
                     );
                 }
                 Kernel::Loop(l) => {
-                    let stores: Vec<String> = l.stores.iter().map(|(_, b)| format!("b{b}")).collect();
+                    let stores: Vec<String> =
+                        l.stores.iter().map(|(_, b)| format!("b{b}")).collect();
                     let reds: Vec<String> = l
                         .reductions
                         .iter()
@@ -506,8 +542,19 @@ impl Schedule {
 
 fn is_elementwise(op: Op) -> bool {
     match op {
-        Op::Unary(_) | Op::Binary(_) | Op::Transpose | Op::ExpandDims(_) | Op::Broadcast | Op::Outer => true,
-        Op::Var(_) | Op::Const(_) | Op::DimSize(_) | Op::Dot | Op::Sum(_) | Op::Max(_) | Op::Grad(_) => false,
+        Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Transpose
+        | Op::ExpandDims(_)
+        | Op::Broadcast
+        | Op::Outer => true,
+        Op::Var(_)
+        | Op::Const(_)
+        | Op::DimSize(_)
+        | Op::Dot
+        | Op::Sum(_)
+        | Op::Max(_)
+        | Op::Grad(_) => false,
     }
 }
 
@@ -521,7 +568,9 @@ fn cheap(g: &Graph, id: NodeId) -> bool {
         )
     };
     match g.op(id) {
-        Op::Unary(Unary::Neg) | Op::Transpose | Op::ExpandDims(_) | Op::Broadcast => leafish(g.args(id)[0]),
+        Op::Unary(Unary::Neg) | Op::Transpose | Op::ExpandDims(_) | Op::Broadcast => {
+            leafish(g.args(id)[0])
+        }
         _ => false,
     }
 }
@@ -704,7 +753,13 @@ impl LoopBuilder<'_> {
         let n = g.node(node);
         if (!is_root || matches!(n.op, Op::Var(_))) && self.mat[node.idx()] {
             let buf = self.buf_of[&node];
-            return self.push(key, Instr::Load { buf, index: idx.to_vec() });
+            return self.push(
+                key,
+                Instr::Load {
+                    buf,
+                    index: idx.to_vec(),
+                },
+            );
         }
         let instr = match n.op {
             Op::Var(v) => Instr::Arg(v),

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use proc_macro2::Span;
 
 use crate::ir::{
-    broadcast_shapes, eval_unary, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op,
-    Type, Unary,
+    broadcast_shapes, eval_unary, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op, Type,
+    Unary,
 };
 
 /// How a rule matches and rewrites.
@@ -31,16 +31,32 @@ pub struct Rule {
 
 macro_rules! rule {
     ($name:literal, exact; $lhs:literal => $rhs:literal) => {
-        Rule { name: $name, exact: true, kind: RuleKind::Pattern($lhs, $rhs) }
+        Rule {
+            name: $name,
+            exact: true,
+            kind: RuleKind::Pattern($lhs, $rhs),
+        }
     };
     ($name:literal, inexact; $lhs:literal => $rhs:literal) => {
-        Rule { name: $name, exact: false, kind: RuleKind::Pattern($lhs, $rhs) }
+        Rule {
+            name: $name,
+            exact: false,
+            kind: RuleKind::Pattern($lhs, $rhs),
+        }
     };
     ($name:literal, exact; fn $f:path) => {
-        Rule { name: $name, exact: true, kind: RuleKind::Func($f) }
+        Rule {
+            name: $name,
+            exact: true,
+            kind: RuleKind::Func($f),
+        }
     };
     ($name:literal, inexact; fn $f:path) => {
-        Rule { name: $name, exact: false, kind: RuleKind::Func($f) }
+        Rule {
+            name: $name,
+            exact: false,
+            kind: RuleKind::Func($f),
+        }
     };
 }
 
@@ -231,7 +247,9 @@ impl Simplifier {
         if &nt == ty {
             return Some(n);
         }
-        if nt.dtype != ty.dtype || broadcast_shapes(&nt.shape, &ty.shape).as_ref() != Some(&ty.shape) {
+        if nt.dtype != ty.dtype
+            || broadcast_shapes(&nt.shape, &ty.shape).as_ref() != Some(&ty.shape)
+        {
             return None;
         }
         if let Some(c) = self.g.const_value(n) {
@@ -252,7 +270,13 @@ impl Simplifier {
         self.fit(out, &ty, span)
     }
 
-    fn instantiate(&mut self, p: &Pat, b: &[(String, NodeId)], dtype: DType, span: Span) -> Option<NodeId> {
+    fn instantiate(
+        &mut self,
+        p: &Pat,
+        b: &[(String, NodeId)],
+        dtype: DType,
+        span: Span,
+    ) -> Option<NodeId> {
         match p {
             Pat::Var(v) => b.iter().find(|(n, _)| n == v).map(|x| x.1),
             Pat::Num(x) => Some(self.konst(*x, Type::scalar(dtype), span)),
@@ -416,9 +440,12 @@ fn const_fold(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
             x * count
         }
         Op::Max(_) => c(0)?,
-        Op::Var(_) | Op::Const(_) | Op::DimSize(Dim::Sym(_)) | Op::Outer | Op::Dot | Op::Grad(_) => {
-            return None
-        }
+        Op::Var(_)
+        | Op::Const(_)
+        | Op::DimSize(Dim::Sym(_))
+        | Op::Outer
+        | Op::Dot
+        | Op::Grad(_) => return None,
     };
     Some(s.konst(v, n.ty, n.span))
 }
@@ -548,7 +575,9 @@ fn broadcast_noop(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
 }
 
 fn broadcast_implicit(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
-    let Op::Binary(b) = s.g.op(id) else { return None };
+    let Op::Binary(b) = s.g.op(id) else {
+        return None;
+    };
     let args = s.g.args(id).to_vec();
     let ty = s.g.ty(id).clone();
     let span = s.g.node(id).span;
@@ -625,15 +654,26 @@ fn dot_zero(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
 }
 
 /// Collects a sum into coefficient * term pairs and a constant.
-fn collect_terms(g: &Graph, id: NodeId, coef: f64, terms: &mut Vec<(NodeId, f64, u32)>, konst: &mut f64, depth: u32) {
+fn collect_terms(
+    g: &Graph,
+    id: NodeId,
+    coef: f64,
+    terms: &mut Vec<(NodeId, f64, u32)>,
+    konst: &mut f64,
+    depth: u32,
+) {
     let n = g.node(id);
     match n.op {
         Op::Binary(Binary::Add) if depth < 10_000 => {
             collect_terms(g, n.args[0], coef, terms, konst, depth + 1);
             collect_terms(g, n.args[1], coef, terms, konst, depth + 1);
         }
-        Op::Unary(Unary::Neg) if depth < 10_000 => collect_terms(g, n.args[0], -coef, terms, konst, depth + 1),
-        Op::Binary(Binary::Mul) if g.const_value(n.args[0]).is_some() && g.ty(n.args[0]).rank() == 0 => {
+        Op::Unary(Unary::Neg) if depth < 10_000 => {
+            collect_terms(g, n.args[0], -coef, terms, konst, depth + 1)
+        }
+        Op::Binary(Binary::Mul)
+            if g.const_value(n.args[0]).is_some() && g.ty(n.args[0]).rank() == 0 =>
+        {
             let c = g.const_value(n.args[0]).unwrap();
             collect_terms(g, n.args[1], coef * c, terms, konst, depth + 1)
         }
@@ -686,7 +726,10 @@ fn add_canonical(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
                 let nt = s.g.build(Op::Unary(Unary::Neg), vec![term], span).ok()?;
                 s.g.build(Op::Binary(Binary::Add), vec![a, nt], span).ok()?
             }
-            Some(a) => s.g.build(Op::Binary(Binary::Add), vec![a, term], span).ok()?,
+            Some(a) => {
+                s.g.build(Op::Binary(Binary::Add), vec![a, term], span)
+                    .ok()?
+            }
         });
     }
     let out = match acc {
@@ -715,7 +758,11 @@ pub fn report_text(s: &Simplifier) -> String {
     for (name, exact, count) in &s.fired {
         out.push_str(&format!(
             "{name} x{count}{}\n",
-            if *exact { "" } else { " (inexact: assumes finite values)" }
+            if *exact {
+                ""
+            } else {
+                " (inexact: assumes finite values)"
+            }
         ));
     }
     out

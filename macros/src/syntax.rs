@@ -40,7 +40,6 @@ pub enum DimAst {
 #[derive(Debug, Clone)]
 pub struct TypeAst {
     pub dtype: DType,
-    pub dtype_span: Span,
     pub dims: Vec<DimAst>,
     pub span: Span,
 }
@@ -209,7 +208,7 @@ pub struct EquationsAst {
 pub enum RetAst {
     Unit,
     One(TypeAst),
-    Tuple(Vec<TypeAst>, Span),
+    Tuple(Vec<TypeAst>),
 }
 
 /// `fn name(&mut self, inputs) -> ret { body }`
@@ -418,7 +417,7 @@ fn parse_method(input: ParseStream) -> syn::Result<MethodAst> {
             let c;
             parenthesized!(c in input);
             let tys = c.parse_terminated(TypeAst::parse, Token![,])?;
-            (RetAst::Tuple(tys.into_iter().collect(), span), span)
+            (RetAst::Tuple(tys.into_iter().collect()), span)
         } else {
             let t: TypeAst = input.parse()?;
             let s = t.span;
@@ -581,12 +580,7 @@ impl Parse for TypeAst {
                 ));
             }
         }
-        Ok(TypeAst {
-            dtype,
-            dtype_span: dt.span(),
-            dims,
-            span,
-        })
+        Ok(TypeAst { dtype, dims, span })
     }
 }
 

@@ -63,7 +63,10 @@ fn rewrite_rules_that_must_not_fire() {
         // log(2 - sigmoid(x)) is not the stabilized pattern.
         ("|x: f64| log(2 - sigmoid(x))", "log(2 - sigmoid(x))"),
         // sigmoid then log of something else.
-        ("|x: f64, y: f64| log(sigmoid(x) * y)", "log(y * sigmoid(x))"),
+        (
+            "|x: f64, y: f64| log(sigmoid(x) * y)",
+            "log(y * sigmoid(x))",
+        ),
     ];
     for (src, want) in cases {
         assert_eq!(simplified(src), want, "simplifying {src}");
@@ -77,7 +80,10 @@ fn strict_mode_keeps_inexact_rewrites_off() {
     assert_eq!(simplified("#[strict] |x: f64| x / x"), "x / x");
     // Exact rewrites stay on.
     assert_eq!(simplified("#[strict] |x: f64| -(-x) * 1"), "x");
-    assert_eq!(simplified("#[strict] |x: f64| log(sigmoid(x))"), "-softplus(-x)");
+    assert_eq!(
+        simplified("#[strict] |x: f64| log(sigmoid(x))"),
+        "-softplus(-x)"
+    );
 }
 
 #[test]
@@ -129,10 +135,21 @@ fn autoencoder_gradient_is_stable() {
     // The loss and its gradient evaluate no log and no division after stabilization.
     assert!(!graph.contains("= log"), "{graph}");
     // The only division left is the scalar 1 / b of the mean, computed once per call.
-    let tensor_divs = graph.lines().filter(|l| l.contains("= div") && l.contains('[')).count();
+    let tensor_divs = graph
+        .lines()
+        .filter(|l| l.contains("= div") && l.contains('['))
+        .count();
     assert_eq!(tensor_divs, 0, "{graph}");
-    assert!(train.rewrites.contains("log-sigmoid x1"), "{}", train.rewrites);
-    assert!(train.rewrites.contains("log-one-minus-sigmoid x1"), "{}", train.rewrites);
+    assert!(
+        train.rewrites.contains("log-sigmoid x1"),
+        "{}",
+        train.rewrites
+    );
+    assert!(
+        train.rewrites.contains("log-one-minus-sigmoid x1"),
+        "{}",
+        train.rewrites
+    );
 }
 
 #[test]
@@ -154,20 +171,44 @@ fn pathological_inputs_stay_bounded() {
     let src = format!("|x: f64| {}", terms.join(" + "));
     let t = Instant::now();
     let out = tensor_fn(TokenStream::from_str(&src).unwrap()).to_string();
-    assert!(!out.contains("compile_error"), "{}", &out[..out.len().min(400)]);
+    assert!(
+        !out.contains("compile_error"),
+        "{}",
+        &out[..out.len().min(400)]
+    );
     let nested = format!("|x: f64| {}x{}", "tanh(".repeat(200), ")".repeat(200));
     let out = tensor_fn(TokenStream::from_str(&nested).unwrap()).to_string();
     assert!(!out.contains("compile_error"));
-    println!("pathological expansions: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "pathological expansions: {:.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 #[test]
 fn garbage_never_panics() {
     let inputs = [
-        "", "|", "|x|", "|x: f64|", "struct", "x: f64;", "x: f64; y = ;", "|x: f64| dot(", "|x: f64| x +",
-        "|x: f64[3,]| x", "|x: f64[n, m, k]| x", "|x: u8| x", "|x: f64| grad(x)", "|x: f64| grad(x, 1)",
-        "|x: f64| sum(x, axis = y)", "|x: f64| x.U", "struct M { w: f64 } impl M { fn f(&self) { w = 1; } }",
-        "|x: f64| 1e999", "|x: f32| x * 1e39", "|x: f64| pow(x, x)", "|x: f64[n]| max(x, axis = -2)",
+        "",
+        "|",
+        "|x|",
+        "|x: f64|",
+        "struct",
+        "x: f64;",
+        "x: f64; y = ;",
+        "|x: f64| dot(",
+        "|x: f64| x +",
+        "|x: f64[3,]| x",
+        "|x: f64[n, m, k]| x",
+        "|x: u8| x",
+        "|x: f64| grad(x)",
+        "|x: f64| grad(x, 1)",
+        "|x: f64| sum(x, axis = y)",
+        "|x: f64| x.U",
+        "struct M { w: f64 } impl M { fn f(&self) { w = 1; } }",
+        "|x: f64| 1e999",
+        "|x: f32| x * 1e39",
+        "|x: f64| pow(x, x)",
+        "|x: f64[n]| max(x, axis = -2)",
     ];
     for src in inputs {
         if let Ok(ts) = TokenStream::from_str(src) {

@@ -58,7 +58,13 @@ pub fn graph_text(f: &Function) -> String {
         if !live[id.idx()] {
             continue;
         }
-        let _ = write!(s, "%{}: {} = {}", id.0, g.type_str(g.ty(id)), op_text(g, id));
+        let _ = write!(
+            s,
+            "%{}: {} = {}",
+            id.0,
+            g.type_str(g.ty(id)),
+            op_text(g, id)
+        );
         for a in g.args(id) {
             let _ = write!(s, " %{}", a.0);
         }
@@ -126,10 +132,7 @@ fn infix_prec(g: &Graph, id: NodeId) -> (String, u8) {
         Op::Sum(Axis::One(k)) => (format!("sum({}, axis = {k})", a(0).0), 4),
         Op::Max(Axis::All) => (format!("max({})", a(0).0), 4),
         Op::Max(Axis::One(k)) => (format!("max({}, axis = {k})", a(0).0), 4),
-        Op::Grad(v) => (
-            format!("grad({}, {})", a(0).0, g.vars[v as usize].name),
-            4,
-        ),
+        Op::Grad(v) => (format!("grad({}, {})", a(0).0, g.vars[v as usize].name), 4),
     }
 }
 

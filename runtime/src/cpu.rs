@@ -38,13 +38,17 @@ impl<F> Deref for Compiled<F> {
 
 impl<F> std::fmt::Debug for Compiled<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compiled").field("info", &self.info).finish()
+        f.debug_struct("Compiled")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
 /// The elements of an array in row-major order: borrowed when the array is in standard
 /// layout (the usual case), else copied once.
-pub fn contiguous<'a, T: Clone, S: Data<Elem = T>, D: Dimension>(a: &'a ArrayBase<S, D>) -> Cow<'a, [T]> {
+pub fn contiguous<'a, T: Clone, S: Data<Elem = T>, D: Dimension>(
+    a: &'a ArrayBase<S, D>,
+) -> Cow<'a, [T]> {
     match a.as_slice() {
         Some(s) => Cow::Borrowed(s),
         None => Cow::Owned(a.iter().cloned().collect()),
@@ -54,12 +58,15 @@ pub fn contiguous<'a, T: Clone, S: Data<Elem = T>, D: Dimension>(a: &'a ArrayBas
 /// A `rows x cols` array from a row-major vector of exactly that length.
 pub fn array2<T>(v: Vec<T>, rows: usize, cols: usize) -> Array2<T> {
     let len = v.len();
-    Array2::from_shape_vec((rows, cols), v)
-        .unwrap_or_else(|_| unreachable!("generated code sizes outputs as {rows}x{cols}, got {len}"))
+    Array2::from_shape_vec((rows, cols), v).unwrap_or_else(|_| {
+        unreachable!("generated code sizes outputs as {rows}x{cols}, got {len}")
+    })
 }
 
 /// The scalar math of every op, for f32 and f64.
-pub trait Real: Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+pub trait Real:
+    Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
     fn sigmoid(self) -> Self;
     fn softplus(self) -> Self;
     fn relu(self) -> Self;
@@ -74,7 +81,22 @@ pub trait Real: Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul
     /// C = alpha A B + beta C for strided matrices (`rs`/`cs`: row and column strides in
     /// elements). Lengths are checked by [`gemm`].
     #[allow(clippy::too_many_arguments)]
-    fn gemm(m: usize, k: usize, n: usize, alpha: Self, a: &[Self], rsa: isize, csa: isize, b: &[Self], rsb: isize, csb: isize, beta: Self, c: &mut [Self], rsc: isize, csc: isize);
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: &[Self],
+        rsa: isize,
+        csa: isize,
+        b: &[Self],
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: &mut [Self],
+        rsc: isize,
+        csc: isize,
+    );
     fn from_f64(x: f64) -> Self;
 }
 
@@ -93,15 +115,29 @@ macro_rules! real_impl {
             }
             #[inline(always)]
             fn relu(self) -> Self {
-                if self > 0.0 || self.is_nan() { self } else { 0.0 }
+                if self > 0.0 || self.is_nan() {
+                    self
+                } else {
+                    0.0
+                }
             }
             #[inline(always)]
             fn sign(self) -> Self {
-                if self > 0.0 { 1.0 } else if self < 0.0 { -1.0 } else { self * 0.0 }
+                if self > 0.0 {
+                    1.0
+                } else if self < 0.0 {
+                    -1.0
+                } else {
+                    self * 0.0
+                }
             }
             #[inline(always)]
             fn step(self) -> Self {
-                if self > 0.0 { 1.0 } else { 0.0 }
+                if self > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
             }
             #[inline(always)]
             fn powf(self, k: f64) -> Self {
@@ -109,25 +145,71 @@ macro_rules! real_impl {
             }
             #[inline(always)]
             fn max_nan(self, other: Self) -> Self {
-                if self.is_nan() || self >= other { self } else { other }
+                if self.is_nan() || self >= other {
+                    self
+                } else {
+                    other
+                }
             }
             #[inline(always)]
             fn min_nan(self, other: Self) -> Self {
-                if self.is_nan() || self <= other { self } else { other }
+                if self.is_nan() || self <= other {
+                    self
+                } else {
+                    other
+                }
             }
             #[inline(always)]
             fn ge(self, other: Self) -> Self {
-                if self >= other { 1.0 } else { 0.0 }
+                if self >= other {
+                    1.0
+                } else {
+                    0.0
+                }
             }
             #[inline(always)]
             fn eq(self, other: Self) -> Self {
-                if self == other { 1.0 } else { 0.0 }
+                if self == other {
+                    1.0
+                } else {
+                    0.0
+                }
             }
-            fn gemm(m: usize, k: usize, n: usize, alpha: Self, a: &[Self], rsa: isize, csa: isize, b: &[Self], rsb: isize, csb: isize, beta: Self, c: &mut [Self], rsc: isize, csc: isize) {
+            fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: &[Self],
+                rsa: isize,
+                csa: isize,
+                b: &[Self],
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: &mut [Self],
+                rsc: isize,
+                csc: isize,
+            ) {
                 // SAFETY: `gemm` below checked that every index (i*rs + j*cs) of each operand is
                 // inside its slice, and `c` is borrowed mutably so it aliases neither input.
                 unsafe {
-                    $gemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), rsc, csc);
+                    $gemm(
+                        m,
+                        k,
+                        n,
+                        alpha,
+                        a.as_ptr(),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        rsb,
+                        csb,
+                        beta,
+                        c.as_mut_ptr(),
+                        rsc,
+                        csc,
+                    );
                 }
             }
             #[inline(always)]
@@ -149,7 +231,9 @@ fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<usize> {
     if rs < 0 || cs < 0 {
         return None;
     }
-    let last = (rows - 1).checked_mul(rs as usize)?.checked_add((cols - 1).checked_mul(cs as usize)?)?;
+    let last = (rows - 1)
+        .checked_mul(rs as usize)?
+        .checked_add((cols - 1).checked_mul(cs as usize)?)?;
     last.checked_add(1)
 }
 
@@ -173,7 +257,10 @@ pub fn gemm<T: Real>(
     csc: isize,
 ) -> Result<(), Error> {
     let fits = |rows, cols, rs, cs, len| extent(rows, cols, rs, cs).is_some_and(|e| e <= len);
-    if !fits(m, k, rsa, csa, a.len()) || !fits(k, n, rsb, csb, b.len()) || !fits(m, n, rsc, csc, c.len()) {
+    if !fits(m, k, rsa, csa, a.len())
+        || !fits(k, n, rsb, csb, b.len())
+        || !fits(m, n, rsc, csc, c.len())
+    {
         return Err(Error::Internal(format!(
             "gemm operands do not fit their buffers (m={m}, k={k}, n={n})"
         )));

@@ -14,7 +14,9 @@ pub enum Error {
         second: usize,
     },
     /// An argument disagrees with a static dim of its declared type.
-    #[error("argument `{arg}` has size {found} in axis {axis}, but its type `{ty}` says {expected}")]
+    #[error(
+        "argument `{arg}` has size {found} in axis {axis}, but its type `{ty}` says {expected}"
+    )]
     StaticDim {
         arg: &'static str,
         ty: &'static str,

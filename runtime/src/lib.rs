@@ -9,10 +9,10 @@
 
 pub mod cpu;
 pub mod data;
-pub mod io;
 mod device;
 mod error;
 mod info;
+pub mod io;
 mod shared;
 
 pub use device::Device;

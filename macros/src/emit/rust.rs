@@ -9,14 +9,20 @@ use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, Ret, Unary, VarKind};
-use crate::schedule::{BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule};
+use crate::schedule::{
+    BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule,
+};
 
 /// How the function is declared around its body.
 pub enum Shape<'a> {
     /// A free function (closure and equation forms).
     Free { name: &'a Ident, vis: TokenStream },
     /// A method of a model; `mutable` says `&mut self`.
-    Method { name: &'a Ident, vis: TokenStream, mutable: bool },
+    Method {
+        name: &'a Ident,
+        vis: TokenStream,
+        mutable: bool,
+    },
 }
 
 pub fn scalar_ty(dt: DType) -> TokenStream {
@@ -225,7 +231,10 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             BufKind::Input(_) | BufKind::Param(_) => {}
         }
     }
-    let lens: Vec<TokenStream> = ws_bufs.iter().map(|b| len_expr(g, &s.bufs[*b].ty.shape)).collect();
+    let lens: Vec<TokenStream> = ws_bufs
+        .iter()
+        .map(|b| len_expr(g, &s.bufs[*b].ty.shape))
+        .collect();
     let splits: Vec<TokenStream> = ws_bufs
         .iter()
         .zip(&lens)
@@ -383,7 +392,11 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             }
         },
         Shape::Method { name, vis, mutable } => {
-            let recv = if mutable { quote!(&mut self) } else { quote!(&self) };
+            let recv = if mutable {
+                quote!(&mut self)
+            } else {
+                quote!(&self)
+            };
             quote! {
                 #attrs
                 #vis fn #name(#recv, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
@@ -405,7 +418,11 @@ fn strides(g: &Graph, v: &MatView) -> (TokenStream, TokenStream) {
 }
 
 fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStream {
-    let (a, b, c) = (buf_ident(s, m.a.buf), buf_ident(s, m.b.buf), buf_ident(s, m.c.buf));
+    let (a, b, c) = (
+        buf_ident(s, m.a.buf),
+        buf_ident(s, m.b.buf),
+        buf_ident(s, m.c.buf),
+    );
     let t = scalar_ty(dt);
     let mut alpha = num_lit(m.alpha.sign, dt);
     for f in &m.alpha.factors {
@@ -470,8 +487,16 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     let t = scalar_ty(dt);
     let lv = levels(l);
     let rank = l.dims.len();
-    let inner_len = l.dims.last().map(|d| dim_expr(g, *d)).unwrap_or(quote!(1usize));
-    let outer_len = if rank == 2 { dim_expr(g, l.dims[0]) } else { quote!(1usize) };
+    let inner_len = l
+        .dims
+        .last()
+        .map(|d| dim_expr(g, *d))
+        .unwrap_or(quote!(1usize));
+    let outer_len = if rank == 2 {
+        dim_expr(g, l.dims[0])
+    } else {
+        quote!(1usize)
+    };
     let mut pre = [Vec::new(), Vec::new(), Vec::new()];
     let mut row_slices = [Vec::new(), Vec::new(), Vec::new()];
     for (vi, ins) in l.instrs.iter().enumerate() {
@@ -483,7 +508,8 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
                 // Contiguous along the inner index: hoist a row slice of exactly the inner length.
                 let inner_pos = index.iter().position(|x| *x == Ix::Inner);
                 let stride_of = |k: usize| -> TokenStream {
-                    let rest: Vec<TokenStream> = shape[k + 1..].iter().map(|d| dim_expr(g, *d)).collect();
+                    let rest: Vec<TokenStream> =
+                        shape[k + 1..].iter().map(|d| dim_expr(g, *d)).collect();
                     quote!((1usize #(* #rest)*))
                 };
                 let offset = |skip_inner: bool| -> TokenStream {
@@ -523,7 +549,9 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
                 quote!((#de as #t))
             }
             Instr::Unary(u, a) => unary_expr(*u, format_ident!("__v{}", a)),
-            Instr::Binary(b, x, y) => binary_expr(*b, format_ident!("__v{}", x), format_ident!("__v{}", y)),
+            Instr::Binary(b, x, y) => {
+                binary_expr(*b, format_ident!("__v{}", x), format_ident!("__v{}", y))
+            }
         };
         pre[lv[vi] as usize].push(quote!(let #v: #t = #e;));
     }
@@ -539,7 +567,8 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
         let val = format_ident!("__v{}", v);
         let row = format_ident!("__st{}", k);
         if rank == 2 {
-            store_rows.push(quote!(let #row: &mut [#t] = &mut #id[__i * #inner_len..][..#inner_len];));
+            store_rows
+                .push(quote!(let #row: &mut [#t] = &mut #id[__i * #inner_len..][..#inner_len];));
         } else {
             before.push(quote!(let #row: &mut [#t] = &mut #id[..#inner_len];));
         }

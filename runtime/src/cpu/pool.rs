@@ -76,11 +76,6 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// How many threads work on a job (the caller included).
-pub fn threads() -> usize {
-    pool().threads.load(Ordering::Acquire)
-}
-
 fn epoch_of(state: u64) -> u64 {
     state >> 32
 }
@@ -195,7 +190,10 @@ mod tests {
             run_chunks(chunks, &|c| {
                 hits[c].fetch_add(1, Ordering::Relaxed);
             });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "round {round}"
+            );
         }
     }
 

@@ -43,13 +43,21 @@ pub unsafe fn sgemm(
             if bcast || (csa == 1 && rsb == 1) {
                 // Chunks of whole column tiles of C, shared out among the pool's threads.
                 let width = if bcast { NV * 16 } else { 4 * DJ };
-                let chunks = if m * n * k >= PARALLEL_FLOPS { n.div_ceil(width) } else { 1 };
+                let chunks = if m * n * k >= PARALLEL_FLOPS {
+                    n.div_ceil(width)
+                } else {
+                    1
+                };
                 let width = if chunks == 1 { n } else { width };
                 let (a, b, c) = (Shared(a as *mut f32), Shared(b as *mut f32), Shared(c));
                 let chunk = |ch: usize| {
                     let j0 = ch * width;
                     let nn = (n - j0).min(width);
-                    let (a, b, c) = (a.get() as *const f32, b.get().offset(j0 as isize * csb), c.get().offset(j0 as isize * csc));
+                    let (a, b, c) = (
+                        a.get() as *const f32,
+                        b.get().offset(j0 as isize * csb),
+                        c.get().offset(j0 as isize * csc),
+                    );
                     // SAFETY: chunks write disjoint column ranges of C; the caller's contract
                     // covers every index read or written.
                     unsafe {
@@ -108,14 +116,32 @@ unsafe fn bcast_gemm(
         let cols = (n - j0).min(NV * 16);
         let nv = cols.div_ceil(16);
         let tail = cols - (nv - 1) * 16;
-        let mask: __mmask16 = if tail == 16 { 0xffff } else { (1u16 << tail) - 1 };
+        let mask: __mmask16 = if tail == 16 {
+            0xffff
+        } else {
+            (1u16 << tail) - 1
+        };
         // A KC x 64 panel of B stays in L1 while every row block of A passes over it; C
         // accumulates across panels.
         let mut p0 = 0;
         while p0 < k {
             let kc = (k - p0).min(KC);
             let beta = if p0 == 0 { beta } else { 1.0 };
-            bcast_panel(m, kc, alpha, a.offset(p0 as isize * csa), rsa, csa, b.offset(p0 as isize * rsb).add(j0), rsb, beta, c.add(j0), rsc, nv, mask);
+            bcast_panel(
+                m,
+                kc,
+                alpha,
+                a.offset(p0 as isize * csa),
+                rsa,
+                csa,
+                b.offset(p0 as isize * rsb).add(j0),
+                rsb,
+                beta,
+                c.add(j0),
+                rsc,
+                nv,
+                mask,
+            );
             p0 += kc;
         }
         j0 += cols;
@@ -190,7 +216,7 @@ unsafe fn bcast_panel(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn bcast_tile<const R: usize, const V: usize>(
     k: usize,
     alpha: f32,
@@ -300,7 +326,7 @@ unsafe fn dots_gemm(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn dots_tile<const I: usize, const J: usize>(
     k: usize,
     alpha: f32,
@@ -345,7 +371,22 @@ mod tests {
 
     /// Reference: the textbook triple loop in f64.
     #[allow(clippy::too_many_arguments)]
-    fn reference(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], rsa: isize, csa: isize, b: &[f32], rsb: isize, csb: isize, beta: f32, c: &mut [f32], rsc: isize, csc: isize) {
+    fn reference(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: &[f32],
+        rsa: isize,
+        csa: isize,
+        b: &[f32],
+        rsb: isize,
+        csb: isize,
+        beta: f32,
+        c: &mut [f32],
+        rsc: isize,
+        csc: isize,
+    ) {
         for i in 0..m {
             for j in 0..n {
                 let mut s = 0.0f64;
@@ -354,7 +395,12 @@ mod tests {
                         * b[(p as isize * rsb + j as isize * csb) as usize] as f64;
                 }
                 let ci = (i as isize * rsc + j as isize * csc) as usize;
-                c[ci] = (alpha as f64 * s + if beta != 0.0 { beta as f64 * c[ci] as f64 } else { 0.0 }) as f32;
+                c[ci] = (alpha as f64 * s
+                    + if beta != 0.0 {
+                        beta as f64 * c[ci] as f64
+                    } else {
+                        0.0
+                    }) as f32;
             }
         }
     }
@@ -373,9 +419,22 @@ mod tests {
 
     #[test]
     fn every_layout_matches_the_reference() {
-        let shapes = [(1, 1, 1), (20, 784, 37), (7, 5, 65), (65, 33, 129), (20, 20, 500), (13, 17, 16)];
+        let shapes = [
+            (1, 1, 1),
+            (20, 784, 37),
+            (7, 5, 65),
+            (65, 33, 129),
+            (20, 20, 500),
+            (13, 17, 16),
+        ];
         for &(m, k, n) in &shapes {
-            for (ta, tb, tc) in [(false, false, false), (true, false, false), (false, true, false), (true, true, true), (false, false, true)] {
+            for (ta, tb, tc) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, false),
+                (true, true, true),
+                (false, false, true),
+            ] {
                 let a = fill(m * k, 1);
                 let b = fill(k * n, 2);
                 let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
@@ -384,8 +443,27 @@ mod tests {
                 for (alpha, beta) in [(1.0, 0.0), (-0.5, 1.0)] {
                     let mut c = fill(m * n, 3);
                     let mut want = c.clone();
-                    unsafe { sgemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), rsc, csc) };
-                    reference(m, k, n, alpha, &a, rsa, csa, &b, rsb, csb, beta, &mut want, rsc, csc);
+                    unsafe {
+                        sgemm(
+                            m,
+                            k,
+                            n,
+                            alpha,
+                            a.as_ptr(),
+                            rsa,
+                            csa,
+                            b.as_ptr(),
+                            rsb,
+                            csb,
+                            beta,
+                            c.as_mut_ptr(),
+                            rsc,
+                            csc,
+                        )
+                    };
+                    reference(
+                        m, k, n, alpha, &a, rsa, csa, &b, rsb, csb, beta, &mut want, rsc, csc,
+                    );
                     for (idx, (x, y)) in c.iter().zip(&want).enumerate() {
                         assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()) * k as f32, "{m}x{k}x{n} ta={ta} tb={tb} tc={tc} alpha={alpha} beta={beta}: index {idx}: {x} vs {y}");
                     }
@@ -415,12 +493,37 @@ mod bench {
             let a = vec![0.5f32; m * k];
             let b = vec![0.25f32; k * n];
             let mut c = vec![0.0f32; m * n];
-            let (rsa, csa) = if ta { (1isize, m as isize) } else { (k as isize, 1) };
-            let (rsb, csb) = if tb { (1isize, k as isize) } else { (n as isize, 1) };
+            let (rsa, csa) = if ta {
+                (1isize, m as isize)
+            } else {
+                (k as isize, 1)
+            };
+            let (rsb, csb) = if tb {
+                (1isize, k as isize)
+            } else {
+                (n as isize, 1)
+            };
             let reps = 2000;
             let t = Instant::now();
             for _ in 0..reps {
-                unsafe { sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), n as isize, 1) };
+                unsafe {
+                    sgemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        rsb,
+                        csb,
+                        0.0,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                };
             }
             let g = 2.0 * (m * k * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
             println!("{name:6} {m}x{k}x{n}: {g:.0} GFLOP/s");
