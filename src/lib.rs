@@ -29,5 +29,5 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use ndarray;
-    pub use tensor_fn_runtime::cpu::{array2, contiguous, gemm, Compiled, Real};
+    pub use tensor_fn_runtime::cpu::{array2, contiguous, gemm, has_avx512, Compiled, Real};
 }

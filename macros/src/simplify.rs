@@ -85,6 +85,11 @@ pub const RULES: &[Rule] = &[
     rule!("log-sigmoid", exact; "(log (sigmoid ?x))" => "(neg (softplus (neg ?x)))"),
     // log(1 - sigmoid(x)) = -softplus(x); finite for large |x|.
     rule!("log-one-minus-sigmoid", exact; "(log (add 1 (neg (sigmoid ?x))))" => "(neg (softplus ?x))"),
+    // sigmoid(-x) = 1 - sigmoid(x): reuses sigmoid(x), which the forward pass computes anyway.
+    rule!("sigmoid-neg", inexact; "(sigmoid (neg ?x))" => "(add 1 (neg (sigmoid ?x)))"),
+    // softplus(-x) = softplus(x) - x: one softplus instead of two when both appear (the
+    // stabilized cross-entropy has both).
+    rule!("softplus-neg", inexact; "(softplus (neg ?x))" => "(add (softplus ?x) (neg ?x))"),
     // exp(log(x)) = x for x > 0 (NaN otherwise); log(exp(x)) = x unless exp overflows.
     rule!("exp-log", inexact; "(exp (log ?x))" => "?x"),
     rule!("log-exp", inexact; "(log (exp ?x))" => "?x"),

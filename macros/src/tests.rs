@@ -43,7 +43,9 @@ fn rewrite_rules_fire() {
         ("|x: f64| x + x", "2 * x"),
         ("|x: f64, y: f64| y * x - x * y", "0"),
         ("|x: f64| x / 4", "0.25 * x"),
-        ("|x: f64| log(sigmoid(x))", "-softplus(-x)"),
+        // log(sigmoid(x)) = -softplus(-x) = x - softplus(x): one softplus, finite everywhere.
+        ("|x: f64| log(sigmoid(x))", "-(-x + softplus(x))"),
+        ("|x: f64| sigmoid(-x)", "1 - sigmoid(x)"),
         ("|x: f64| log(1 - sigmoid(x))", "-softplus(x)"),
         ("|x: f64| exp(log(x))", "x"),
         ("|x: f64[n]| sum(x * 0 + 1)", "n"),

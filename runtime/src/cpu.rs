@@ -9,6 +9,7 @@ use ndarray::{Array2, ArrayBase, Data, Dimension};
 
 use crate::{Error, FnInfo};
 
+pub mod math;
 mod pool;
 mod sgemm;
 
@@ -63,10 +64,34 @@ pub fn array2<T>(v: Vec<T>, rows: usize, cols: usize) -> Array2<T> {
     })
 }
 
+/// Whether this CPU runs the AVX-512 versions of generated loops (detected once, cached).
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The scalar math of every op, for f32 and f64.
 pub trait Real:
     Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
 {
+    /// e^x (vectorizable in f32).
+    fn exp(self) -> Self;
+    /// ln x (vectorizable in f32).
+    fn ln(self) -> Self;
+    /// ln(1 + x) (vectorizable in f32).
+    fn ln_1p(self) -> Self;
     fn sigmoid(self) -> Self;
     fn softplus(self) -> Self;
     fn relu(self) -> Self;
@@ -101,17 +126,35 @@ pub trait Real:
 }
 
 macro_rules! real_impl {
-    ($t:ty, $gemm:path) => {
+    ($t:ty, $gemm:path, $exp:path, $ln:path, $ln_1p:path) => {
         impl Real for $t {
+            #[inline(always)]
+            fn exp(self) -> Self {
+                $exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                $ln(self)
+            }
+            #[inline(always)]
+            fn ln_1p(self) -> Self {
+                $ln_1p(self)
+            }
             #[inline(always)]
             fn sigmoid(self) -> Self {
                 // 1 / (1 + e^-x): saturates to 0 or 1 without producing NaN.
-                1.0 / (1.0 + (-self).exp())
+                1.0 / (1.0 + $exp(-self))
             }
             #[inline(always)]
             fn softplus(self) -> Self {
                 // log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow for large x.
-                self.max(0.0) + (-self.abs()).exp().ln_1p()
+                let m = if self > 0.0 { self } else { 0.0 };
+                let r = m + $ln_1p($exp(-self.abs()));
+                if self.is_nan() {
+                    self
+                } else {
+                    r
+                }
             }
             #[inline(always)]
             fn relu(self) -> Self {
@@ -220,8 +263,14 @@ macro_rules! real_impl {
     };
 }
 
-real_impl!(f32, sgemm::sgemm);
-real_impl!(f64, matrixmultiply::dgemm);
+real_impl!(
+    f32,
+    sgemm::sgemm,
+    math::exp_f32,
+    math::ln_f32,
+    math::ln_1p_f32
+);
+real_impl!(f64, matrixmultiply::dgemm, f64::exp, f64::ln, f64::ln_1p);
 
 /// The largest element index of a `rows x cols` matrix with these strides, plus one.
 fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<usize> {

@@ -483,7 +483,92 @@ fn ix_expr(i: Ix) -> TokenStream {
     }
 }
 
+/// A loop kernel as two functions, one compiled for AVX-512 and one for the baseline CPU,
+/// picked at run time: the transcendental math in the body then runs 16 lanes wide where the
+/// machine allows, whatever target the user's crate is built for.
 fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> TokenStream {
+    let t = scalar_ty(dt);
+    let body = loop_body(g, s, l, dt, ki);
+    // Everything the body names becomes a parameter: buffers, dims and scalar arguments.
+    let mut reads: Vec<usize> = Vec::new();
+    let mut writes: Vec<usize> = Vec::new();
+    let mut args: Vec<u32> = Vec::new();
+    let mut dims: Vec<Dim> = l.dims.clone();
+    for ins in &l.instrs {
+        match ins {
+            Instr::Load { buf, .. } if !reads.contains(buf) => reads.push(*buf),
+            Instr::Arg(v) if !args.contains(v) => args.push(*v),
+            Instr::DimSize(d) => dims.push(*d),
+            _ => {}
+        }
+    }
+    for (_, b) in &l.stores {
+        writes.push(*b);
+    }
+    for r in &l.reductions {
+        writes.push(r.out);
+    }
+    for b in reads.iter().chain(&writes) {
+        dims.extend(s.bufs[*b].ty.shape.iter().copied());
+    }
+    let mut syms: Vec<u32> = dims
+        .iter()
+        .filter_map(|d| match d {
+            Dim::Sym(x) => Some(*x),
+            Dim::Static(_) => None,
+        })
+        .collect();
+    syms.sort_unstable();
+    syms.dedup();
+    let mut params = Vec::new();
+    let mut call = Vec::new();
+    for b in &reads {
+        let id = buf_ident(s, *b);
+        params.push(quote!(#id: &[#t]));
+        call.push(quote!(&#id[..]));
+    }
+    for b in &writes {
+        let id = buf_ident(s, *b);
+        params.push(quote!(#id: &mut [#t]));
+        call.push(quote!(&mut #id[..]));
+    }
+    for v in &args {
+        let id = format_ident!("__a{}", v);
+        params.push(quote!(#id: #t));
+        call.push(quote!(#id));
+    }
+    for sym in &syms {
+        let id = format_ident!("__d_{}", g.syms[*sym as usize]);
+        params.push(quote!(#id: usize));
+        call.push(quote!(#id));
+    }
+    let fast = format_ident!("__k{}_avx512", ki);
+    let base = format_ident!("__k{}_base", ki);
+    quote! {
+        {
+            #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+            unsafe fn #fast(#(#params),*) #body
+            #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
+            #[inline(always)]
+            fn #base(#(#params),*) #body
+            #[cfg(target_arch = "x86_64")]
+            {
+                if ::tensor_fn::__private::has_avx512() {
+                    // SAFETY: the CPU has every feature the function was compiled for.
+                    unsafe { #fast(#(#call),*) }
+                } else {
+                    #base(#(#call),*)
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            #base(#(#call),*)
+        }
+    }
+}
+
+fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> TokenStream {
     let t = scalar_ty(dt);
     let lv = levels(l);
     let rank = l.dims.len();
@@ -663,9 +748,9 @@ fn unary_expr(u: Unary, a: Ident) -> TokenStream {
     let r = quote!(::tensor_fn::__private::Real);
     match u {
         Unary::Neg => quote!(-#a),
-        Unary::Exp => quote!(#a.exp()),
-        Unary::Log => quote!(#a.ln()),
-        Unary::Log1p => quote!(#a.ln_1p()),
+        Unary::Exp => quote!(#r::exp(#a)),
+        Unary::Log => quote!(#r::ln(#a)),
+        Unary::Log1p => quote!(#r::ln_1p(#a)),
         Unary::Sqrt => quote!(#a.sqrt()),
         Unary::Tanh => quote!(#a.tanh()),
         Unary::Sigmoid => quote!(#r::sigmoid(#a)),

@@ -40,6 +40,25 @@ pub unsafe fn sgemm(
     {
         if k > 0 && std::is_x86_feature_detected!("avx512f") {
             let bcast = csb == 1 && csc == 1;
+            if bcast && m >= 8 * MR * 4 && m * n * k >= PARALLEL_FLOPS {
+                // Tall C (the k = batch gradient GEMMs): chunks of whole rows, so no two
+                // threads write the same cache line.
+                let height = 8 * MR;
+                let (a, b, c) = (Shared(a as *mut f32), Shared(b as *mut f32), Shared(c));
+                let chunk = |ch: usize| {
+                    let i0 = ch * height;
+                    let mm = (m - i0).min(height);
+                    let (a, c) = (
+                        a.get().offset(i0 as isize * rsa) as *const f32,
+                        c.get().offset(i0 as isize * rsc),
+                    );
+                    // SAFETY: chunks write disjoint rows of C; the caller's contract covers
+                    // every index read or written.
+                    unsafe { bcast_gemm(mm, k, n, alpha, a, rsa, csa, b.get(), rsb, beta, c, rsc) };
+                };
+                super::pool::run_chunks(m.div_ceil(height), &chunk);
+                return;
+            }
             if bcast || (csa == 1 && rsb == 1) {
                 // Chunks of whole column tiles of C, shared out among the pool's threads.
                 let width = if bcast { NV * 16 } else { 4 * DJ };
