@@ -2,10 +2,12 @@
 //! so splitting a 0.1 ms GEMM across cores costs well under a microsecond, with no per-call
 //! thread start-up.
 //!
-//! Work is handed out in chunks from an atomic counter, and the calling thread always works
+//! Work is handed out in chunks. Thread p first takes the chunks of its own contiguous range
+//! (so the same thread touches the same columns of a weight matrix call after call, and they
+//! stay in its core's cache), then steals from the others. The calling thread always works
 //! too: when a worker is slow to wake (another process holds its core) the caller simply does
-//! more chunks, and it never waits for a worker that has not started. So a busy machine makes
-//! a call no slower than running it alone.
+//! its chunks, and it never waits for a worker that has not started. So a busy machine makes a
+//! call no slower than running it alone.
 //!
 //! `TENSOR_FN_THREADS` sets the number of threads (the caller counts as one); the default is
 //! the machine's available parallelism.
@@ -32,8 +34,8 @@ const ACTIVE: u64 = CLOSED - 1;
 struct Pool {
     threads: AtomicUsize,
     state: AtomicU64,
-    /// Next chunk to hand out.
-    next: AtomicUsize,
+    /// Per thread's range: how many of its chunks were handed out.
+    taken: Vec<AtomicUsize>,
     job: Mutex<Option<Job>>,
     wake: Condvar,
     /// Workers blocked on `wake` (the caller only signals when some are).
@@ -54,7 +56,7 @@ fn pool() -> &'static Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             threads: AtomicUsize::new(1),
             state: AtomicU64::new(CLOSED),
-            next: AtomicUsize::new(0),
+            taken: (0..want).map(|_| AtomicUsize::new(0)).collect(),
             job: Mutex::new(None),
             wake: Condvar::new(),
             parked: AtomicUsize::new(0),
@@ -65,7 +67,7 @@ fn pool() -> &'static Pool {
         for w in 1..want {
             let spawned = std::thread::Builder::new()
                 .name(format!("tensor-fn-{w}"))
-                .spawn(move || worker(pool));
+                .spawn(move || worker(pool, w));
             if spawned.is_err() {
                 break;
             }
@@ -80,7 +82,7 @@ fn epoch_of(state: u64) -> u64 {
     state >> 32
 }
 
-fn worker(pool: &'static Pool) {
+fn worker(pool: &'static Pool, me: usize) {
     let mut done_epoch = 0u64;
     loop {
         // Wait for a new open job: spin, then yield, then park.
@@ -122,15 +124,26 @@ fn worker(pool: &'static Pool) {
             // SAFETY: we are counted in `state`, so `run_chunks` has not returned and the
             // closure it borrowed is alive.
             let f = unsafe { &*job.f };
-            loop {
-                let c = pool.next.fetch_add(1, Ordering::AcqRel);
-                if c >= job.chunks {
-                    break;
-                }
-                f(c);
-            }
+            work(pool, job.chunks, me, f);
         }
         pool.state.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs chunks until none is left: first those of range `me`, then the others'.
+fn work(pool: &Pool, chunks: usize, me: usize, f: &(dyn Fn(usize) + Sync)) {
+    let threads = pool.threads.load(Ordering::Acquire);
+    let per = chunks.div_ceil(threads);
+    for k in 0..threads {
+        let r = (me + k) % threads;
+        let (start, end) = (r * per, ((r + 1) * per).min(chunks));
+        loop {
+            let c = start + pool.taken[r].fetch_add(1, Ordering::AcqRel);
+            if c >= end {
+                break;
+            }
+            f(c);
+        }
     }
 }
 
@@ -149,20 +162,16 @@ pub fn run_chunks(chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     {
         let mut job = pool.job.lock().unwrap_or_else(|e| e.into_inner());
         *job = Some(Job { f: erased, chunks });
-        pool.next.store(0, Ordering::Release);
+        for t in &pool.taken {
+            t.store(0, Ordering::Release);
+        }
         let epoch = epoch_of(pool.state.load(Ordering::Acquire)) + 1;
         pool.state.store(epoch << 32, Ordering::Release);
         if pool.parked.load(Ordering::Acquire) > 0 {
             pool.wake.notify_all();
         }
     }
-    loop {
-        let c = pool.next.fetch_add(1, Ordering::AcqRel);
-        if c >= chunks {
-            break;
-        }
-        f(c);
-    }
+    work(pool, chunks, 0, f);
     // No worker joins after this; wait for the ones inside to finish their chunk.
     pool.state.fetch_or(CLOSED, Ordering::AcqRel);
     let mut spins = 0u32;
@@ -212,5 +221,35 @@ mod tests {
                 });
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod probe {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn who_runs_chunks() {
+        let main = std::thread::current().id();
+        let mut by_worker = 0;
+        let mut total = 0;
+        for _ in 0..2000 {
+            let counts: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+            run_chunks(8, &|c| {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(10) {}
+                if std::thread::current().id() != main {
+                    counts[c].store(1, Ordering::Relaxed);
+                }
+            });
+            by_worker += counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<usize>();
+            total += 8;
+        }
+        println!("threads {} worker ran {by_worker} of {total} chunks", threads_now());
+    }
+
+    fn threads_now() -> usize {
+        pool().threads.load(Ordering::Acquire)
     }
 }

@@ -545,7 +545,7 @@ mod bench {
                 };
             }
             let g = 2.0 * (m * k * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
-            println!("{name:6} {m}x{k}x{n}: {g:.0} GFLOP/s");
+            println!("gemm | {name} | {m}x{k}x{n} | {g:.0} GFLOP/s");
         }
     }
 }
