@@ -78,6 +78,11 @@ fn pool() -> &'static Pool {
     })
 }
 
+/// How many threads work on a job (the caller included).
+pub fn threads() -> usize {
+    pool().threads.load(Ordering::Acquire)
+}
+
 fn epoch_of(state: u64) -> u64 {
     state >> 32
 }
@@ -243,10 +248,16 @@ mod probe {
                     counts[c].store(1, Ordering::Relaxed);
                 }
             });
-            by_worker += counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<usize>();
+            by_worker += counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<usize>();
             total += 8;
         }
-        println!("threads {} worker ran {by_worker} of {total} chunks", threads_now());
+        println!(
+            "threads {} worker ran {by_worker} of {total} chunks",
+            threads_now()
+        );
     }
 
     fn threads_now() -> usize {

@@ -40,54 +40,96 @@ pub unsafe fn sgemm(
     {
         if k > 0 && std::is_x86_feature_detected!("avx512f") {
             let bcast = csb == 1 && csc == 1;
-            if bcast && m >= 8 * MR * 4 && m * n * k >= PARALLEL_FLOPS {
-                // Tall C (the k = batch gradient GEMMs): chunks of whole rows, so no two
-                // threads write the same cache line.
-                let height = 8 * MR;
-                let (a, b, c) = (Shared(a as *mut f32), Shared(b as *mut f32), Shared(c));
-                let chunk = |ch: usize| {
-                    let i0 = ch * height;
-                    let mm = (m - i0).min(height);
-                    let (a, c) = (
-                        a.get().offset(i0 as isize * rsa) as *const f32,
-                        c.get().offset(i0 as isize * rsc),
-                    );
-                    // SAFETY: chunks write disjoint rows of C; the caller's contract covers
-                    // every index read or written.
-                    unsafe { bcast_gemm(mm, k, n, alpha, a, rsa, csa, b.get(), rsb, beta, c, rsc) };
-                };
-                super::pool::run_chunks(m.div_ceil(height), &chunk);
-                return;
-            }
             if bcast || (csa == 1 && rsb == 1) {
-                // Chunks of whole column tiles of C, shared out among the pool's threads.
-                let width = if bcast { NV * 16 } else { 4 * DJ };
-                let chunks = if m * n * k >= PARALLEL_FLOPS {
-                    n.div_ceil(width)
-                } else {
-                    1
-                };
-                let width = if chunks == 1 { n } else { width };
+                let threads = super::pool::threads();
                 let (a, b, c) = (Shared(a as *mut f32), Shared(b as *mut f32), Shared(c));
-                let chunk = |ch: usize| {
-                    let j0 = ch * width;
-                    let nn = (n - j0).min(width);
-                    let (a, b, c) = (
-                        a.get() as *const f32,
-                        b.get().offset(j0 as isize * csb),
-                        c.get().offset(j0 as isize * csc),
-                    );
-                    // SAFETY: chunks write disjoint column ranges of C; the caller's contract
-                    // covers every index read or written.
+                if threads == 1 || m * n * k < PARALLEL_FLOPS {
+                    // SAFETY: the caller's contract.
                     unsafe {
-                        if bcast {
-                            bcast_gemm(m, k, nn, alpha, a, rsa, csa, b, rsb, beta, c, rsc);
+                        whole(
+                            bcast,
+                            m,
+                            k,
+                            n,
+                            alpha,
+                            a.get(),
+                            rsa,
+                            csa,
+                            b.get(),
+                            rsb,
+                            csb,
+                            beta,
+                            c.get(),
+                            rsc,
+                            csc,
+                        )
+                    };
+                    return;
+                }
+                if bcast && m < TALL && k >= 16 * threads {
+                    // x W with a short x: split k, the rows of W, and add the partial products.
+                    return split_k(threads, m, k, n, alpha, a, rsa, csa, b, rsb, beta, c, rsc);
+                }
+                // Tall C (rows of W) or A B^T (columns = rows of W): each thread takes its
+                // share of W's rows, the same share in every GEMM of a step.
+                let (tall, len) = if bcast && m >= TALL {
+                    (true, m)
+                } else {
+                    (false, n)
+                };
+                let part = |t: usize| {
+                    let (lo, hi) = share(len, t, threads);
+                    if lo == hi {
+                        return;
+                    }
+                    // SAFETY: parts write disjoint rows (tall) or columns of C; the caller's
+                    // contract covers every index read or written.
+                    unsafe {
+                        if tall {
+                            let (a, c) = (
+                                a.get().offset(lo as isize * rsa),
+                                c.get().offset(lo as isize * rsc),
+                            );
+                            bcast_gemm(
+                                hi - lo,
+                                k,
+                                n,
+                                alpha,
+                                a,
+                                rsa,
+                                csa,
+                                b.get(),
+                                rsb,
+                                beta,
+                                c,
+                                rsc,
+                            );
                         } else {
-                            dots_gemm(m, k, nn, alpha, a, rsa, b, csb, beta, c, rsc, csc);
+                            let (b, c) = (
+                                b.get().offset(lo as isize * csb),
+                                c.get().offset(lo as isize * csc),
+                            );
+                            whole(
+                                bcast,
+                                m,
+                                k,
+                                hi - lo,
+                                alpha,
+                                a.get(),
+                                rsa,
+                                csa,
+                                b,
+                                rsb,
+                                csb,
+                                beta,
+                                c,
+                                rsc,
+                                csc,
+                            );
                         }
                     }
                 };
-                super::pool::run_chunks(chunks, &chunk);
+                super::pool::run_chunks(threads, &part);
                 return;
             }
         }
@@ -97,6 +139,141 @@ pub unsafe fn sgemm(
 
 /// Below this many multiply-adds a GEMM runs on the calling thread alone.
 const PARALLEL_FLOPS: usize = 1 << 16;
+
+/// From this many rows of C on, the rows are split between threads.
+const TALL: usize = 96;
+
+/// Thread `t`'s share `[lo, hi)` of `len` rows of a weight matrix. Every GEMM that touches
+/// the matrix splits it the same way, so each core keeps its share in its own cache.
+fn share(len: usize, t: usize, parts: usize) -> (usize, usize) {
+    let step = len.div_ceil(parts).next_multiple_of(8);
+    ((t * step).min(len), ((t + 1) * step).min(len))
+}
+
+/// The whole GEMM on the calling thread, with the kernel that fits the layout.
+///
+/// # Safety
+/// As for [`sgemm`], with `bcast` or `csa == 1 && rsb == 1` holding.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn whole(
+    bcast: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    if bcast {
+        bcast_gemm(m, k, n, alpha, a, rsa, csa, b, rsb, beta, c, rsc);
+    } else {
+        dots_gemm(m, k, n, alpha, a, rsa, b, csb, beta, c, rsc, csc);
+    }
+}
+
+thread_local! {
+    /// Partial products of `split_k`, one m x n block per extra thread; grows, never shrinks.
+    static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// C = alpha A B + beta C with the k dimension split between threads: thread 0 accumulates
+/// into C, the others into scratch blocks that are added at the end.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn split_k(
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Shared,
+    rsa: isize,
+    csa: isize,
+    b: Shared,
+    rsb: isize,
+    beta: f32,
+    c: Shared,
+    rsc: isize,
+) {
+    PARTIALS.with(|p| {
+        let mut partials = p.borrow_mut();
+        let need = (threads - 1) * m * n;
+        if partials.len() < need {
+            partials.resize(need, 0.0);
+        }
+        let scratch = Shared(partials.as_mut_ptr());
+        let part = |t: usize| {
+            let (lo, hi) = share(k, t, threads);
+            if lo == hi {
+                return;
+            }
+            // SAFETY: thread 0 writes C, thread t > 0 its own m x n block of the scratch
+            // (sized above); A and B are only read, within the caller's contract.
+            unsafe {
+                let a = a.get().offset(lo as isize * csa) as *const f32;
+                let b = b.get().offset(lo as isize * rsb) as *const f32;
+                if t == 0 {
+                    bcast_gemm(
+                        m,
+                        hi - lo,
+                        n,
+                        alpha,
+                        a,
+                        rsa,
+                        csa,
+                        b,
+                        rsb,
+                        beta,
+                        c.get(),
+                        rsc,
+                    );
+                } else {
+                    let out = scratch.get().add((t - 1) * m * n);
+                    bcast_gemm(
+                        m,
+                        hi - lo,
+                        n,
+                        alpha,
+                        a,
+                        rsa,
+                        csa,
+                        b,
+                        rsb,
+                        0.0,
+                        out,
+                        n as isize,
+                    );
+                }
+            }
+        };
+        super::pool::run_chunks(threads, &part);
+        for t in 1..threads {
+            let (lo, hi) = share(k, t, threads);
+            if lo == hi {
+                continue;
+            }
+            let block = &partials[(t - 1) * m * n..t * m * n];
+            for i in 0..m {
+                // SAFETY: row i of C has n elements at stride 1 (bcast layout), inside the
+                // caller's contract.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(c.get().offset(i as isize * rsc), n) };
+                for (x, y) in row.iter_mut().zip(&block[i * n..(i + 1) * n]) {
+                    *x += *y;
+                }
+            }
+        }
+    });
+}
 
 /// A pointer handed to the pool's threads.
 #[derive(Clone, Copy)]
