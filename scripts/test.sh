@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
+# ptxas validates every PTX kernel we emit (no GPU needed); fetched from PyPI once into .tools.
+PTXAS="$(bash scripts/fetch-ptxas.sh)"
+export PTXAS
 # Unit tests of every crate, integration tests (seed values, gradient checks, compile-fail
 # cases, MNIST loaders), doc tests; examples are built too.
 cargo test --workspace

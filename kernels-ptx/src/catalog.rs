@@ -1,0 +1,370 @@
+//! Every kind of kernel the crate emits, as named programs: GEMMs of every layout, epilogue and
+//! dtype (static and symbolic dims), library reductions of every kind and strategy, and loop
+//! kernels that use every op, index pattern and grouping. The `ptxas` test assembles all of
+//! them; the interpreter tests run them.
+
+use crate::gemm::{gemm, Activation, Bias, GemmSpec};
+use crate::ir::{
+    Axis, Binary, Buffer, DType, Dim, Instr, Ix, LoopKernel, RedKind, Reduction, Unary,
+};
+use crate::meta::Program;
+use crate::reduce::reduction_kernel;
+
+pub const DTYPES: [DType; 2] = [DType::F32, DType::F64];
+
+/// Every unary op, with the `pow` exponents that take different code paths.
+pub fn unary_ops() -> Vec<Unary> {
+    vec![
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Log1p,
+        Unary::Sqrt,
+        Unary::Tanh,
+        Unary::Sigmoid,
+        Unary::Softplus,
+        Unary::Relu,
+        Unary::Abs,
+        Unary::Sign,
+        Unary::Step,
+        Unary::Pow(2.0),
+        Unary::Pow(0.5),
+        Unary::Pow(3.0),
+        Unary::Pow(-2.0),
+        Unary::Pow(0.0),
+        Unary::Pow(1.5),
+        Unary::Pow(-2.5),
+    ]
+}
+
+pub fn binary_ops() -> Vec<Binary> {
+    vec![
+        Binary::Add,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Maximum,
+        Binary::Minimum,
+        Binary::Ge,
+        Binary::Eq,
+    ]
+}
+
+/// GEMM specs covering every layout, epilogue and dtype, with static and symbolic sizes.
+pub fn gemm_specs() -> Vec<GemmSpec> {
+    let mut v = Vec::new();
+    for dtype in DTYPES {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            // The seed's shapes: hidden = sigmoid(dot(x, w) + b1), x: [20, 784], w: [784, 500].
+            v.push(GemmSpec {
+                dtype,
+                m: Dim::Static(20),
+                n: Dim::Static(500),
+                k: Dim::Static(784),
+                trans_a,
+                trans_b,
+                bias: Bias::PerColumn,
+                activation: Activation::Sigmoid,
+            });
+            v.push(GemmSpec {
+                dtype,
+                m: Dim::Sym(0),
+                n: Dim::Sym(1),
+                k: Dim::Sym(2),
+                trans_a,
+                trans_b,
+                bias: Bias::None,
+                activation: Activation::Identity,
+            });
+            v.push(GemmSpec {
+                dtype,
+                m: Dim::Sym(0),
+                n: Dim::Static(37),
+                k: Dim::Sym(2),
+                trans_a,
+                trans_b,
+                bias: Bias::PerRow,
+                activation: Activation::Sigmoid,
+            });
+            // Tile multiples: the bounds checks compile away.
+            v.push(GemmSpec {
+                dtype,
+                m: Dim::Static(128),
+                n: Dim::Static(64),
+                k: Dim::Static(64),
+                trans_a,
+                trans_b,
+                bias: Bias::None,
+                activation: Activation::Identity,
+            });
+        }
+    }
+    v
+}
+
+fn buf(dtype: DType, shape: &[Dim]) -> Buffer {
+    Buffer {
+        dtype,
+        shape: shape.to_vec(),
+    }
+}
+
+fn root(rank: usize) -> Vec<Ix> {
+    match rank {
+        0 => vec![],
+        1 => vec![Ix::Inner],
+        _ => vec![Ix::Outer, Ix::Inner],
+    }
+}
+
+/// An elementwise kernel over `dims` applying every unary op to `b0` and every binary op to
+/// `(b0, b1)`, each stored into its own buffer (`b2`, `b3`, ... in the order of
+/// [`unary_ops`] then [`binary_ops`]).
+pub fn all_ops_kernel(dtype: DType, dims: &[Dim]) -> LoopKernel {
+    let ix = root(dims.len());
+    let mut k = LoopKernel {
+        dtype,
+        dims: dims.to_vec(),
+        bufs: vec![buf(dtype, dims), buf(dtype, dims)],
+        instrs: vec![
+            Instr::Load {
+                buf: 0,
+                index: ix.clone(),
+            },
+            Instr::Load { buf: 1, index: ix },
+        ],
+        stores: Vec::new(),
+        reductions: Vec::new(),
+    };
+    for u in unary_ops() {
+        k.instrs.push(Instr::Unary(u, 0));
+        k.bufs.push(buf(dtype, dims));
+        k.stores.push((k.instrs.len() - 1, k.bufs.len() - 1));
+    }
+    for b in binary_ops() {
+        k.instrs.push(Instr::Binary(b, 0, 1));
+        k.bufs.push(buf(dtype, dims));
+        k.stores.push((k.instrs.len() - 1, k.bufs.len() - 1));
+    }
+    k
+}
+
+/// A rank-2 kernel `[m, n]` in the seed's style, with every reduction grouping at once:
+/// `h = sigmoid(x * a0 + bias[j]) * scale[i]` stored to `b3`; `sum_j x log h` -> `b4` (rows),
+/// `max_i h` -> `b5` (columns), `sum h / n` -> `b6` (all), `max (x - h)` -> `b7` (all).
+/// Inputs: `b0 = x [m, n]`, `b1 = bias [n]`, `b2 = scale [m, 1]`, argument `a0`.
+pub fn mixed_kernel(dtype: DType, m: Dim, n: Dim) -> LoopKernel {
+    use Instr::*;
+    LoopKernel {
+        dtype,
+        dims: vec![m, n],
+        bufs: vec![
+            buf(dtype, &[m, n]),
+            buf(dtype, &[n]),
+            buf(dtype, &[m, Dim::Static(1)]),
+            buf(dtype, &[m, n]),
+            buf(dtype, &[m]),
+            buf(dtype, &[n]),
+            buf(dtype, &[]),
+            buf(dtype, &[]),
+        ],
+        instrs: vec![
+            Load {
+                buf: 0,
+                index: vec![Ix::Outer, Ix::Inner],
+            }, // %0 x
+            Arg(0),                               // %1
+            Binary(crate::ir::Binary::Mul, 0, 1), // %2
+            Load {
+                buf: 1,
+                index: vec![Ix::Inner],
+            }, // %3 bias
+            Binary(crate::ir::Binary::Add, 2, 3), // %4
+            Unary(crate::ir::Unary::Sigmoid, 4),  // %5
+            Load {
+                buf: 2,
+                index: vec![Ix::Outer, Ix::Zero],
+            }, // %6 scale
+            Binary(crate::ir::Binary::Mul, 5, 6), // %7 h
+            Unary(crate::ir::Unary::Log, 7),      // %8
+            Binary(crate::ir::Binary::Mul, 0, 8), // %9
+            DimSize(n),                           // %10
+            Binary(crate::ir::Binary::Div, 7, 10), // %11
+            Unary(crate::ir::Unary::Neg, 7),      // %12
+            Binary(crate::ir::Binary::Add, 0, 12), // %13 x - h
+        ],
+        stores: vec![(7, 3)],
+        reductions: vec![
+            Reduction {
+                kind: RedKind::Sum,
+                axis: Axis::One(1),
+                value: 9,
+                out: 4,
+            },
+            Reduction {
+                kind: RedKind::Max,
+                axis: Axis::One(0),
+                value: 7,
+                out: 5,
+            },
+            Reduction {
+                kind: RedKind::Sum,
+                axis: Axis::All,
+                value: 11,
+                out: 6,
+            },
+            Reduction {
+                kind: RedKind::Max,
+                axis: Axis::All,
+                value: 13,
+                out: 7,
+            },
+        ],
+    }
+}
+
+/// `b2 [m, n] = b0^T + b1[i]`, reading `b0 [n, m]` transposed and `b1 [m]` by the outer index.
+pub fn transpose_kernel(dtype: DType, m: Dim, n: Dim) -> LoopKernel {
+    LoopKernel {
+        dtype,
+        dims: vec![m, n],
+        bufs: vec![buf(dtype, &[n, m]), buf(dtype, &[m]), buf(dtype, &[m, n])],
+        instrs: vec![
+            Instr::Load {
+                buf: 0,
+                index: vec![Ix::Inner, Ix::Outer],
+            },
+            Instr::Load {
+                buf: 1,
+                index: vec![Ix::Outer],
+            },
+            Instr::Binary(Binary::Add, 0, 1),
+        ],
+        stores: vec![(2, 2)],
+        reductions: Vec::new(),
+    }
+}
+
+/// A rank-0 kernel: `b1 = b0 * a3 + 0.5 + size(d4)`, and its "sum" into `b2`.
+pub fn scalar_kernel(dtype: DType) -> LoopKernel {
+    LoopKernel {
+        dtype,
+        dims: vec![],
+        bufs: vec![buf(dtype, &[]), buf(dtype, &[]), buf(dtype, &[])],
+        instrs: vec![
+            Instr::Load {
+                buf: 0,
+                index: vec![],
+            },
+            Instr::Arg(3),
+            Instr::Binary(Binary::Mul, 0, 1),
+            Instr::Const(0.5),
+            Instr::Binary(Binary::Add, 2, 3),
+            Instr::DimSize(Dim::Sym(4)),
+            Instr::Binary(Binary::Add, 4, 5),
+        ],
+        stores: vec![(6, 1)],
+        reductions: vec![Reduction {
+            kind: RedKind::Sum,
+            axis: Axis::All,
+            value: 6,
+            out: 2,
+        }],
+    }
+}
+
+/// Library reductions of every kind, axis and strategy: warp rows (static n <= 256), block
+/// rows, columns, one-block and two-pass full reductions.
+pub fn reduction_kernels() -> Vec<(String, LoopKernel)> {
+    let mut v = Vec::new();
+    let shapes: Vec<Vec<Dim>> = vec![
+        vec![Dim::Sym(0)],
+        vec![Dim::Static(1000)],
+        vec![Dim::Static(20), Dim::Static(33)],
+        vec![Dim::Sym(0), Dim::Static(1000)],
+        vec![Dim::Sym(0), Dim::Sym(1)],
+    ];
+    for dtype in DTYPES {
+        for kind in [RedKind::Sum, RedKind::Max] {
+            for dims in &shapes {
+                let axes: &[Axis] = if dims.len() == 2 {
+                    &[Axis::All, Axis::One(0), Axis::One(1)]
+                } else {
+                    &[Axis::All]
+                };
+                for &axis in axes {
+                    let name = format!(
+                        "reduce {kind:?} {} [{}] {axis:?}",
+                        dtype.name(),
+                        dims.iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    v.push((name, reduction_kernel(dtype, kind, dims, axis)));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Every loop kernel of the catalog, named.
+pub fn loop_kernels() -> Vec<(String, LoopKernel)> {
+    let mut v = Vec::new();
+    for dtype in DTYPES {
+        let d = dtype.name();
+        v.push((
+            format!("all ops {d} [d0]"),
+            all_ops_kernel(dtype, &[Dim::Sym(0)]),
+        ));
+        v.push((
+            format!("all ops {d} [d0, 7]"),
+            all_ops_kernel(dtype, &[Dim::Sym(0), Dim::Static(7)]),
+        ));
+        v.push((
+            format!("mixed {d} [20, 784]"),
+            mixed_kernel(dtype, Dim::Static(20), Dim::Static(784)),
+        ));
+        v.push((
+            format!("mixed {d} [d0, d1]"),
+            mixed_kernel(dtype, Dim::Sym(0), Dim::Sym(1)),
+        ));
+        v.push((
+            format!("mixed {d} [d0, 33]"),
+            mixed_kernel(dtype, Dim::Sym(0), Dim::Static(33)),
+        ));
+        v.push((
+            format!("transpose {d} [d0, d1]"),
+            transpose_kernel(dtype, Dim::Sym(0), Dim::Sym(1)),
+        ));
+        v.push((format!("scalar {d}"), scalar_kernel(dtype)));
+    }
+    v.extend(reduction_kernels());
+    v
+}
+
+/// Every program the catalog describes, named.
+pub fn programs() -> Vec<(String, Program)> {
+    let mut v = Vec::new();
+    for s in gemm_specs() {
+        let name = format!(
+            "gemm {} {}{} m={} n={} k={} {:?} {:?}",
+            s.dtype.name(),
+            if s.trans_a { 't' } else { 'n' },
+            if s.trans_b { 't' } else { 'n' },
+            s.m,
+            s.n,
+            s.k,
+            s.bias,
+            s.activation
+        );
+        v.push((name, gemm(&s).expect("catalog GEMMs are valid")));
+    }
+    for (name, k) in loop_kernels() {
+        v.push((
+            name,
+            crate::lower::lower_loop(&k).expect("catalog kernels are valid"),
+        ));
+    }
+    v
+}

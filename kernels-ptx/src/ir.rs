@@ -1,0 +1,433 @@
+//! The kernel IR of fused loop kernels: the GPU-side mirror of the schedule's `LoopKernel`.
+//!
+//! A loop kernel evaluates an SSA instruction list at every point of a rank 0-2 iteration space
+//! `dims` (`[outer, inner]` for rank 2, `[inner]` for rank 1), stores some values at the
+//! identity index and reduces others over an axis. [`crate::lower::lower_loop`] turns it into
+//! launches; [`LoopKernel::validate`] is the contract between the macro and the lowering.
+//!
+//! Buffers are contiguous and row-major. Sizes (every dim and the product of the iteration
+//! space) must stay below 2^31: the kernels index with 32-bit integers.
+
+use std::fmt;
+
+pub type BufId = usize;
+pub type ValId = usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F64,
+}
+
+impl DType {
+    pub fn bytes(self) -> u32 {
+        match self {
+            DType::F32 => 4,
+            DType::F64 => 8,
+        }
+    }
+
+    pub fn ptx(self) -> crate::ptx::Type {
+        match self {
+            DType::F32 => crate::ptx::Type::F32,
+            DType::F64 => crate::ptx::Type::F64,
+        }
+    }
+
+    pub fn param(self) -> crate::meta::ParamTy {
+        match self {
+            DType::F32 => crate::meta::ParamTy::F32,
+            DType::F64 => crate::meta::ParamTy::F64,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+        }
+    }
+}
+
+/// A dimension: compiled in, or a `u32` kernel parameter named `d{id}` (the macro's symbolic
+/// dim ids pass through unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Static(u64),
+    Sym(u32),
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Static(n) => write!(f, "{n}"),
+            Dim::Sym(d) => write!(f, "d{d}"),
+        }
+    }
+}
+
+/// A contiguous row-major buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buffer {
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+}
+
+/// A loop index: rank-2 spaces have an outer and an inner index, rank-1 spaces only the inner
+/// one; `Zero` reads a broadcast (size-1) dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ix {
+    Outer,
+    Inner,
+    Zero,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Log1p,
+    Sqrt,
+    Tanh,
+    Sigmoid,
+    Softplus,
+    /// x where x > 0 (or NaN), else 0.
+    Relu,
+    Abs,
+    /// -1, 0 or 1; keeps the sign of zero and NaN.
+    Sign,
+    /// 1 where x > 0, else 0.
+    Step,
+    /// x^k for a constant k.
+    Pow(f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Mul,
+    Div,
+    /// NaN-propagating maximum (numpy's `maximum`).
+    Maximum,
+    Minimum,
+    /// 1 where a >= b, else 0.
+    Ge,
+    /// 1 where a == b, else 0.
+    Eq,
+}
+
+/// One SSA instruction, evaluated at every point of the iteration space. Operands are earlier
+/// values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Instr {
+    /// Reads `buf` at `index` (one entry per buffer dim).
+    Load {
+        buf: BufId,
+        index: Vec<Ix>,
+    },
+    /// The rank-0 argument `id`, passed by value (a kernel parameter `a{id}`).
+    Arg(u32),
+    Const(f64),
+    /// The size of a dim as a float.
+    DimSize(Dim),
+    Unary(Unary, ValId),
+    Binary(Binary, ValId, ValId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RedKind {
+    Sum,
+    /// NaN-propagating; the maximum of nothing is -inf.
+    Max,
+}
+
+/// Which axes of the iteration space a reduction folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Axis {
+    All,
+    One(u8),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reduction {
+    pub kind: RedKind,
+    pub axis: Axis,
+    pub value: ValId,
+    /// Shape: the iteration space without the folded axis (`[]` for `All`).
+    pub out: BufId,
+}
+
+/// A fused loop kernel.
+///
+/// Invariant (checked by [`LoopKernel::validate`]): every operand of instruction `v` is below
+/// `v`; every buffer the kernel touches has the kernel's dtype; stores write buffers shaped like
+/// the iteration space; no buffer is both written and read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopKernel {
+    pub dtype: DType,
+    /// The iteration space, rank 0 to 2.
+    pub dims: Vec<Dim>,
+    /// The buffer table, indexed by [`BufId`]. It may be the whole schedule's table: only the
+    /// buffers the kernel touches become parameters.
+    pub bufs: Vec<Buffer>,
+    pub instrs: Vec<Instr>,
+    pub stores: Vec<(ValId, BufId)>,
+    pub reductions: Vec<Reduction>,
+}
+
+/// A malformed kernel: a bug in whoever built it (the macro's schedule), never a user error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IrError(pub String);
+
+impl fmt::Display for IrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed loop kernel: {}", self.0)
+    }
+}
+
+impl std::error::Error for IrError {}
+
+/// Indices into 32-bit integers: every size stays below this.
+pub const MAX_EXTENT: u64 = 1 << 31;
+
+/// The shape with static 1s dropped: two shapes with the same normal form have the same
+/// row-major layout.
+fn normal(shape: &[Dim]) -> Vec<Dim> {
+    shape
+        .iter()
+        .copied()
+        .filter(|d| *d != Dim::Static(1))
+        .collect()
+}
+
+impl LoopKernel {
+    pub fn rank(&self) -> usize {
+        self.dims.len()
+    }
+
+    /// The shape a reduction's output buffer must have.
+    pub fn reduced_shape(&self, axis: Axis) -> Vec<Dim> {
+        match (self.dims.len(), axis) {
+            (2, Axis::One(0)) => vec![self.dims[1]],
+            (2, Axis::One(1)) => vec![self.dims[0]],
+            // Rank 0 and 1 spaces, and axes `validate` rejects, reduce to a scalar.
+            (_, Axis::All | Axis::One(_)) => vec![],
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), IrError> {
+        let err = |m: String| Err(IrError(m));
+        let rank = self.dims.len();
+        if rank > 2 {
+            return err(format!("iteration space of rank {rank}"));
+        }
+        let dim_ok = |d: &Dim| match d {
+            Dim::Static(n) => *n < MAX_EXTENT,
+            Dim::Sym(_) => true,
+        };
+        if !self.dims.iter().all(dim_ok) {
+            return err("a static dim is 2^31 or more".into());
+        }
+        let stat: u64 = self
+            .dims
+            .iter()
+            .map(|d| match d {
+                Dim::Static(n) => *n,
+                Dim::Sym(_) => 1,
+            })
+            .product();
+        if stat >= MAX_EXTENT {
+            return err("the iteration space has 2^31 points or more".into());
+        }
+        let buf = |b: BufId| -> Result<&Buffer, IrError> {
+            let x = self
+                .bufs
+                .get(b)
+                .ok_or_else(|| IrError(format!("buffer b{b} is not in the table")))?;
+            if x.dtype != self.dtype {
+                return Err(IrError(format!(
+                    "buffer b{b} is {}, the kernel is {}",
+                    x.dtype.name(),
+                    self.dtype.name()
+                )));
+            }
+            if x.shape.len() > 2 || !x.shape.iter().all(dim_ok) {
+                return Err(IrError(format!("buffer b{b} has an unsupported shape")));
+            }
+            Ok(x)
+        };
+        let mut read = Vec::new();
+        for (v, ins) in self.instrs.iter().enumerate() {
+            let operand = |a: ValId| {
+                if a < v {
+                    Ok(())
+                } else {
+                    Err(IrError(format!(
+                        "%{v} uses %{a}, which is not defined before it"
+                    )))
+                }
+            };
+            match ins {
+                Instr::Load { buf: b, index } => {
+                    let x = buf(*b)?;
+                    if index.len() != x.shape.len() {
+                        return err(format!(
+                            "%{v} reads b{b} (rank {}) with {} indices",
+                            x.shape.len(),
+                            index.len()
+                        ));
+                    }
+                    for ix in index {
+                        let ok = match ix {
+                            Ix::Outer => rank == 2,
+                            Ix::Inner => rank >= 1,
+                            Ix::Zero => true,
+                        };
+                        if !ok {
+                            return err(format!("%{v} uses {ix:?} in a rank-{rank} space"));
+                        }
+                    }
+                    read.push(*b);
+                }
+                Instr::Arg(_) | Instr::Const(_) => {}
+                Instr::DimSize(d) => {
+                    if !dim_ok(d) {
+                        return err(format!("%{v}: dim too large"));
+                    }
+                }
+                Instr::Unary(_, a) => operand(*a)?,
+                Instr::Binary(_, a, b) => {
+                    operand(*a)?;
+                    operand(*b)?;
+                }
+            }
+        }
+        let value = |x: ValId| {
+            if x < self.instrs.len() {
+                Ok(())
+            } else {
+                Err(IrError(format!("%{x} is not defined")))
+            }
+        };
+        let mut written = Vec::new();
+        for (v, b) in &self.stores {
+            value(*v)?;
+            let x = buf(*b)?;
+            if normal(&x.shape) != normal(&self.dims) {
+                return err(format!(
+                    "store into b{b}, whose shape is not the iteration space's"
+                ));
+            }
+            written.push(*b);
+        }
+        for r in &self.reductions {
+            value(r.value)?;
+            let ok = match (rank, r.axis) {
+                (_, Axis::All) => true,
+                (1, Axis::One(0)) => true,
+                (2, Axis::One(0 | 1)) => true,
+                (_, Axis::One(_)) => false,
+            };
+            if !ok {
+                return err(format!(
+                    "reduction over {:?} of a rank-{rank} space",
+                    r.axis
+                ));
+            }
+            let x = buf(r.out)?;
+            if normal(&x.shape) != normal(&self.reduced_shape(r.axis)) {
+                return err(format!(
+                    "reduction into b{}, whose shape does not fit",
+                    r.out
+                ));
+            }
+            written.push(r.out);
+        }
+        for (i, b) in written.iter().enumerate() {
+            if read.contains(b) {
+                return err(format!("b{b} is both read and written"));
+            }
+            if written[..i].contains(b) {
+                return err(format!("b{b} is written twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Unary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unary::Neg => f.write_str("neg"),
+            Unary::Exp => f.write_str("exp"),
+            Unary::Log => f.write_str("log"),
+            Unary::Log1p => f.write_str("log1p"),
+            Unary::Sqrt => f.write_str("sqrt"),
+            Unary::Tanh => f.write_str("tanh"),
+            Unary::Sigmoid => f.write_str("sigmoid"),
+            Unary::Softplus => f.write_str("softplus"),
+            Unary::Relu => f.write_str("relu"),
+            Unary::Abs => f.write_str("abs"),
+            Unary::Sign => f.write_str("sign"),
+            Unary::Step => f.write_str("step"),
+            Unary::Pow(k) => write!(f, "pow[{k}]"),
+        }
+    }
+}
+
+impl fmt::Display for Binary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Binary::Add => "add",
+            Binary::Mul => "mul",
+            Binary::Div => "div",
+            Binary::Maximum => "maximum",
+            Binary::Minimum => "minimum",
+            Binary::Ge => "ge",
+            Binary::Eq => "eq",
+        })
+    }
+}
+
+/// The text form: `loop f32[d0, 784]`, then one line per instruction, store and reduction.
+impl fmt::Display for LoopKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
+        writeln!(f, "loop {}[{}]", self.dtype.name(), dims.join(", "))?;
+        for (v, ins) in self.instrs.iter().enumerate() {
+            match ins {
+                Instr::Load { buf, index } => {
+                    let ix: Vec<&str> = index
+                        .iter()
+                        .map(|i| match i {
+                            Ix::Outer => "i",
+                            Ix::Inner => "j",
+                            Ix::Zero => "0",
+                        })
+                        .collect();
+                    writeln!(f, "%{v} = b{buf}[{}]", ix.join(", "))?;
+                }
+                Instr::Arg(a) => writeln!(f, "%{v} = arg a{a}")?,
+                Instr::Const(c) => writeln!(f, "%{v} = {c:?}")?,
+                Instr::DimSize(d) => writeln!(f, "%{v} = size {d}")?,
+                Instr::Unary(u, a) => writeln!(f, "%{v} = {u} %{a}")?,
+                Instr::Binary(b, x, y) => writeln!(f, "%{v} = {b} %{x} %{y}")?,
+            }
+        }
+        for (v, b) in &self.stores {
+            writeln!(f, "store %{v} -> b{b}")?;
+        }
+        for r in &self.reductions {
+            let k = match r.kind {
+                RedKind::Sum => "sum",
+                RedKind::Max => "max",
+            };
+            match r.axis {
+                Axis::All => writeln!(f, "{k} %{} -> b{}", r.value, r.out)?,
+                Axis::One(a) => writeln!(f, "{k}[axis={a}] %{} -> b{}", r.value, r.out)?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,425 @@
+//! Shared helpers of the interpreter tests: deterministic random data, a straightforward CPU
+//! reference of loop kernels and GEMMs (in f64), running programs on the interpreter through
+//! their metadata, and comparisons that name the first mismatching index.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use tensor_fn_kernels::ir::{
+    Axis, Binary, BufId, DType, Dim, Instr, Ix, LoopKernel, RedKind, Unary,
+};
+use tensor_fn_kernels::meta::{Program, Role};
+use tensor_fn_kernels::vm::{self, Memory, Stats, Value};
+
+/// xorshift64*: deterministic test data without dependencies.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        lo + (hi - lo) * u
+    }
+
+    pub fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// Rounds to the dtype (what the device buffer holds).
+pub fn round_to(dtype: DType, v: f64) -> f64 {
+    match dtype {
+        DType::F32 => v as f32 as f64,
+        DType::F64 => v,
+    }
+}
+
+/// Unit roundoff of a dtype.
+pub fn unit(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => f32::EPSILON as f64 / 2.0,
+        DType::F64 => f64::EPSILON / 2.0,
+    }
+}
+
+pub fn dim_value(d: Dim, syms: &HashMap<u32, u64>) -> u64 {
+    match d {
+        Dim::Static(n) => n,
+        Dim::Sym(id) => syms[&id],
+    }
+}
+
+pub fn elems(shape: &[Dim], syms: &HashMap<u32, u64>) -> usize {
+    shape.iter().map(|d| dim_value(*d, syms) as usize).product()
+}
+
+/// The buffers a kernel writes.
+pub fn outputs(k: &LoopKernel) -> Vec<BufId> {
+    k.stores
+        .iter()
+        .map(|s| s.1)
+        .chain(k.reductions.iter().map(|r| r.out))
+        .collect()
+}
+
+/// The buffers a kernel reads.
+pub fn inputs(k: &LoopKernel) -> Vec<BufId> {
+    let mut v: Vec<BufId> = k
+        .instrs
+        .iter()
+        .filter_map(|i| match i {
+            Instr::Load { buf, .. } => Some(*buf),
+            Instr::Arg(_)
+            | Instr::Const(_)
+            | Instr::DimSize(_)
+            | Instr::Unary(..)
+            | Instr::Binary(..) => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+// The CPU runtime's semantics (runtime/src/cpu.rs `Real`), in f64.
+
+pub fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+pub fn unary_ref(u: Unary, x: f64) -> f64 {
+    match u {
+        Unary::Neg => -x,
+        Unary::Exp => x.exp(),
+        Unary::Log => x.ln(),
+        Unary::Log1p => x.ln_1p(),
+        Unary::Sqrt => x.sqrt(),
+        Unary::Tanh => x.tanh(),
+        Unary::Sigmoid => sigmoid(x),
+        Unary::Softplus => softplus(x),
+        Unary::Relu => {
+            if x > 0.0 || x.is_nan() {
+                x
+            } else {
+                0.0
+            }
+        }
+        Unary::Abs => x.abs(),
+        Unary::Sign => {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                x * 0.0
+            }
+        }
+        Unary::Step => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Unary::Pow(k) => {
+            if k == 2.0 {
+                x * x
+            } else if k == 0.5 {
+                x.sqrt()
+            } else if k.fract() == 0.0 && k.abs() <= 64.0 {
+                x.powi(k as i32)
+            } else {
+                x.powf(k)
+            }
+        }
+    }
+}
+
+pub fn max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || a >= b {
+        a
+    } else {
+        b
+    }
+}
+
+pub fn min_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || a <= b {
+        a
+    } else {
+        b
+    }
+}
+
+pub fn binary_ref(b: Binary, x: f64, y: f64) -> f64 {
+    match b {
+        Binary::Add => x + y,
+        Binary::Mul => x * y,
+        Binary::Div => x / y,
+        Binary::Maximum => max_nan(x, y),
+        Binary::Minimum => min_nan(x, y),
+        Binary::Ge => (x >= y) as u8 as f64,
+        Binary::Eq => (x == y) as u8 as f64,
+    }
+}
+
+/// What the reference computes for one output: values, and per element the scale that bounds
+/// its rounding error (|value| for elementwise outputs, the sum of |terms| for sums).
+pub struct RefOut {
+    pub values: Vec<f64>,
+    pub scale: Vec<f64>,
+}
+
+/// Evaluates a loop kernel point by point in f64, reductions in sequential order.
+pub fn reference(
+    k: &LoopKernel,
+    syms: &HashMap<u32, u64>,
+    args: &HashMap<u32, f64>,
+    data: &HashMap<BufId, Vec<f64>>,
+) -> HashMap<BufId, RefOut> {
+    let dims: Vec<usize> = k
+        .dims
+        .iter()
+        .map(|d| dim_value(*d, syms) as usize)
+        .collect();
+    let (outer, inner) = match dims.len() {
+        0 => (1, 1),
+        1 => (1, dims[0]),
+        _ => (dims[0], dims[1]),
+    };
+    let mut out: HashMap<BufId, RefOut> = HashMap::new();
+    for &(_, b) in &k.stores {
+        let n = elems(&k.bufs[b].shape, syms);
+        out.insert(
+            b,
+            RefOut {
+                values: vec![f64::NAN; n],
+                scale: vec![0.0; n],
+            },
+        );
+    }
+    for r in &k.reductions {
+        let n = elems(&k.bufs[r.out].shape, syms).max(1);
+        let init = match r.kind {
+            RedKind::Sum => 0.0,
+            RedKind::Max => f64::NEG_INFINITY,
+        };
+        out.insert(
+            r.out,
+            RefOut {
+                values: vec![init; n],
+                scale: vec![0.0; n],
+            },
+        );
+    }
+    let mut vals = vec![0.0f64; k.instrs.len()];
+    for i in 0..outer {
+        for j in 0..inner {
+            for (v, ins) in k.instrs.iter().enumerate() {
+                vals[v] = match ins {
+                    Instr::Load { buf, index } => {
+                        let shape = &k.bufs[*buf].shape;
+                        let mut flat = 0usize;
+                        for (axis, ix) in index.iter().enumerate() {
+                            let x = match ix {
+                                Ix::Outer => i,
+                                Ix::Inner => j,
+                                Ix::Zero => 0,
+                            };
+                            flat = flat * dim_value(shape[axis], syms) as usize + x;
+                        }
+                        data[buf][flat]
+                    }
+                    Instr::Arg(a) => args[a],
+                    Instr::Const(c) => round_to(k.dtype, *c),
+                    Instr::DimSize(d) => dim_value(*d, syms) as f64,
+                    Instr::Unary(u, a) => unary_ref(*u, vals[*a]),
+                    Instr::Binary(b, x, y) => binary_ref(*b, vals[*x], vals[*y]),
+                };
+            }
+            let flat = i * inner + j;
+            for &(v, b) in &k.stores {
+                let o = out.get_mut(&b).unwrap();
+                o.values[flat] = vals[v];
+                o.scale[flat] = vals[v].abs();
+            }
+            for r in &k.reductions {
+                let at = match (k.dims.len(), r.axis) {
+                    (2, Axis::One(0)) => j,
+                    (2, Axis::One(1)) => i,
+                    _ => 0,
+                };
+                let o = out.get_mut(&r.out).unwrap();
+                let x = vals[r.value];
+                match r.kind {
+                    RedKind::Sum => {
+                        o.values[at] += x;
+                        o.scale[at] += x.abs();
+                    }
+                    RedKind::Max => {
+                        o.values[at] = max_nan(o.values[at], x);
+                        o.scale[at] = o.values[at].abs();
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Uploads `data`, runs `program` on the interpreter through its metadata (binding buffers by
+/// id, dims and args by id), and reads back every buffer in `read`.
+pub fn run_program(
+    program: &Program,
+    dtype: DType,
+    bufs: &[(BufId, usize)],
+    data: &HashMap<BufId, Vec<f64>>,
+    syms: &HashMap<u32, u64>,
+    args: &HashMap<u32, f64>,
+) -> (HashMap<BufId, Vec<f64>>, Stats) {
+    let mut mem = Memory::new();
+    let mut ptrs: HashMap<BufId, u64> = HashMap::new();
+    for &(b, n) in bufs {
+        let p = match (data.get(&b), dtype) {
+            (Some(d), DType::F32) => {
+                mem.upload_f32(&d.iter().map(|x| *x as f32).collect::<Vec<_>>())
+            }
+            (Some(d), DType::F64) => mem.upload_f64(d),
+            (None, _) => mem.alloc(n * dtype.bytes() as usize),
+        };
+        ptrs.insert(b, p);
+    }
+    let bind = |r: Role| -> Option<Value> {
+        match r {
+            Role::Buf(b) => ptrs.get(&b).map(|p| Value::Ptr(*p)),
+            Role::Dim(d) => syms.get(&d).map(|x| Value::U32(*x as u32)),
+            Role::Arg(a) => args.get(&a).map(|x| match dtype {
+                DType::F32 => Value::F32(*x as f32),
+                DType::F64 => Value::F64(*x),
+            }),
+            Role::Scratch(_)
+            | Role::GemmA
+            | Role::GemmB
+            | Role::GemmC
+            | Role::GemmBias
+            | Role::Alpha
+            | Role::Beta => None,
+        }
+    };
+    let stats = vm::run(program, &mut mem, &bind).unwrap_or_else(|e| panic!("interpreter: {e}"));
+    let mut out = HashMap::new();
+    for &(b, n) in bufs {
+        let v = match dtype {
+            DType::F32 => mem
+                .read_f32(ptrs[&b], n)
+                .into_iter()
+                .map(|x| x as f64)
+                .collect(),
+            DType::F64 => mem.read_f64(ptrs[&b], n),
+        };
+        out.insert(b, v);
+    }
+    (out, stats)
+}
+
+/// Asserts `got` matches `want` within `tol(i)`; NaN matches NaN, infinities match exactly.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: impl Fn(usize) -> f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for i in 0..got.len() {
+        let (g, w) = (got[i], want[i]);
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else if w.is_infinite() || g.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= tol(i)
+        };
+        assert!(
+            ok,
+            "{what}: first mismatch at index {i}: got {g:e}, want {w:e} (tolerance {:e}; {} elements)",
+            tol(i),
+            got.len()
+        );
+    }
+}
+
+/// Runs a loop kernel on the interpreter with random inputs in `[lo, hi)` and compares every
+/// output with the reference. `chain` bounds the relative error of one point's computation in
+/// units of the dtype's roundoff.
+#[allow(clippy::too_many_arguments)]
+pub fn check_loop(
+    name: &str,
+    k: &LoopKernel,
+    syms: &HashMap<u32, u64>,
+    args: &HashMap<u32, f64>,
+    lo: f64,
+    hi: f64,
+    chain: f64,
+    seed: u64,
+) -> Stats {
+    let program = tensor_fn_kernels::lower_loop(k).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut rng = Rng::new(seed);
+    let mut data = HashMap::new();
+    let mut bufs = Vec::new();
+    for b in inputs(k) {
+        let n = elems(&k.bufs[b].shape, syms);
+        let d: Vec<f64> = rng
+            .vec(n, lo, hi)
+            .into_iter()
+            .map(|x| round_to(k.dtype, x))
+            .collect();
+        data.insert(b, d);
+        bufs.push((b, n));
+    }
+    for b in outputs(k) {
+        bufs.push((b, elems(&k.bufs[b].shape, syms).max(1)));
+    }
+    let args: HashMap<u32, f64> = args
+        .iter()
+        .map(|(a, v)| (*a, round_to(k.dtype, *v)))
+        .collect();
+    let (got, stats) = run_program(&program, k.dtype, &bufs, &data, syms, &args);
+    let want = reference(k, syms, &args, &data);
+    let u = unit(k.dtype);
+    let tiny = match k.dtype {
+        DType::F32 => 1e-30,
+        DType::F64 => 1e-300,
+    };
+    for b in outputs(k) {
+        let w = &want[&b];
+        let is_sum = k
+            .reductions
+            .iter()
+            .any(|r| r.out == b && r.kind == RedKind::Sum);
+        let terms = if is_sum {
+            elems(&k.dims, syms) as f64
+        } else {
+            1.0
+        };
+        assert_close(&format!("{name}: b{b}"), &got[&b], &w.values, |i| {
+            // A sum of n terms, each with relative error `chain`: the rounding of the sum adds
+            // at most n units of roundoff (in any order), all relative to the sum of |terms|.
+            (chain + terms) * u * w.scale[i] + tiny
+        });
+    }
+    stats
+}
+
+pub fn syms(pairs: &[(u32, u64)]) -> HashMap<u32, u64> {
+    pairs.iter().copied().collect()
+}
