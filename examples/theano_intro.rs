@@ -11,9 +11,9 @@ use tensor_fn::prelude::*;
 // Here variables are declared with their types; each expression is a compiled function.
 tensor_fn! {
     x: f64, a: f64[n, m], v: f64[m];
-    x_2 = x * x;
-    x_10 = pow(x, 10);
-    av = dot(a, v);
+    pub x_2 = x * x;
+    pub x_10 = pow(x, 10);
+    pub av = dot(a, v);
 }
 
 // The seed's "silly" function: wx = dot(w, x), cost = mean(wx), w updated by SGD.

@@ -16,6 +16,9 @@
 //! assert_eq!(h.info.expr, "0");
 //! ```
 
+/// The PTX writer, the library GPU kernels with their launch metadata, and the interpreter
+/// that checks kernels without a GPU.
+pub use tensor_fn_kernels as kernels;
 pub use tensor_fn_macros::tensor_fn;
 pub use tensor_fn_runtime::{data, io, Device, Error, FnInfo, Shared};
 

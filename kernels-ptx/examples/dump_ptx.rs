@@ -1,12 +1,10 @@
 //! Prints the catalog as one PTX module (for reading, or for feeding to ptxas by hand):
 //!   cargo run -p tensor-fn-kernels --example dump_ptx > all.ptx
-use tensor_fn_kernels::{catalog, Module};
+use tensor_fn_kernels::catalog;
 
 fn main() {
-    let mut m = Module::default();
     for (name, p) in catalog::programs() {
         eprintln!("{name}:\n{}", p.describe());
-        p.add_to(&mut m);
     }
-    print!("{}", m.to_ptx());
+    print!("{}", catalog::module_ptx());
 }

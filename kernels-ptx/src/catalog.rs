@@ -368,3 +368,12 @@ pub fn programs() -> Vec<(String, Program)> {
     }
     v
 }
+
+/// Every library kernel of the catalog as one PTX module (the default header).
+pub fn module_ptx() -> String {
+    let mut m = crate::Module::default();
+    for (_, p) in programs() {
+        p.add_to(&mut m);
+    }
+    m.to_ptx()
+}

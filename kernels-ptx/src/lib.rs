@@ -40,6 +40,7 @@
 //! a GEMM's n at most 65535 tiles.
 
 pub mod catalog;
+pub mod check;
 pub mod gemm;
 pub mod ir;
 pub mod lower;

@@ -1,7 +1,7 @@
 //! The GEMM kernels on the interpreter against a plain triple loop (in f64), for every layout
 //! and dtype, static and symbolic sizes, sizes that are not tile multiples, and every epilogue.
 
-mod common;
+use tensor_fn_kernels::check as common;
 
 use common::{round_to, sigmoid, unit, Rng};
 use tensor_fn_kernels::catalog::DTYPES;

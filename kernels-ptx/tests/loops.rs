@@ -3,7 +3,7 @@
 //! two-pass full reductions), static and symbolic dims, sizes that are not multiples of a warp
 //! or a block, broadcasting and transposed loads, arguments and dim sizes.
 
-mod common;
+use tensor_fn_kernels::check as common;
 
 use std::collections::HashMap;
 

@@ -4,7 +4,7 @@
 //! are the ones documented in `src/math.rs`; special values (NaN, infinities, signed zeros) must
 //! match exactly.
 
-mod common;
+use tensor_fn_kernels::check as common;
 
 use std::collections::HashMap;
 

@@ -9,91 +9,10 @@
 //! Run with `--nocapture` for the register and spill table.
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use tensor_fn_kernels::check::{assemble, ptxas_or_skip};
 use tensor_fn_kernels::ptx::{Header, Module};
 use tensor_fn_kernels::Program;
-
-fn find_ptxas() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PTXAS") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("ptxas");
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/ptxas");
-    local.is_file().then_some(local)
-}
-
-fn ptxas_or_skip() -> Option<PathBuf> {
-    match find_ptxas() {
-        Some(p) => Some(p),
-        None => {
-            let msg = "ptxas not found (env PTXAS, PATH, .tools/ptxas): the PTX validity test \
-                       did NOT run; `bash scripts/fetch-ptxas.sh` fetches it";
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{msg} (CI=true: a missing ptxas is a failure)");
-            }
-            // Straight to the stderr handle: libtest captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!!!!!!!\n!!! SKIPPED: {msg}\n!!!!!!!!!!\n"
-            );
-            None
-        }
-    }
-}
-
-/// Assembles `ptx` for `arch`; returns ptxas's `-v` output. Panics on any error or warning.
-fn assemble(ptxas: &Path, ptx: &str, arch: &str, tag: &str) -> String {
-    let dir = std::env::temp_dir().join(format!(
-        "tensor-fn-ptxas-{}-{tag}-{arch}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("kernels.ptx");
-    std::fs::write(&src, ptx).unwrap();
-    let out = Command::new(ptxas)
-        .arg("-v")
-        .arg(format!("-arch={arch}"))
-        .arg(&src)
-        .arg("-o")
-        .arg(dir.join("kernels.cubin"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", ptxas.display()));
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "ptxas -arch={arch} failed on {} ({}):\n{log}",
-        src.display(),
-        out.status
-    );
-    let bad: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            let l = l.to_lowercase();
-            l.contains("error") || l.contains("warning")
-        })
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "ptxas -arch={arch} complained:\n{}",
-        bad.join("\n")
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    log
-}
 
 /// Per entry: (registers, spill stores + loads in bytes), from `ptxas -v`.
 fn usage(log: &str) -> HashMap<String, (u32, u32)> {

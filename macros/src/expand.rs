@@ -15,6 +15,7 @@ use crate::{check, grad, simplify, text};
 pub struct Compiled {
     pub f: Function,
     pub schedule: Schedule,
+    pub ptx: crate::emit::ptx::Ptx,
     pub rewrites: String,
     pub grads: String,
 }
@@ -56,6 +57,21 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
         internal(&mut diags, &f, "simplify", limit(&s2))?;
         check::check(&f).or_else(|e| internal(&mut diags, &f, "check", Err(e)))?;
         let schedule = schedule::schedule(&f);
+        let dtype = f
+            .outputs
+            .iter()
+            .chain(f.updates.iter().map(|u| &u.1))
+            .map(|n| f.graph.ty(*n).dtype)
+            .next()
+            .or(f.graph.vars.first().map(|v| v.ty.dtype))
+            .unwrap_or(syntax::DType::F64);
+        let ptx = match crate::emit::ptx::emit(&f.graph, &schedule, dtype) {
+            Ok(p) => p,
+            Err(e) => {
+                internal(&mut diags, &f, "emit-ptx", Err(e))?;
+                continue;
+            }
+        };
         let mut rewrites = simplify::report_text(&s1);
         rewrites.push_str(&simplify::report_text(&s2));
         let grads = f
@@ -66,6 +82,7 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
         out.push(Compiled {
             f,
             schedule,
+            ptx,
             rewrites: merge_report(&rewrites),
             grads,
         });
@@ -160,6 +177,8 @@ fn info_tokens(c: &Compiled) -> TokenStream {
     let grads = &c.grads;
     let rewrites = &c.rewrites;
     let plan = c.schedule.plan_text(&c.f.graph);
+    let ptx = &c.ptx.module;
+    let launches = &c.ptx.launches;
     quote! {
         ::tensor_fn::FnInfo {
             name: #name,
@@ -169,6 +188,8 @@ fn info_tokens(c: &Compiled) -> TokenStream {
             grads: #grads,
             rewrites: #rewrites,
             plan: #plan,
+            ptx: #ptx,
+            launches: #launches,
         }
     }
 }

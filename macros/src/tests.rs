@@ -218,3 +218,62 @@ fn garbage_never_panics() {
         }
     }
 }
+
+/// Every loop kernel the compiler emits, run on the GPU-semantics interpreter from its PTX-level
+/// instruction list, against the kernel crate's CPU reference of the same kernel, at sizes that
+/// are not multiples of any block or warp size.
+#[test]
+fn emitted_loop_kernels_match_the_reference_on_the_interpreter() {
+    use std::collections::HashMap;
+    use tensor_fn_kernels::check::check_loop;
+
+    // The autoencoder in f64: its gradient cancels terms (x - sigmoid(z)), and the reference's
+    // error bound scales with the result, so f32 roundoff would look like a mismatch. The f32
+    // kernels of every op are checked in the kernel crate with ulp bounds.
+    let autoencoder = AUTOENCODER.replace("f32", "f64");
+    let programs = [
+        autoencoder.as_str(),
+        "|x: f64[n, m], y: f64[m]| (sum(exp(x) * y, axis = 1), max(x - y, axis = 0), mean(tanh(x)))",
+        "|x: f32[n, m], c: f32| sum(maximum(x, c) * sigmoid(x) + softplus(-x) + relu(x - 0.5), axis = 0)",
+        "|a: f64[n], b: f64[n]| grad(sum(pow(a, 3) * log1p(b) + sqrt(a * b) / (1 + abs(b))), a)",
+        "w: f64[n, k], x: f64[k]; cost = mean(dot(w, x) * dot(w, x)); g = grad(cost, w);",
+    ];
+    let mut checked = 0;
+    for src in programs {
+        for c in compiled(src) {
+            let dt =
+                c.f.outputs
+                    .first()
+                    .map(|o| c.f.graph.ty(*o).dtype)
+                    .unwrap_or(crate::ir::DType::F32);
+            let syms: HashMap<u32, u64> = (0..c.f.graph.syms.len() as u32)
+                .map(|i| (i, 7 + 26 * i as u64))
+                .collect();
+            let args: HashMap<u32, f64> =
+                (0..c.f.graph.vars.len() as u32).map(|v| (v, 0.3)).collect();
+            for (i, kern) in c.schedule.kernels.iter().enumerate() {
+                if let crate::schedule::Kernel::Loop(l) = kern {
+                    let k = crate::emit::ptx::loop_kernel(&c.schedule, l, dt);
+                    let chain = if dt == crate::ir::DType::F64 {
+                        1e5
+                    } else {
+                        256.0
+                    };
+                    check_loop(
+                        &format!("{} k{i}", c.f.name),
+                        &k,
+                        &syms,
+                        &args,
+                        0.1,
+                        0.9,
+                        chain,
+                        i as u64,
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    println!("checked {checked} emitted loop kernels on the interpreter");
+    assert!(checked >= 20, "only {checked} kernels");
+}

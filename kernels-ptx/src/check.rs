@@ -1,15 +1,16 @@
-//! Shared helpers of the interpreter tests: deterministic random data, a straightforward CPU
-//! reference of loop kernels and GEMMs (in f64), running programs on the interpreter through
-//! their metadata, and comparisons that name the first mismatching index.
-#![allow(dead_code)]
+//! Checking kernels without a GPU: deterministic random data, a straightforward CPU reference
+//! of loop kernels (in f64), running programs on the interpreter through their metadata, and
+//! comparisons that name the first mismatching index. The crate's tests and the compiler's
+//! tests (every loop kernel the macro emits) use it.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use tensor_fn_kernels::ir::{
-    Axis, Binary, BufId, DType, Dim, Instr, Ix, LoopKernel, RedKind, Unary,
-};
-use tensor_fn_kernels::meta::{Program, Role};
-use tensor_fn_kernels::vm::{self, Memory, Stats, Value};
+use crate::ir::{Axis, Binary, BufId, DType, Dim, Instr, Ix, LoopKernel, RedKind, Unary};
+use crate::meta::{Program, Role};
+use crate::vm::{self, Memory, Stats, Value};
 
 /// xorshift64*: deterministic test data without dependencies.
 pub struct Rng(u64);
@@ -372,7 +373,7 @@ pub fn check_loop(
     chain: f64,
     seed: u64,
 ) -> Stats {
-    let program = tensor_fn_kernels::lower_loop(k).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let program = crate::lower_loop(k).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut rng = Rng::new(seed);
     let mut data = HashMap::new();
     let mut bufs = Vec::new();
@@ -422,4 +423,89 @@ pub fn check_loop(
 
 pub fn syms(pairs: &[(u32, u64)]) -> HashMap<u32, u64> {
     pairs.iter().copied().collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// ptxas: PTX validity without a GPU.
+
+/// `ptxas`: the env var `PTXAS`, else `PATH`, else `.tools/ptxas` at the workspace root
+/// (`bash scripts/fetch-ptxas.sh` puts it there).
+pub fn find_ptxas() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PTXAS") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("ptxas");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let local = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/ptxas")).to_path_buf();
+    local.is_file().then_some(local)
+}
+
+/// [`find_ptxas`], or None after a loud message; under `CI=true` a missing ptxas panics.
+pub fn ptxas_or_skip() -> Option<PathBuf> {
+    match find_ptxas() {
+        Some(p) => Some(p),
+        None => {
+            let msg = "ptxas not found (env PTXAS, PATH, .tools/ptxas): the PTX validity test \
+                       did NOT run; `bash scripts/fetch-ptxas.sh` fetches it";
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{msg} (CI=true: a missing ptxas is a failure)");
+            }
+            // Straight to the stderr handle: libtest captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!!!!!!!\n!!! SKIPPED: {msg}\n!!!!!!!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+/// Assembles `ptx` for `arch`; returns ptxas's `-v` output. Panics on any error or warning.
+pub fn assemble(ptxas: &Path, ptx: &str, arch: &str, tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "tensor-fn-ptxas-{}-{tag}-{arch}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("kernels.ptx");
+    std::fs::write(&src, ptx).unwrap();
+    let out = Command::new(ptxas)
+        .arg("-v")
+        .arg(format!("-arch={arch}"))
+        .arg(&src)
+        .arg("-o")
+        .arg(dir.join("kernels.cubin"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", ptxas.display()));
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "ptxas -arch={arch} failed on {} ({}):\n{log}",
+        src.display(),
+        out.status
+    );
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            let l = l.to_lowercase();
+            l.contains("error") || l.contains("warning")
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "ptxas -arch={arch} complained:\n{}",
+        bad.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    log
 }

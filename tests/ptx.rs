@@ -1,0 +1,115 @@
+//! Every PTX module the compiler emits goes through NVIDIA's `ptxas` for sm_80 and sm_90: the
+//! examples' functions (the seed's autoencoder with its gradients included) and a spread of
+//! ops, forms and dtypes. `ptxas` checks syntax, types and registers without a GPU; it is found
+//! through `PTXAS`, `PATH` or `.tools/ptxas` (`bash scripts/fetch-ptxas.sh`), and a missing one
+//! fails the test under `CI=true`.
+
+use tensor_fn::kernels::check::{assemble, ptxas_or_skip};
+use tensor_fn::prelude::*;
+
+#[allow(dead_code)]
+#[path = "../examples/autoencoder.rs"]
+mod autoencoder;
+#[allow(dead_code)]
+#[path = "../examples/theano_intro.rs"]
+mod theano_intro;
+
+tensor_fn! {
+    x: f32[n, m], y: f32[m], c: f32;
+    pub elementwise = exp(x) + log1p(y) * sqrt(abs(x)) - tanh(x) / (1 + softplus(-x)) + relu(x - c) + pow(x, 3) + pow(y, 0.5);
+    pub reductions = sum(maximum(x, y), axis = 0) + max(minimum(x, c), axis = 0) + mean(x);
+    pub row_stats = max(x, axis = 1) - mean(sigmoid(x), axis = 1);
+    pub gradient = grad(sum(tanh(dot(x, y)) * c), x);
+}
+
+tensor_fn! {
+    a: f64[n, k], b: f64[k, m], v: f64[k];
+    pub mm = dot(a, b);
+    pub mv = dot(a, v);
+    pub tn = dot(a.T, a);
+    pub hvp = grad(sum(grad(sum(pow(v, 3)), v) * v), v);
+    pub loss = mean(dot(a, b) * dot(a, b));
+    pub dloss = grad(loss, b);
+}
+
+fn functions() -> Vec<(&'static str, FnInfo)> {
+    vec![
+        ("autoencoder train", autoencoder::Autoencoder::TRAIN_INFO),
+        ("autoencoder hidden", autoencoder::Autoencoder::HIDDEN_INFO),
+        (
+            "autoencoder reconstruct",
+            autoencoder::Autoencoder::RECONSTRUCT_INFO,
+        ),
+        ("intro x_2", theano_intro::x_2::INFO),
+        ("intro x_10", theano_intro::x_10::INFO),
+        ("intro av", theano_intro::av::INFO),
+        ("intro silly", theano_intro::Silly::F_INFO),
+        (
+            "closure dot",
+            tensor_fn!(|a: f64[n, m], v: f64[m]| dot(a, v)).info,
+        ),
+        ("closure zero", tensor_fn!(|x: f32[n]| x + (-x)).info),
+        (
+            "closure scalar",
+            tensor_fn!(|x: f64, y: f64| x * y + exp(x)).info,
+        ),
+        ("elementwise", elementwise::INFO),
+        ("reductions", reductions::INFO),
+        ("row_stats", row_stats::INFO),
+        ("gradient", gradient::INFO),
+        ("mm", mm::INFO),
+        ("mv", mv::INFO),
+        ("tn", tn::INFO),
+        ("hvp", hvp::INFO),
+        ("loss", loss::INFO),
+        ("dloss", dloss::INFO),
+    ]
+}
+
+#[test]
+fn every_emitted_module_assembles_for_sm_80_and_sm_90() {
+    let Some(ptxas) = ptxas_or_skip() else { return };
+    let mut kernels = 0;
+    for (name, info) in functions() {
+        assert!(
+            info.ptx.starts_with("//") || info.ptx.contains(".version 7.8"),
+            "{name}: no header"
+        );
+        assert!(info.ptx.contains(".target sm_80"), "{name}");
+        for arch in ["sm_80", "sm_90"] {
+            let log = assemble(&ptxas, info.ptx, arch, &name.replace(' ', "_"));
+            assert!(
+                !log.contains("bytes spill stores") || log.contains(" 0 bytes spill stores"),
+                "{name}: spills\n{log}"
+            );
+        }
+        kernels += info.ptx.matches(".entry").count();
+    }
+    println!(
+        "ptxas accepted {kernels} kernels of {} functions",
+        functions().len()
+    );
+}
+
+#[test]
+fn modules_are_deterministic_and_named_by_content() {
+    let a = tensor_fn!(|x: f32[n]| sigmoid(x) * 2);
+    let b = tensor_fn!(|x: f32[n]| sigmoid(x) * 2);
+    assert_eq!(a.info.ptx, b.info.ptx);
+    let c = tensor_fn!(|x: f32[n]| sigmoid(x) * 3);
+    assert_ne!(a.info.ptx, c.info.ptx);
+    // One launch per loop kernel of the plan here; names carry a content hash.
+    assert!(a.info.launches.contains("tf_ew_"), "{}", a.info.launches);
+}
+
+#[test]
+fn the_seed_training_step_is_seventeen_kernels() {
+    let info = autoencoder::Autoencoder::TRAIN_INFO;
+    assert_eq!(info.kernel_count(), 17, "{}", info.plan);
+    let launches = info
+        .launches
+        .lines()
+        .filter(|l| l.starts_with("  tf_"))
+        .count();
+    assert_eq!(launches, 18, "{}", info.launches);
+}
