@@ -18,6 +18,12 @@ pub struct FnInfo {
     pub rewrites: &'static str,
     /// The kernel plan: one line per kernel, in execution order.
     pub plan: &'static str,
+    /// The PTX module a GPU runs for this function (`.version 7.8`, `.target sm_80`), emitted
+    /// from the same kernel plan as the CPU code.
+    pub ptx: &'static str,
+    /// Per kernel of the plan, its GPU launches: kernel name, parameters and what to bind to
+    /// each, grid and block sizes as formulas over the symbolic dims.
+    pub launches: &'static str,
 }
 
 impl FnInfo {
@@ -30,6 +36,8 @@ impl FnInfo {
         grads: "",
         rewrites: "",
         plan: "",
+        ptx: "",
+        launches: "",
     };
 
     /// Whether a rewrite rule with this name fired.
