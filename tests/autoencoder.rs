@@ -38,21 +38,11 @@ fn allocs() -> usize {
     ALLOCS.with(|c| c.get())
 }
 
-tensor_fn! {
-    pub struct Autoencoder { w: f32[784, h], b1: f32[h], b2: f32[784] }
-
-    impl Autoencoder {
-        pub fn train(&mut self, x: f32[b, 784], lr: f32) -> f32 {
-            let hidden = sigmoid(dot(x, w) + b1);
-            let output = sigmoid(dot(hidden, w.T) + b2);
-            let cost = mean(-sum(x * log(output) + (1 - x) * log(1 - output), axis = 1));
-            w -= lr * grad(cost, w);
-            b1 -= lr * grad(cost, b1);
-            b2 -= lr * grad(cost, b2);
-            cost
-        }
-    }
-}
+/// The model exactly as the main job defines it.
+#[allow(dead_code)]
+#[path = "../examples/autoencoder.rs"]
+mod example;
+use example::Autoencoder;
 
 fn init(hidden: usize) -> Array2<f32> {
     // A deterministic spread of small weights (a hash, not a generator: tests need no RNG).

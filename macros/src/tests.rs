@@ -107,31 +107,33 @@ fn zero_function_does_no_arithmetic() {
     assert!(!code.contains("__in0"), "x is never read: {code}");
 }
 
-const AUTOENCODER: &str = "
-    pub struct Autoencoder { w: f32[784, h], b1: f32[h], b2: f32[784] }
-    impl Autoencoder {
-        pub fn train(&mut self, x: f32[b, 784], lr: f32) -> f32 {
-            let hidden = sigmoid(dot(x, w) + b1);
-            let output = sigmoid(dot(hidden, w.T) + b2);
-            let cost = mean(-sum(x * log(output) + (1 - x) * log(1 - output), axis = 1));
-            w -= lr * grad(cost, w);
-            b1 -= lr * grad(cost, b1);
-            b2 -= lr * grad(cost, b2);
-            cost
-        }
-        pub fn hidden(&self, x: f32[b, 784]) -> f32[b, h] { sigmoid(dot(x, w) + b1) }
-    }";
+/// The seed's autoencoder exactly as the main job writes it: the tokens of the `tensor_fn!`
+/// invocation in `examples/autoencoder.rs`.
+fn autoencoder() -> TokenStream {
+    let file = syn::parse_file(include_str!("../../examples/autoencoder.rs")).expect("the example parses");
+    file.items
+        .iter()
+        .find_map(|item| match item {
+            syn::Item::Macro(m) if m.mac.path.is_ident("tensor_fn") => Some(m.mac.tokens.clone()),
+            _ => None,
+        })
+        .expect("examples/autoencoder.rs defines its model with tensor_fn!")
+}
+
+fn autoencoder_src() -> String {
+    autoencoder().to_string()
+}
 
 #[test]
 fn expansion_is_deterministic() {
-    let a = tensor_fn(TokenStream::from_str(AUTOENCODER).unwrap()).to_string();
-    let b = tensor_fn(TokenStream::from_str(AUTOENCODER).unwrap()).to_string();
+    let a = tensor_fn(autoencoder()).to_string();
+    let b = tensor_fn(autoencoder()).to_string();
     assert_eq!(a, b);
 }
 
 #[test]
 fn autoencoder_gradient_is_stable() {
-    let c = compiled(AUTOENCODER);
+    let c = compiled(&autoencoder_src());
     let train = &c[0];
     let graph = text::graph_text(&train.f);
     // The loss and its gradient evaluate no log and no division after stabilization.
@@ -156,7 +158,7 @@ fn autoencoder_gradient_is_stable() {
 
 #[test]
 fn expansion_time_of_the_seed_autoencoder() {
-    let tokens = TokenStream::from_str(AUTOENCODER).unwrap();
+    let tokens = autoencoder();
     let t = Instant::now();
     let runs = 20;
     for _ in 0..runs {
@@ -230,7 +232,7 @@ fn emitted_loop_kernels_match_the_reference_on_the_interpreter() {
     // The autoencoder in f64: its gradient cancels terms (x - sigmoid(z)), and the reference's
     // error bound scales with the result, so f32 roundoff would look like a mismatch. The f32
     // kernels of every op are checked in the kernel crate with ulp bounds.
-    let autoencoder = AUTOENCODER.replace("f32", "f64");
+    let autoencoder = autoencoder_src().replace("f32", "f64");
     let programs = [
         autoencoder.as_str(),
         "|x: f64[n, m], y: f64[m]| (sum(exp(x) * y, axis = 1), max(x - y, axis = 0), mean(tanh(x)))",
