@@ -462,7 +462,7 @@ unsafe fn bcast_tile<const R: usize, const V: usize>(
 }
 
 const DI: usize = 5;
-const DJ: usize = 4;
+const DJ: usize = 5;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -492,8 +492,20 @@ unsafe fn dots_gemm(
             let ap = a.offset(i0 as isize * rsa);
             let bp = b.offset(j0 as isize * csb);
             let cp = c.offset(i0 as isize * rsc + j0 as isize * csc);
-            if ri == DI && rj == DJ {
-                dots_tile::<DI, DJ>(k, alpha, ap, rsa, bp, csb, beta, cp, rsc, csc);
+            macro_rules! tile {
+                ($i:literal, $j:literal) => {
+                    dots_tile::<$i, $j>(k, alpha, ap, rsa, bp, csb, beta, cp, rsc, csc)
+                };
+            }
+            if ri == DI {
+                // Full row blocks; the last column block may be narrower.
+                match rj {
+                    5 => tile!(5, 5),
+                    4 => tile!(5, 4),
+                    3 => tile!(5, 3),
+                    2 => tile!(5, 2),
+                    _ => tile!(5, 1),
+                }
             } else {
                 // Edges: one dot product at a time.
                 for i in 0..ri {
