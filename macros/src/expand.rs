@@ -52,10 +52,16 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
         check_one_dtype(&f, &mut diags);
         let s1 = simplify::simplify(&mut f);
         internal(&mut diags, &f, "simplify", limit(&s1))?;
+        if too_deep(&mut diags, &f) {
+            continue; // its gradient would be deeper still
+        }
         grad::grad(&mut f).or_else(|e| internal(&mut diags, &f, "grad", Err(e)))?;
         let s2 = simplify::simplify(&mut f);
         internal(&mut diags, &f, "simplify", limit(&s2))?;
         check::check(&f).or_else(|e| internal(&mut diags, &f, "check", Err(e)))?;
+        if too_deep(&mut diags, &f) {
+            continue;
+        }
         let schedule = schedule::schedule(&f);
         let dtype = f
             .outputs
@@ -91,6 +97,25 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
         return Err(diags);
     }
     Ok(out)
+}
+
+/// A chain of ops longer than `ir::MAX_DEPTH` is the user's error, reported on the op that
+/// ends it: the scheduler walks fused chains recursively, on the compiler's 8 MiB stack.
+fn too_deep(diags: &mut Diagnostics, f: &Function) -> bool {
+    let (depth, deepest) = f.graph.depth(&f.roots());
+    if depth <= ir::MAX_DEPTH {
+        return false;
+    }
+    diags.error_help(
+        f.graph.node(deepest).span,
+        format!(
+            "`{}` is too deep to compile: a chain of {depth} operations, more than {}",
+            f.name,
+            ir::MAX_DEPTH
+        ),
+        "split the computation into several functions",
+    );
+    true
 }
 
 fn limit(s: &simplify::Simplifier) -> Result<(), String> {

@@ -180,6 +180,11 @@ impl TypeError {
 /// How many nodes a graph may hold: pathological inputs stop with an error, not a hung build.
 pub const MAX_NODES: usize = 200_000;
 
+/// How long a chain of ops (the depth of the graph) may be when it is scheduled: the scheduler
+/// walks a fused chain recursively, on the compiler's 8 MiB stack. A pathological input stops
+/// with an error, not a crash.
+pub const MAX_DEPTH: usize = 4000;
+
 impl Graph {
     /// An empty graph over these variables and symbolic dims.
     pub fn with_vars(vars: Vec<Var>, syms: Vec<String>) -> Graph {
@@ -307,6 +312,22 @@ impl Graph {
             }
         }
         false
+    }
+
+    /// The length of the longest chain of ops below `roots`, and the node that ends it.
+    pub fn depth(&self, roots: &[NodeId]) -> (usize, NodeId) {
+        let live = self.reachable(roots);
+        let mut depth = vec![0usize; self.nodes.len()];
+        let mut deepest = (0, NodeId(0));
+        for (i, n) in self.nodes.iter().enumerate() {
+            if live[i] {
+                depth[i] = 1 + n.args.iter().map(|a| depth[a.idx()]).max().unwrap_or(0);
+                if depth[i] > deepest.0 {
+                    deepest = (depth[i], NodeId(i as u32));
+                }
+            }
+        }
+        deepest
     }
 
     /// The nodes reachable from `roots`, as a mask indexed by node.
@@ -1300,47 +1321,25 @@ impl<'d> Lowerer<'d> {
                         .map(Val::Node),
                 }
             }
-            Expr::Binary { op, lhs, rhs, span } => {
-                let a = self.lower_expr(lhs);
-                let b = self.lower_expr(rhs);
-                let (a, b) = (a?, b?);
-                if let (Val::Lit(x, _), Val::Lit(y, _)) = (a, b) {
-                    let v = match op {
-                        BinOp::Add => x + y,
-                        BinOp::Sub => x - y,
-                        BinOp::Mul => x * y,
-                        BinOp::Div => x / y,
+            Expr::Binary { .. } => {
+                // A left-leaning chain (`a + b + c + ...`, the parser's output for a long sum)
+                // is lowered in a loop, not one recursion per term: the compiler runs the macro
+                // on an 8 MiB stack.
+                let mut spine = Vec::new();
+                let mut cur = e;
+                while let Expr::Binary { lhs, .. } = cur {
+                    spine.push(cur);
+                    cur = lhs;
+                }
+                let mut acc = self.lower_expr(cur);
+                for link in spine.into_iter().rev() {
+                    let Expr::Binary { op, lhs, rhs, span } = link else {
+                        unreachable!("the spine holds binary expressions")
                     };
-                    return Some(Val::Lit(v, *span));
+                    let b = self.lower_expr(rhs);
+                    acc = self.lower_binary(*op, acc, b, lhs, rhs, *span);
                 }
-                let like = match (a, b) {
-                    (Val::Node(n), _) | (_, Val::Node(n)) => Some(n),
-                    _ => None,
-                };
-                let a = self.node_of(a, like);
-                let b = self.node_of(b, like);
-                // Check here, where the operator is the user's (`-` lowers to `+` and `neg`).
-                let (l, r) = (expr_source(lhs), expr_source(rhs));
-                let (ta, tb) = (self.g.ty(a).clone(), self.g.ty(b).clone());
-                if let Err(e) = binary_type(&self.g, op.symbol(), &ta, &tb, Some((&l, &r))) {
-                    self.report(*span, e);
-                    return None;
-                }
-                let n = match op {
-                    BinOp::Add => self.build(Op::Binary(Binary::Add), vec![a, b], *span),
-                    // a - b is a + (-b): one canonical form, so `x + (-x)` and `x - x` simplify alike.
-                    BinOp::Sub => {
-                        if self.g.ty(a).dtype != self.g.ty(b).dtype {
-                            self.build(Op::Binary(Binary::Add), vec![a, b], *span)
-                        } else {
-                            let nb = self.build(Op::Unary(Unary::Neg), vec![b], *span)?;
-                            self.build(Op::Binary(Binary::Add), vec![a, nb], *span)
-                        }
-                    }
-                    BinOp::Mul => self.build(Op::Binary(Binary::Mul), vec![a, b], *span),
-                    BinOp::Div => self.build(Op::Binary(Binary::Div), vec![a, b], *span),
-                };
-                n.map(Val::Node)
+                acc
             }
             Expr::Transpose { expr, span } => {
                 let v = self.lower_expr(expr)?;
@@ -1359,6 +1358,60 @@ impl<'d> Lowerer<'d> {
             }
             Expr::Call { func, args, span } => self.lower_call(func, args, *span),
         }
+    }
+
+    /// `a op b` with both sides lowered (None where their errors were reported).
+    fn lower_binary(
+        &mut self,
+        op: BinOp,
+        a: Option<Val>,
+        b: Option<Val>,
+        lhs: &Expr,
+        rhs: &Expr,
+        span: Span,
+    ) -> Option<Val> {
+        let (a, b) = (a?, b?);
+        if let (Val::Lit(x, _), Val::Lit(y, _)) = (a, b) {
+            let v = match op {
+                BinOp::Add => x + y,
+                BinOp::Sub => x - y,
+                BinOp::Mul => x * y,
+                BinOp::Div => x / y,
+            };
+            return Some(Val::Lit(v, span));
+        }
+        let like = match (a, b) {
+            (Val::Node(n), _) | (_, Val::Node(n)) => Some(n),
+            _ => None,
+        };
+        let a = self.node_of(a, like);
+        let b = self.node_of(b, like);
+        // Check here, where the operator is the user's (`-` lowers to `+` and `neg`). The
+        // source text for the hint is built only on error: in a long chain, building it at
+        // every link would be quadratic.
+        let (ta, tb) = (self.g.ty(a).clone(), self.g.ty(b).clone());
+        if binary_type(&self.g, op.symbol(), &ta, &tb, None).is_err() {
+            let (l, r) = (expr_source(lhs), expr_source(rhs));
+            if let Err(e) = binary_type(&self.g, op.symbol(), &ta, &tb, Some((&l, &r))) {
+                self.report(span, e);
+            }
+            return None;
+        }
+        let n = match op {
+            BinOp::Add => self.build(Op::Binary(Binary::Add), vec![a, b], span),
+            // a - b is a + (-b): one canonical form, so `x + (-x)` and `x - x` simplify alike.
+            BinOp::Sub => {
+                if self.g.ty(a).dtype != self.g.ty(b).dtype {
+                    self.build(Op::Binary(Binary::Add), vec![a, b], span)
+                } else {
+                    let nb = self.build(Op::Unary(Unary::Neg), vec![b], span)?;
+                    self.build(Op::Binary(Binary::Add), vec![a, nb], span)
+                }
+            }
+            BinOp::Mul => self.build(Op::Binary(Binary::Mul), vec![a, b], span),
+            BinOp::Div => self.build(Op::Binary(Binary::Div), vec![a, b], span),
+        };
+        n.map(Val::Node)
     }
 
     fn lower_call(&mut self, func: &syn::Ident, args: &[Arg], span: Span) -> Option<Val> {
@@ -1453,6 +1506,13 @@ impl<'d> Lowerer<'d> {
                     );
                     return None;
                 };
+                if !k.is_finite() {
+                    self.diags.error(
+                        pos[1].full_span(),
+                        format!("literal `{}` is out of range for f64", expr_source(pos[1])),
+                    );
+                    return None;
+                }
                 match base? {
                     Val::Lit(x, s) => Some(Val::Lit(x.powf(k), s)),
                     Val::Node(n) => self

@@ -13,6 +13,12 @@ mod syntax;
 mod text;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
+mod grad_props;
+#[cfg(test)]
+mod testgen;
+#[cfg(test)]
 mod tests;
 
 /// Compiles tensor math at Rust compile time. See the crate `tensor-fn` for the language.

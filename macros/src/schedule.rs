@@ -79,6 +79,8 @@ pub struct LoopKernel {
     pub reductions: Vec<Reduction>,
     /// The graph nodes computed here, for the plan text.
     pub nodes: Vec<NodeId>,
+    /// The buffer each of `nodes` is written to (a store or a reduction), for `#[nan_guard]`.
+    pub written: Vec<BufId>,
 }
 
 /// A GEMM operand: a buffer seen as a `rows x cols` matrix, transposed if `trans`.
@@ -323,7 +325,10 @@ pub fn schedule(f: &Function) -> Schedule {
         mat[id.idx()] = match op {
             _ if absorbed[id.idx()] => false,
             Op::Var(v) => g.vars[v as usize].kind == VarKind::Param || g.ty(id).rank() > 0,
-            Op::Const(_) | Op::DimSize(_) => false,
+            // A constant is inlined, except as a GEMM operand (`grad` of `sum(dot(a, b))` has
+            // `dot(ones, b)`): that one is stored once, so the GEMM has a buffer to read.
+            Op::Const(_) => need[id.idx()],
+            Op::DimSize(_) => false,
             Op::Dot | Op::Sum(_) | Op::Max(_) => true,
             Op::Grad(_) => false,
             _ => need[id.idx()] || (uses[id.idx()] >= 2 && !cheap(g, id)),
@@ -674,6 +679,7 @@ impl LoopBuilder<'_> {
                     stores: Vec::new(),
                     reductions: Vec::new(),
                     nodes: Vec::new(),
+                    written: Vec::new(),
                 },
                 memo: HashMap::new(),
                 reduced: Vec::new(),
@@ -687,6 +693,7 @@ impl LoopBuilder<'_> {
                 c.k.stores.push((v, out));
                 c.stored.push(out);
                 c.k.nodes.push(node);
+                c.k.written.push(out);
             }
             Some((kind, axis, rnode)) => {
                 c.k.reductions.push(Reduction {
@@ -697,6 +704,7 @@ impl LoopBuilder<'_> {
                 });
                 c.reduced.push(out);
                 c.k.nodes.push(rnode);
+                c.k.written.push(out);
             }
         }
     }

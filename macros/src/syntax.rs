@@ -171,10 +171,12 @@ pub struct Body {
     pub result: Option<Expr>,
 }
 
-/// Options given as attributes: `#[strict]` turns off rewrites that are not IEEE-exact.
+/// Options given as attributes: `#[strict]` turns off rewrites that are not IEEE-exact;
+/// `#[nan_guard]` makes the CPU code check every value each kernel writes for NaN or Inf.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     pub strict: bool,
+    pub nan_guard: bool,
 }
 
 /// `|a: T, b: T| body`
@@ -328,6 +330,8 @@ fn options_from(attrs: &[Attribute]) -> syn::Result<Options> {
     for a in attrs {
         if a.path().is_ident("strict") {
             o.strict = true;
+        } else if a.path().is_ident("nan_guard") {
+            o.nan_guard = true;
         } else if !a.path().is_ident("doc") {
             let name = a
                 .path()
@@ -337,7 +341,7 @@ fn options_from(attrs: &[Attribute]) -> syn::Result<Options> {
             return Err(syn::Error::new(
                 a.path().span(),
                 format!(
-                    "unknown attribute `#[{name}]`\n\nhelp: `tensor_fn!` understands `#[strict]` and doc comments"
+                    "unknown attribute `#[{name}]`\n\nhelp: `tensor_fn!` understands `#[strict]`, `#[nan_guard]` and doc comments"
                 ),
             ));
         }
@@ -589,6 +593,47 @@ pub fn parse_expr(input: ParseStream) -> syn::Result<Expr> {
     parse_bp(input, 0)
 }
 
+/// How deeply an expression may nest (parentheses, calls, unary minus, `.T`). The parser and
+/// the lowering recurse once per level, a few KiB each, and the compiler runs the macro on an
+/// 8 MiB stack: past the limit, an error instead of a crash.
+pub const MAX_NESTING: u32 = 256;
+
+thread_local! {
+    static NESTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of expression nesting, given back when dropped.
+struct Nest;
+
+impl Nest {
+    fn enter(input: ParseStream) -> syn::Result<Nest> {
+        let depth = NESTING.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        let level = Nest;
+        if depth > MAX_NESTING {
+            return Err(nesting_error(input.span()));
+        }
+        Ok(level)
+    }
+}
+
+impl Drop for Nest {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get() - 1));
+    }
+}
+
+fn nesting_error(span: Span) -> syn::Error {
+    syn::Error::new(
+        span,
+        format!(
+            "expression nested more than {MAX_NESTING} levels deep\n\nhelp: name parts of it with `let`"
+        ),
+    )
+}
+
 fn peek_binop(input: ParseStream) -> Option<(BinOp, u8)> {
     // `-=` and `+=` end an expression; so do `==` and friends, which are not operators here.
     if input.peek(Token![+=])
@@ -612,6 +657,7 @@ fn peek_binop(input: ParseStream) -> Option<(BinOp, u8)> {
 }
 
 fn parse_bp(input: ParseStream, min_bp: u8) -> syn::Result<Expr> {
+    let _level = Nest::enter(input)?;
     let mut lhs = parse_unary(input)?;
     loop {
         if input.peek(Token![*]) && input.peek2(Token![*]) {
@@ -670,6 +716,7 @@ fn is_literal(e: &Expr) -> bool {
 fn parse_unary(input: ParseStream) -> syn::Result<Expr> {
     if input.peek(Token![-]) {
         let t: Token![-] = input.parse()?;
+        let _level = Nest::enter(input)?;
         let e = parse_unary(input)?;
         return Ok(Expr::Neg {
             expr: Box::new(e),
@@ -681,9 +728,14 @@ fn parse_unary(input: ParseStream) -> syn::Result<Expr> {
 
 fn parse_postfix(input: ParseStream) -> syn::Result<Expr> {
     let mut e = parse_primary(input)?;
+    let mut postfix = 0;
     while input.peek(Token![.]) {
         input.parse::<Token![.]>()?;
         let id: Ident = input.parse()?;
+        postfix += 1;
+        if postfix > MAX_NESTING {
+            return Err(nesting_error(id.span()));
+        }
         if id == "T" {
             e = Expr::Transpose {
                 expr: Box::new(e),

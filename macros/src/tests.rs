@@ -110,7 +110,8 @@ fn zero_function_does_no_arithmetic() {
 /// The seed's autoencoder exactly as the main job writes it: the tokens of the `tensor_fn!`
 /// invocation in `examples/autoencoder.rs`.
 fn autoencoder() -> TokenStream {
-    let file = syn::parse_file(include_str!("../../examples/autoencoder.rs")).expect("the example parses");
+    let file =
+        syn::parse_file(include_str!("../../examples/autoencoder.rs")).expect("the example parses");
     file.items
         .iter()
         .find_map(|item| match item {
@@ -278,4 +279,17 @@ fn emitted_loop_kernels_match_the_reference_on_the_interpreter() {
     }
     println!("checked {checked} emitted loop kernels on the interpreter");
     assert!(checked >= 20, "only {checked} kernels");
+}
+
+#[test]
+fn nan_guard_adds_checks_only_when_asked() {
+    let src = "x: f64[n]; y = sum(log(x) * x); z = exp(x);";
+    let plain = tensor_fn(TokenStream::from_str(src).unwrap()).to_string();
+    let guarded =
+        tensor_fn(TokenStream::from_str(&format!("#[nan_guard] {src}")).unwrap()).to_string();
+    assert!(!plain.contains("NanGuard"), "{plain}");
+    // One check per written buffer: y's sum and z's exp.
+    assert_eq!(guarded.matches("NanGuard").count(), 2, "{guarded}");
+    assert!(guarded.contains("\"%3 (sum)\""), "{guarded}");
+    assert!(guarded.contains("\"%1 (exp)\""), "{guarded}");
 }

@@ -13,7 +13,8 @@ pub fn num_str(v: f64, dtype: DType) -> String {
     }
 }
 
-fn op_text(g: &Graph, id: NodeId) -> String {
+/// A node's op as the graph listing shows it: `softplus`, `pow[2]`, `sum[axis=1]`.
+pub fn op_text(g: &Graph, id: NodeId) -> String {
     let n = g.node(id);
     match n.op {
         Op::Var(i) => format!("{} {}", var_kind(g, i), g.vars[i as usize].name),
@@ -93,16 +94,32 @@ pub fn expr_text(f: &Function) -> String {
     parts.join("; ")
 }
 
+/// The longest infix text of one subexpression; a longer one prints as its node, `%12`, which
+/// the graph listing defines. A DAG shares subexpressions, and a tree printed from it can be
+/// exponentially long (`let b = a * a; let c = b * b; ...`).
+pub const MAX_INFIX: usize = 2000;
+
 /// Precedence: 1 for `+ -`, 2 for `* /`, 3 for unary minus, 4 for atoms and calls.
 pub fn infix(g: &Graph, id: NodeId) -> String {
-    infix_prec(g, id).0
+    // In topological order, each node once: linear in the graph whatever the sharing, and no
+    // recursion, so a chain of thousands of ops does not overflow the compiler's stack.
+    let live = g.reachable(&[id]);
+    let mut done: Vec<Option<(String, u8)>> = vec![None; id.idx() + 1];
+    for i in 0..=id.idx() {
+        if live[i] {
+            done[i] = Some(infix_node(g, NodeId(i as u32), &done));
+        }
+    }
+    done[id.idx()].take().map(|d| d.0).unwrap_or_default()
 }
 
-fn infix_prec(g: &Graph, id: NodeId) -> (String, u8) {
+/// The text of one node from its arguments' texts (precedences as in `infix`).
+fn infix_node(g: &Graph, id: NodeId, done: &[Option<(String, u8)>]) -> (String, u8) {
     let n = g.node(id);
-    let a = |k: usize| infix_prec(g, n.args[k]);
+    let text = |x: NodeId| done[x.idx()].clone().unwrap_or_default();
+    let a = |k: usize| text(n.args[k]);
     let wrap = |(s, p): (String, u8), min: u8| if p < min { format!("({s})") } else { s };
-    match n.op {
+    let r = match n.op {
         Op::Var(i) => (g.vars[i as usize].name.clone(), 4),
         Op::Const(c) => {
             let v = c.get();
@@ -115,10 +132,11 @@ fn infix_prec(g: &Graph, id: NodeId) -> (String, u8) {
         Op::Binary(Binary::Add) => {
             let rhs = n.args[1];
             if let Op::Unary(Unary::Neg) = g.op(rhs) {
-                let inner = infix_prec(g, g.args(rhs)[0]);
-                return (format!("{} - {}", wrap(a(0), 1), wrap(inner, 2)), 1);
+                let inner = text(g.args(rhs)[0]);
+                (format!("{} - {}", wrap(a(0), 1), wrap(inner, 2)), 1)
+            } else {
+                (format!("{} + {}", wrap(a(0), 1), wrap(a(1), 2)), 1)
             }
-            (format!("{} + {}", wrap(a(0), 1), wrap(a(1), 2)), 1)
         }
         Op::Binary(Binary::Mul) => (format!("{} * {}", wrap(a(0), 2), wrap(a(1), 3)), 2),
         Op::Binary(Binary::Div) => (format!("{} / {}", wrap(a(0), 2), wrap(a(1), 3)), 2),
@@ -133,6 +151,11 @@ fn infix_prec(g: &Graph, id: NodeId) -> (String, u8) {
         Op::Max(Axis::All) => (format!("max({})", a(0).0), 4),
         Op::Max(Axis::One(k)) => (format!("max({}, axis = {k})", a(0).0), 4),
         Op::Grad(v) => (format!("grad({}, {})", a(0).0, g.vars[v as usize].name), 4),
+    };
+    if r.0.len() > MAX_INFIX {
+        (format!("%{}", id.0), 4)
+    } else {
+        r
     }
 }
 

@@ -31,6 +31,19 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// A function compiled with `#[nan_guard]` computed a NaN or an infinity. `node` is the
+    /// first graph node (in the function's `info.graph` listing) whose stored values hold one,
+    /// as `%12 (softplus)`; `kernel` is its kernel in `info.plan`; `index` the first bad element
+    /// of its row-major value.
+    #[error(
+        "`{function}`: kernel k{kernel} produced NaN or Inf in {node}, first at index {index}"
+    )]
+    NanGuard {
+        function: &'static str,
+        kernel: usize,
+        node: &'static str,
+        index: usize,
+    },
     /// A check inside generated code failed: a bug in tensor-fn, never the caller's fault.
     #[error("internal error in tensor-fn: {0}")]
     Internal(String),

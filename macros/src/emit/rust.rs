@@ -102,6 +102,23 @@ fn len_expr(g: &Graph, dims: &[Dim]) -> TokenStream {
 }
 
 fn num_lit(v: f64, dt: DType) -> TokenStream {
+    // Folding can make a constant that is not finite (`0 / 0`, `log(0)`, an f32 overflow), which
+    // a `Literal` cannot spell.
+    let t = scalar_ty(dt);
+    let rounded = match dt {
+        DType::F32 => v as f32 as f64,
+        DType::F64 => v,
+    };
+    if rounded.is_nan() {
+        return quote!(#t::NAN);
+    }
+    if rounded.is_infinite() {
+        return if rounded > 0.0 {
+            quote!(#t::INFINITY)
+        } else {
+            quote!(#t::NEG_INFINITY)
+        };
+    }
     match dt {
         DType::F32 => {
             let l = Literal::f32_suffixed(v as f32);
@@ -260,9 +277,13 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
     let kernels: Vec<TokenStream> = s.kernels[..s.inplace_from]
         .iter()
         .enumerate()
-        .map(|(i, k)| match k {
-            Kernel::Gemm(m) => emit_gemm(g, s, m, i, dtype),
-            Kernel::Loop(l) => emit_loop(g, s, l, dtype, i),
+        .map(|(i, k)| {
+            let code = match k {
+                Kernel::Gemm(m) => emit_gemm(g, s, m, i, dtype),
+                Kernel::Loop(l) => emit_loop(g, s, l, dtype, i),
+            };
+            let guard = nan_guard(f, s, k, i);
+            quote!(#code #guard)
         })
         .collect();
     // In-place kernels write parameters: they run after every read of the old values, with
@@ -278,10 +299,12 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                 let id = format_ident!("__p{}", v);
                 let field = Ident::new(&g.vars[v as usize].name, Span::call_site());
                 let call = emit_gemm(g, s, m, s.inplace_from + i, dtype);
+                let guard = nan_guard(f, s, k, s.inplace_from + i);
                 quote! {
                     {
                         let #id: &mut [#t] = self.#field.data_mut();
                         #call
+                        #guard
                     }
                 }
             }
@@ -405,6 +428,37 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             }
         }
     }
+}
+
+/// With `#[nan_guard]`, the checks after kernel `ki`: every buffer it wrote, in the order of
+/// the nodes it computed, is scanned for NaN or Inf, and the first hit returns
+/// `Error::NanGuard` naming the node (`%12 (softplus)`). Without the attribute, nothing.
+fn nan_guard(f: &Function, s: &Schedule, k: &Kernel, ki: usize) -> TokenStream {
+    if !f.options.nan_guard {
+        return TokenStream::new();
+    }
+    let writes: Vec<(usize, crate::ir::NodeId)> = match k {
+        Kernel::Gemm(m) => vec![(m.c.buf, m.node)],
+        Kernel::Loop(l) => l
+            .written
+            .iter()
+            .copied()
+            .zip(l.nodes.iter().copied())
+            .collect(),
+    };
+    let function = &f.name;
+    let checks = writes.iter().map(|(b, node)| {
+        let id = buf_ident(s, *b);
+        let node = format!("%{} ({})", node.0, crate::text::op_text(&f.graph, *node));
+        quote! {
+            if let ::core::option::Option::Some(__ix) = #id[..].iter().position(|__x| !__x.is_finite()) {
+                return ::core::result::Result::Err(::tensor_fn::Error::NanGuard {
+                    function: #function, kernel: #ki, node: #node, index: __ix,
+                });
+            }
+        }
+    });
+    quote!(#(#checks)*)
 }
 
 fn strides(g: &Graph, v: &MatView) -> (TokenStream, TokenStream) {
@@ -769,6 +823,7 @@ fn unary_expr(u: Unary, a: Ident) -> TokenStream {
                 let ki = Literal::i32_unsuffixed(k as i32);
                 quote!(#a.powi(#ki))
             } else {
+                let k = num_lit(k, DType::F64);
                 quote!(#r::powf(#a, #k))
             }
         }

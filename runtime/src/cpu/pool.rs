@@ -100,7 +100,7 @@ fn worker(pool: &'static Pool, me: usize) {
             }
             // Reading the clock costs more than a spin: look at it every 256 spins.
             spins = spins.wrapping_add(1);
-            if spins % 256 != 0 {
+            if !spins.is_multiple_of(256) {
                 std::hint::spin_loop();
                 continue;
             }
