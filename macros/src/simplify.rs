@@ -659,6 +659,12 @@ fn dot_zero(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
 }
 
 /// Collects a sum into coefficient * term pairs and a constant.
+/// Sums with more terms than this are left as written: canonicalizing one costs time
+/// quadratic in its terms, and it is redone at every `+` of a long chain.
+pub const MAX_SUM_TERMS: usize = 256;
+
+/// Collects a sum into coefficient * term pairs and a constant; false when it has more than
+/// `MAX_SUM_TERMS` terms.
 fn collect_terms(
     g: &Graph,
     id: NodeId,
@@ -666,12 +672,15 @@ fn collect_terms(
     terms: &mut Vec<(NodeId, f64, u32)>,
     konst: &mut f64,
     depth: u32,
-) {
+) -> bool {
+    if terms.len() > MAX_SUM_TERMS {
+        return false;
+    }
     let n = g.node(id);
     match n.op {
         Op::Binary(Binary::Add) if depth < 10_000 => {
-            collect_terms(g, n.args[0], coef, terms, konst, depth + 1);
-            collect_terms(g, n.args[1], coef, terms, konst, depth + 1);
+            collect_terms(g, n.args[0], coef, terms, konst, depth + 1)
+                && collect_terms(g, n.args[1], coef, terms, konst, depth + 1)
         }
         Op::Unary(Unary::Neg) if depth < 10_000 => {
             collect_terms(g, n.args[0], -coef, terms, konst, depth + 1)
@@ -679,17 +688,23 @@ fn collect_terms(
         Op::Binary(Binary::Mul)
             if g.const_value(n.args[0]).is_some() && g.ty(n.args[0]).rank() == 0 =>
         {
-            let c = g.const_value(n.args[0]).unwrap();
+            let c = g.const_value(n.args[0]).unwrap_or(1.0);
             collect_terms(g, n.args[1], coef * c, terms, konst, depth + 1)
         }
-        Op::Const(c) => *konst += coef * c.get(),
-        _ => match terms.iter_mut().find(|t| t.0 == id) {
-            Some(t) => {
-                t.1 += coef;
-                t.2 += 1;
+        Op::Const(c) => {
+            *konst += coef * c.get();
+            true
+        }
+        _ => {
+            match terms.iter_mut().find(|t| t.0 == id) {
+                Some(t) => {
+                    t.1 += coef;
+                    t.2 += 1;
+                }
+                None => terms.push((id, coef, 1)),
             }
-            None => terms.push((id, coef, 1)),
-        },
+            true
+        }
     }
 }
 
@@ -701,7 +716,9 @@ fn add_canonical(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
     let span = s.g.node(id).span;
     let mut terms = Vec::new();
     let mut konst = 0.0;
-    collect_terms(&s.g, id, 1.0, &mut terms, &mut konst, 0);
+    if !collect_terms(&s.g, id, 1.0, &mut terms, &mut konst, 0) {
+        return None;
+    }
     let cancelled = terms.iter().any(|t| t.1 == 0.0 && t.2 > 1);
     terms.retain(|t| t.1 != 0.0);
     terms.sort_by_key(|t| t.0);
