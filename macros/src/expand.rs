@@ -405,15 +405,7 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 } else {
                     quote!(&self)
                 };
-                let ps: Vec<TokenStream> = meth
-                    .inputs
-                    .iter()
-                    .map(|d| {
-                        let n = &d.name;
-                        let t = ast_arg_ty(&d.ty);
-                        quote!(#n: #t)
-                    })
-                    .collect();
+                let ps = stub_params(unique_decls(&meth.inputs));
                 let ret = match &meth.ret {
                     syntax::RetAst::Unit => quote!(()),
                     syntax::RetAst::One(t) => ast_out_ty(t),
@@ -527,6 +519,27 @@ fn unique_decls(decls: &[syntax::Decl]) -> impl Iterator<Item = &syntax::Decl> {
         .map(|(_, d)| d)
 }
 
+/// `name: Type` parameters of a stub, from the declarations.
+fn stub_params<'a>(decls: impl Iterator<Item = &'a syntax::Decl>) -> Vec<TokenStream> {
+    decls
+        .map(|d| {
+            let n = &d.name;
+            let t = ast_arg_ty(&d.ty);
+            quote!(#n: #t)
+        })
+        .collect()
+}
+
+/// A stub's result type when the real one is unknown: a scalar of the first input's type.
+fn stub_ret(decls: &[syntax::Decl]) -> TokenStream {
+    rs::scalar_ty(
+        decls
+            .first()
+            .map(|d| d.ty.dtype)
+            .unwrap_or(syntax::DType::F64),
+    )
+}
+
 /// Items with the declared signatures, so that a failed expansion shows our errors only.
 fn stub(program: &Program) -> TokenStream {
     let never = quote!(::core::unreachable!(
@@ -534,19 +547,7 @@ fn stub(program: &Program) -> TokenStream {
     ));
     match program {
         Program::Closure(c) => {
-            let ps: Vec<TokenStream> = unique_decls(&c.inputs)
-                .map(|d| {
-                    let n = &d.name;
-                    let t = ast_arg_ty(&d.ty);
-                    quote!(#n: #t)
-                })
-                .collect();
-            let ret = rs::scalar_ty(
-                c.inputs
-                    .first()
-                    .map(|d| d.ty.dtype)
-                    .unwrap_or(syntax::DType::F64),
-            );
+            let (ps, ret) = (stub_params(unique_decls(&c.inputs)), stub_ret(&c.inputs));
             quote! {
                 {
                     #[allow(unused_variables)]
@@ -556,18 +557,9 @@ fn stub(program: &Program) -> TokenStream {
             }
         }
         Program::Equations(eqs) => {
-            let ps: Vec<TokenStream> = unique_decls(&eqs.inputs)
-                .map(|d| {
-                    let n = &d.name;
-                    let t = ast_arg_ty(&d.ty);
-                    quote!(#n: #t)
-                })
-                .collect();
-            let ret = rs::scalar_ty(
-                eqs.inputs
-                    .first()
-                    .map(|d| d.ty.dtype)
-                    .unwrap_or(syntax::DType::F64),
+            let (ps, ret) = (
+                stub_params(unique_decls(&eqs.inputs)),
+                stub_ret(&eqs.inputs),
             );
             let mut out = TokenStream::new();
             let mut seen: Vec<String> = Vec::new();
