@@ -46,3 +46,14 @@ fn equations() {
         dcost_dw::INFO.plan
     );
 }
+
+#[test]
+fn row_sums_of_every_width() {
+    // Rows are summed in 16 lanes plus a tail: widths below, at and around multiples of 16.
+    let f = tensor_fn!(|x: f64[n, m]| sum(x * 2, axis = 1));
+    for m in [1, 15, 16, 17, 33, 64, 100] {
+        let x = Array2::from_shape_fn((3, m), |(i, j)| (i * 31 + j) as f64 * 0.25);
+        let want = x.sum_axis(ndarray::Axis(1)) * 2.0;
+        assert_eq!(f(x.view()).unwrap(), want, "width {m}");
+    }
+}

@@ -701,6 +701,8 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     let mut outer_init = Vec::new();
     let mut outer_fini = Vec::new();
     let mut after = Vec::new();
+    // Row sums: (statement in the 16-lane loop, statement in the tail loop).
+    let mut row_sums: Vec<(TokenStream, TokenStream)> = Vec::new();
     for (k, (v, b)) in l.stores.iter().enumerate() {
         let id = buf_ident(s, *b);
         let val = format_ident!("__v{}", v);
@@ -735,6 +737,14 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
                 for __x in #red.iter_mut() { *__x = #init; }
             });
             inner_stmts.push(combine(quote!(#red[__j])));
+        } else if folds_inner_only && r.kind == RedKind::Sum {
+            // Row sums in 16 lanes, so the inner loop vectorizes (a single accumulator is a
+            // chain of dependent adds); the lanes are added when the row ends.
+            let lanes = format_ident!("__lanes{}", k);
+            let val = format_ident!("__v{}", r.value);
+            outer_init.push(quote!(let mut #lanes: [#t; 16] = [#init; 16];));
+            row_sums.push((quote!(#lanes[__l] += #val;), quote!(#lanes[0] += #val;)));
+            outer_fini.push(quote!(#id[__i] = #lanes.iter().fold(#init, |__s, __x| __s + *__x);));
         } else if folds_inner_only {
             outer_init.push(quote!(let mut #acc: #t = #init;));
             inner_stmts.push(combine(quote!(#acc)));
@@ -747,6 +757,34 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     }
     let [p0, p1, p2] = pre;
     let [r0, r1, _] = row_slices;
+    let inner_loop = if row_sums.is_empty() || rank != 2 {
+        quote! {
+            for __j in 0..#inner_len {
+                #(#p2)*
+                #(#inner_stmts)*
+            }
+        }
+    } else {
+        let (main, tail): (Vec<_>, Vec<_>) = row_sums.into_iter().unzip();
+        quote! {
+            let __n16 = #inner_len / 16 * 16;
+            let mut __jj = 0usize;
+            while __jj < __n16 {
+                for __l in 0..16usize {
+                    let __j = __jj + __l;
+                    #(#p2)*
+                    #(#inner_stmts)*
+                    #(#main)*
+                }
+                __jj += 16;
+            }
+            for __j in __n16..#inner_len {
+                #(#p2)*
+                #(#inner_stmts)*
+                #(#tail)*
+            }
+        }
+    };
     let note = format!("k{ki}: loop");
     match rank {
         0 => quote! {
@@ -785,10 +823,7 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
                     #(#store_rows)*
                     #(#p1)*
                     #(#outer_init)*
-                    for __j in 0..#inner_len {
-                        #(#p2)*
-                        #(#inner_stmts)*
-                    }
+                    #inner_loop
                     #(#outer_fini)*
                 }
                 #(#after)*
