@@ -32,5 +32,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use ndarray;
-    pub use tensor_fn_runtime::cpu::{array2, contiguous, gemm, has_avx512, Compiled, Real};
+    pub use tensor_fn_runtime::cpu::{
+        array2, contiguous, gemm, gemm_pair, has_avx512, Compiled, Real,
+    };
 }

@@ -103,9 +103,11 @@ fn modules_are_deterministic_and_named_by_content() {
 }
 
 #[test]
-fn the_seed_training_step_is_seventeen_kernels() {
+fn the_seed_training_step_is_sixteen_kernels() {
     let info = autoencoder::Autoencoder::TRAIN_INFO;
-    assert_eq!(info.kernel_count(), 17, "{}", info.plan);
+    // Both gradient contributions to W are one kernel on the CPU (one pass over W), two
+    // GEMM launches on the GPU.
+    assert_eq!(info.kernel_count(), 16, "{}", info.plan);
     let launches = info
         .launches
         .lines()

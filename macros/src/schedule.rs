@@ -123,6 +123,9 @@ pub struct Gemm {
     /// 0 (C is only written) or 1 (accumulate into C).
     pub beta: f64,
     pub node: NodeId,
+    /// A second product with the same C, m, n and alpha, summed in the same pass over C:
+    /// (A2, B2, k2, its dot node). Both gradient contributions of a tied weight matrix.
+    pub also: Option<(MatView, MatView, Dim, NodeId)>,
 }
 
 #[derive(Debug, Clone)]
@@ -454,10 +457,17 @@ pub fn schedule(f: &Function) -> Schedule {
             .find(|&id| g.op(id) == Op::Var(ip.param))
             .expect("param is live");
         let pbuf = buf_of[&pnode];
-        for (scale, dot) in ip.terms {
+        let mut terms = ip.terms.into_iter().peekable();
+        while let Some((scale, dot)) = terms.next() {
             let mut gm = gemm_of(g, dot, &buf_of, pbuf);
             gm.alpha = scale;
             gm.beta = 1.0;
+            // Two products with one scale: one pass over the parameter instead of two.
+            if let Some((s2, d2)) = terms.next_if(|(s2, _)| *s2 == gm.alpha) {
+                let _ = s2;
+                let g2 = gemm_of(g, d2, &buf_of, pbuf);
+                gm.also = Some((g2.a, g2.b, g2.k, d2));
+            }
             s.kernels.push(Kernel::Gemm(gm));
         }
     }
@@ -496,7 +506,8 @@ impl Schedule {
                             _ => "? ".into(),
                         });
                     }
-                    let _ = writeln!(
+                    let t = |v: &MatView| if v.trans { ".T" } else { "" };
+                    let _ = write!(
                         out,
                         "k{i} gemm %{}: b{} [{}, {}] {acc}= {alpha}b{}{} x b{}{} (k = {})",
                         m.node.0,
@@ -504,11 +515,24 @@ impl Schedule {
                         g.dim_str(m.m),
                         g.dim_str(m.n),
                         m.a.buf,
-                        if m.a.trans { ".T" } else { "" },
+                        t(&m.a),
                         m.b.buf,
-                        if m.b.trans { ".T" } else { "" },
+                        t(&m.b),
                         g.dim_str(m.k)
                     );
+                    if let Some((a2, b2, k2, n2)) = &m.also {
+                        let _ = write!(
+                            out,
+                            " + %{}: b{}{} x b{}{} (k = {})",
+                            n2.0,
+                            a2.buf,
+                            t(a2),
+                            b2.buf,
+                            t(b2),
+                            g.dim_str(*k2)
+                        );
+                    }
+                    out.push('\n');
                 }
                 Kernel::Loop(l) => {
                     let stores: Vec<String> =
@@ -619,6 +643,7 @@ fn gemm_of(g: &Graph, id: NodeId, buf_of: &HashMap<NodeId, BufId>, out: BufId) -
         alpha: Scale::one(),
         beta: 0.0,
         node: id,
+        also: None,
     }
 }
 

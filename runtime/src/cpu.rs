@@ -122,11 +122,23 @@ pub trait Real:
         rsc: isize,
         csc: isize,
     );
-    fn from_f64(x: f64) -> Self;
+    /// C = alpha (A1 B1 + A2 B2) + beta C with rows of B1, B2 and C contiguous; checked by
+    /// [`gemm_pair`].
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn gemm_pair(
+        m: usize,
+        n: usize,
+        alpha: Self,
+        p1: (usize, &[Self], isize, isize, &[Self], isize),
+        p2: (usize, &[Self], isize, isize, &[Self], isize),
+        beta: Self,
+        c: &mut [Self],
+        rsc: isize,
+    );
 }
 
 macro_rules! real_impl {
-    ($t:ty, $gemm:path, $exp:path, $ln:path, $ln_1p:path) => {
+    ($t:ty, $gemm:path, $pair:path, $exp:path, $ln:path, $ln_1p:path) => {
         impl Real for $t {
             #[inline(always)]
             fn exp(self) -> Self {
@@ -255,9 +267,30 @@ macro_rules! real_impl {
                     );
                 }
             }
-            #[inline(always)]
-            fn from_f64(x: f64) -> Self {
-                x as $t
+            fn gemm_pair(
+                m: usize,
+                n: usize,
+                alpha: Self,
+                p1: (usize, &[Self], isize, isize, &[Self], isize),
+                p2: (usize, &[Self], isize, isize, &[Self], isize),
+                beta: Self,
+                c: &mut [Self],
+                rsc: isize,
+            ) {
+                // SAFETY: `gemm_pair` below checked that every index of each operand is inside
+                // its slice, and `c` is borrowed mutably so it aliases no input.
+                unsafe {
+                    $pair(
+                        m,
+                        n,
+                        alpha,
+                        (p1.0, p1.1.as_ptr(), p1.2, p1.3, p1.4.as_ptr(), p1.5),
+                        (p2.0, p2.1.as_ptr(), p2.2, p2.3, p2.4.as_ptr(), p2.5),
+                        beta,
+                        c.as_mut_ptr(),
+                        rsc,
+                    );
+                }
             }
         }
     };
@@ -266,11 +299,73 @@ macro_rules! real_impl {
 real_impl!(
     f32,
     sgemm::sgemm,
+    sgemm::sgemm_pair,
     math::exp_f32,
     math::ln_f32,
     math::ln_1p_f32
 );
-real_impl!(f64, matrixmultiply::dgemm, f64::exp, f64::ln, f64::ln_1p);
+real_impl!(
+    f64,
+    matrixmultiply::dgemm,
+    dgemm_pair,
+    f64::exp,
+    f64::ln,
+    f64::ln_1p
+);
+
+/// Both products of [`Real::gemm_pair`] in f64, one after the other.
+///
+/// # Safety
+/// As for `matrixmultiply::dgemm`, for both products.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+unsafe fn dgemm_pair(
+    m: usize,
+    n: usize,
+    alpha: f64,
+    (k1, a1, rsa1, csa1, b1, rsb1): (usize, *const f64, isize, isize, *const f64, isize),
+    (k2, a2, rsa2, csa2, b2, rsb2): (usize, *const f64, isize, isize, *const f64, isize),
+    beta: f64,
+    c: *mut f64,
+    rsc: isize,
+) {
+    matrixmultiply::dgemm(
+        m, k1, n, alpha, a1, rsa1, csa1, b1, rsb1, 1, beta, c, rsc, 1,
+    );
+    matrixmultiply::dgemm(m, k2, n, alpha, a2, rsa2, csa2, b2, rsb2, 1, 1.0, c, rsc, 1);
+}
+
+/// C = alpha (A1 B1 + A2 B2) + beta C (rows of B1, B2 and C contiguous), after checking every
+/// operand fits its slice: one pass over C for two products that share it.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn gemm_pair<T: Real>(
+    m: usize,
+    n: usize,
+    alpha: T,
+    p1: (usize, &[T], isize, isize, &[T], isize),
+    p2: (usize, &[T], isize, isize, &[T], isize),
+    beta: T,
+    c: &mut [T],
+    rsc: isize,
+) -> Result<(), Error> {
+    let fits = |rows, cols, rs, cs, len| extent(rows, cols, rs, cs).is_some_and(|e| e <= len);
+    for (k, a, rsa, csa, b, rsb) in [p1, p2] {
+        if !fits(m, k, rsa, csa, a.len()) || !fits(k, n, rsb, 1, b.len()) {
+            return Err(Error::Internal(format!(
+                "gemm_pair operands do not fit their buffers (m={m}, k={k}, n={n})"
+            )));
+        }
+    }
+    if !fits(m, n, rsc, 1, c.len()) {
+        return Err(Error::Internal(format!(
+            "gemm_pair output does not fit its buffer (m={m}, n={n})"
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    T::gemm_pair(m, n, alpha, p1, p2, beta, c, rsc);
+    Ok(())
+}
 
 /// The largest element index of a `rows x cols` matrix with these strides, plus one.
 fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<usize> {

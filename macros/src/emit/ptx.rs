@@ -124,16 +124,28 @@ pub fn programs(s: &Schedule, dt: DType) -> Result<Vec<k::Program>, String> {
     for kern in &s.kernels {
         let p = match kern {
             Kernel::Loop(l) => k::lower_loop(&loop_kernel(s, l, dt)),
-            Kernel::Gemm(m) => k::gemm(&k::GemmSpec {
-                dtype: dtype(dt),
-                m: dim(m.m),
-                n: dim(m.n),
-                k: dim(m.k),
-                trans_a: m.a.trans,
-                trans_b: m.b.trans,
-                bias: k::Bias::None,
-                activation: k::Activation::Identity,
-            }),
+            Kernel::Gemm(m) => {
+                let spec = |kk: Dim, a: &crate::schedule::MatView, b: &crate::schedule::MatView| {
+                    k::GemmSpec {
+                        dtype: dtype(dt),
+                        m: dim(m.m),
+                        n: dim(m.n),
+                        k: dim(kk),
+                        trans_a: a.trans,
+                        trans_b: b.trans,
+                        bias: k::Bias::None,
+                        activation: k::Activation::Identity,
+                    }
+                };
+                // A second product into the same C is a second launch with beta = 1.
+                k::gemm(&spec(m.k, &m.a, &m.b)).and_then(|mut p| {
+                    if let Some((a2, b2, k2, _)) = &m.also {
+                        let q = k::gemm(&spec(*k2, a2, b2))?;
+                        p.launches.extend(q.launches);
+                    }
+                    Ok(p)
+                })
+            }
         };
         out.push(p.map_err(|e| e.0)?);
     }
@@ -170,6 +182,17 @@ pub fn emit(g: &Graph, s: &Schedule, dt: DType) -> Result<Ptx, String> {
                     scale_text(g, &m.alpha),
                     m.beta
                 );
+                if let Some((a2, b2, _, _)) = &m.also {
+                    let _ = writeln!(
+                        launches,
+                        "k{i}: then gemm A = b{}{}, B = b{}{}, C = b{}, same alpha, beta = 1",
+                        a2.buf,
+                        if a2.trans { " (transposed)" } else { "" },
+                        b2.buf,
+                        if b2.trans { " (transposed)" } else { "" },
+                        m.c.buf,
+                    );
+                }
             }
             Kernel::Loop(_) => {
                 let _ = writeln!(launches, "k{i}: loop");

@@ -500,9 +500,32 @@ fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStr
     let (rsc, csc) = strides(g, &m.c);
     let (mm, kk, nn) = (dim_expr(g, m.m), dim_expr(g, m.k), dim_expr(g, m.n));
     let note = format!("k{i}: gemm");
+    let Some((a2v, b2v, k2, _)) = &m.also else {
+        return quote! {
+            let _ = #note;
+            ::tensor_fn::__private::gemm(#mm, #kk, #nn, #alpha, &#a[..], #rsa, #csa, &#b[..], #rsb, #csb, #beta, &mut #c[..], #rsc, #csc)?;
+        };
+    };
+    let (a2, b2) = (buf_ident(s, a2v.buf), buf_ident(s, b2v.buf));
+    let (rsa2, csa2) = strides(g, a2v);
+    let (rsb2, csb2) = strides(g, b2v);
+    let k2 = dim_expr(g, *k2);
+    if m.b.trans || b2v.trans || m.c.trans {
+        // Not the layout of the one-pass kernel: the two products one after the other.
+        return quote! {
+            let _ = #note;
+            ::tensor_fn::__private::gemm(#mm, #kk, #nn, #alpha, &#a[..], #rsa, #csa, &#b[..], #rsb, #csb, #beta, &mut #c[..], #rsc, #csc)?;
+            ::tensor_fn::__private::gemm(#mm, #k2, #nn, #alpha, &#a2[..], #rsa2, #csa2, &#b2[..], #rsb2, #csb2, 1.0, &mut #c[..], #rsc, #csc)?;
+        };
+    }
     quote! {
         let _ = #note;
-        ::tensor_fn::__private::gemm(#mm, #kk, #nn, #alpha, &#a[..], #rsa, #csa, &#b[..], #rsb, #csb, #beta, &mut #c[..], #rsc, #csc)?;
+        ::tensor_fn::__private::gemm_pair(
+            #mm, #nn, #alpha,
+            (#kk, &#a[..], #rsa, #csa, &#b[..], #rsb),
+            (#k2, &#a2[..], #rsa2, #csa2, &#b2[..], #rsb2),
+            #beta, &mut #c[..], #rsc,
+        )?;
     }
 }
 

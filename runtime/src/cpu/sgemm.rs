@@ -626,6 +626,50 @@ mod tests {
     }
 
     #[test]
+    fn pair_matches_two_gemms() {
+        for &(m, k1, k2, n) in &[
+            (1, 1, 1, 1),
+            (784, 20, 20, 500),
+            (13, 7, 5, 65),
+            (100, 3, 30, 17),
+        ] {
+            let (a1, a2) = (fill(m * k1, 4), fill(m * k2, 5));
+            let (b1, b2) = (fill(k1 * n, 6), fill(k2 * n, 7));
+            for (alpha, beta) in [(1.0f32, 0.0f32), (-0.1, 1.0)] {
+                let mut c = fill(m * n, 8);
+                let mut want = c.clone();
+                // A stored transposed (k x m), as the gradient GEMMs read x and g.
+                unsafe {
+                    sgemm_pair(
+                        m,
+                        n,
+                        alpha,
+                        (k1, a1.as_ptr(), 1, m as isize, b1.as_ptr(), n as isize),
+                        (k2, a2.as_ptr(), 1, m as isize, b2.as_ptr(), n as isize),
+                        beta,
+                        c.as_mut_ptr(),
+                        n as isize,
+                    )
+                };
+                reference(
+                    m, k1, n, alpha, &a1, 1, m as isize, &b1, n as isize, 1, beta, &mut want,
+                    n as isize, 1,
+                );
+                reference(
+                    m, k2, n, alpha, &a2, 1, m as isize, &b2, n as isize, 1, 1.0, &mut want,
+                    n as isize, 1,
+                );
+                for (idx, (x, y)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()) * (k1 + k2) as f32,
+                        "{m}x{k1}+{k2}x{n}: index {idx}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_layout_matches_the_reference() {
         let shapes = [
             (1, 1, 1),
@@ -735,6 +779,215 @@ mod bench {
             }
             let g = 2.0 * (m * k * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
             println!("gemm | {name} | {m}x{k}x{n} | {g:.0} GFLOP/s");
+        }
+    }
+}
+
+/// C = alpha (A1 B1 + A2 B2) + beta C, with rows of B1, B2 and C contiguous: both gradient
+/// contributions of a tied weight matrix in one pass over C (`W -= lr * (x^T g1 + g2^T h)`).
+/// Falls back to two GEMMs when the kernel does not apply.
+///
+/// # Safety
+/// As for [`sgemm`], for both products; `c` overlaps none of the inputs.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_pair(
+    m: usize,
+    n: usize,
+    alpha: f32,
+    (k1, a1, rsa1, csa1, b1, rsb1): (usize, *const f32, isize, isize, *const f32, isize),
+    (k2, a2, rsa2, csa2, b2, rsb2): (usize, *const f32, isize, isize, *const f32, isize),
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if k1 + k2 <= KC && std::is_x86_feature_detected!("avx512f") {
+            let threads = super::pool::threads();
+            let (a1, b1, a2, b2, c) = (
+                Shared(a1 as *mut f32),
+                Shared(b1 as *mut f32),
+                Shared(a2 as *mut f32),
+                Shared(b2 as *mut f32),
+                Shared(c),
+            );
+            let parts = if m * n * (k1 + k2) >= PARALLEL_FLOPS {
+                threads
+            } else {
+                1
+            };
+            let part = |t: usize| {
+                let (lo, hi) = share(m, t, parts);
+                if lo == hi {
+                    return;
+                }
+                // SAFETY: parts write disjoint rows of C; the caller's contract covers every
+                // index read or written.
+                unsafe {
+                    pair_rows(
+                        hi - lo,
+                        n,
+                        alpha,
+                        (
+                            k1,
+                            a1.get().offset(lo as isize * rsa1),
+                            rsa1,
+                            csa1,
+                            b1.get(),
+                            rsb1,
+                        ),
+                        (
+                            k2,
+                            a2.get().offset(lo as isize * rsa2),
+                            rsa2,
+                            csa2,
+                            b2.get(),
+                            rsb2,
+                        ),
+                        beta,
+                        c.get().offset(lo as isize * rsc),
+                        rsc,
+                    )
+                };
+            };
+            super::pool::run_chunks(parts, &part);
+            return;
+        }
+    }
+    sgemm(
+        m, k1, n, alpha, a1, rsa1, csa1, b1, rsb1, 1, beta, c, rsc, 1,
+    );
+    sgemm(m, k2, n, alpha, a2, rsa2, csa2, b2, rsb2, 1, 1.0, c, rsc, 1);
+}
+
+type Source = (usize, *mut f32, isize, isize, *mut f32, isize);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pair_rows(
+    m: usize,
+    n: usize,
+    alpha: f32,
+    s1: Source,
+    s2: Source,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+) {
+    let mut j0 = 0;
+    while j0 < n {
+        let cols = (n - j0).min(NV * 16);
+        let nv = cols.div_ceil(16);
+        let tail = cols - (nv - 1) * 16;
+        let mask: __mmask16 = if tail == 16 {
+            0xffff
+        } else {
+            (1u16 << tail) - 1
+        };
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = (m - i0).min(MR);
+            let at = |s: Source| {
+                (
+                    s.0,
+                    s.1.offset(i0 as isize * s.2) as *const f32,
+                    s.2,
+                    s.3,
+                    s.4.add(j0) as *const f32,
+                    s.5,
+                )
+            };
+            let (p1, p2) = (at(s1), at(s2));
+            let cp = c.offset(i0 as isize * rsc).add(j0);
+            macro_rules! tile {
+                ($r:literal, $v:literal) => {
+                    pair_tile::<$r, $v>(alpha, p1, p2, beta, cp, rsc, mask)
+                };
+            }
+            match (rows, nv) {
+                (6, 4) => tile!(6, 4),
+                (6, 3) => tile!(6, 3),
+                (6, 2) => tile!(6, 2),
+                (6, _) => tile!(6, 1),
+                (5, 4) => tile!(5, 4),
+                (4, 4) => tile!(4, 4),
+                (3, 4) => tile!(3, 4),
+                (2, 4) => tile!(2, 4),
+                (1, 4) => tile!(1, 4),
+                (r, v) => {
+                    // Corner tiles: one row at a time.
+                    for rr in 0..r {
+                        let one = |s: (usize, *const f32, isize, isize, *const f32, isize)| {
+                            (s.0, s.1.offset(rr as isize * s.2), s.2, s.3, s.4, s.5)
+                        };
+                        let cr = cp.offset(rr as isize * rsc);
+                        match v {
+                            4 => pair_tile::<1, 4>(alpha, one(p1), one(p2), beta, cr, rsc, mask),
+                            3 => pair_tile::<1, 3>(alpha, one(p1), one(p2), beta, cr, rsc, mask),
+                            2 => pair_tile::<1, 2>(alpha, one(p1), one(p2), beta, cr, rsc, mask),
+                            _ => pair_tile::<1, 1>(alpha, one(p1), one(p2), beta, cr, rsc, mask),
+                        }
+                    }
+                }
+            }
+            i0 += rows;
+        }
+        j0 += cols;
+    }
+}
+
+/// One R x (V*16) tile of C from both products; the last vector of each row is masked.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(
+    clippy::too_many_arguments,
+    clippy::needless_range_loop,
+    clippy::type_complexity
+)]
+unsafe fn pair_tile<const R: usize, const V: usize>(
+    alpha: f32,
+    s1: (usize, *const f32, isize, isize, *const f32, isize),
+    s2: (usize, *const f32, isize, isize, *const f32, isize),
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    mask: __mmask16,
+) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for (k, a, rsa, csa, b, rsb) in [s1, s2] {
+        for p in 0..k {
+            let brow = b.offset(p as isize * rsb);
+            let mut bv = [_mm512_setzero_ps(); V];
+            for v in 0..V {
+                bv[v] = if v + 1 == V {
+                    _mm512_maskz_loadu_ps(mask, brow.add(v * 16))
+                } else {
+                    _mm512_loadu_ps(brow.add(v * 16))
+                };
+            }
+            let acol = a.offset(p as isize * csa);
+            for r in 0..R {
+                let av = _mm512_set1_ps(*acol.offset(r as isize * rsa));
+                for v in 0..V {
+                    acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+                }
+            }
+        }
+    }
+    let al = _mm512_set1_ps(alpha);
+    let be = _mm512_set1_ps(beta);
+    for r in 0..R {
+        let crow = c.offset(r as isize * rsc);
+        for v in 0..V {
+            let m = if v + 1 == V { mask } else { 0xffff };
+            let mut x = _mm512_mul_ps(al, acc[r][v]);
+            if beta != 0.0 {
+                let old = _mm512_maskz_loadu_ps(m, crow.add(v * 16));
+                x = _mm512_fmadd_ps(be, old, x);
+            }
+            _mm512_mask_storeu_ps(crow.add(v * 16), m, x);
         }
     }
 }
