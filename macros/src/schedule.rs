@@ -125,7 +125,7 @@ pub struct Gemm {
     pub node: NodeId,
     /// A second product with the same C, m, n and alpha, summed in the same pass over C:
     /// (A2, B2, k2, its dot node). Both gradient contributions of a tied weight matrix.
-    pub also: Option<(MatView, MatView, Dim, NodeId)>,
+    pub also: Option<Box<(MatView, MatView, Dim, NodeId)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -466,7 +466,7 @@ pub fn schedule(f: &Function) -> Schedule {
             if let Some((s2, d2)) = terms.next_if(|(s2, _)| *s2 == gm.alpha) {
                 let _ = s2;
                 let g2 = gemm_of(g, d2, &buf_of, pbuf);
-                gm.also = Some((g2.a, g2.b, g2.k, d2));
+                gm.also = Some(Box::new((g2.a, g2.b, g2.k, d2)));
             }
             s.kernels.push(Kernel::Gemm(gm));
         }
@@ -520,7 +520,7 @@ impl Schedule {
                         t(&m.b),
                         g.dim_str(m.k)
                     );
-                    if let Some((a2, b2, k2, n2)) = &m.also {
+                    if let Some((a2, b2, k2, n2)) = m.also.as_deref() {
                         let _ = write!(
                             out,
                             " + %{}: b{}{} x b{}{} (k = {})",

@@ -139,7 +139,7 @@ pub fn programs(s: &Schedule, dt: DType) -> Result<Vec<k::Program>, String> {
                 };
                 // A second product into the same C is a second launch with beta = 1.
                 k::gemm(&spec(m.k, &m.a, &m.b)).and_then(|mut p| {
-                    if let Some((a2, b2, k2, _)) = &m.also {
+                    if let Some((a2, b2, k2, _)) = m.also.as_deref() {
                         let q = k::gemm(&spec(*k2, a2, b2))?;
                         p.launches.extend(q.launches);
                     }
@@ -182,7 +182,7 @@ pub fn emit(g: &Graph, s: &Schedule, dt: DType) -> Result<Ptx, String> {
                     scale_text(g, &m.alpha),
                     m.beta
                 );
-                if let Some((a2, b2, _, _)) = &m.also {
+                if let Some((a2, b2, _, _)) = m.also.as_deref() {
                     let _ = writeln!(
                         launches,
                         "k{i}: then gemm A = b{}{}, B = b{}{}, C = b{}, same alpha, beta = 1",

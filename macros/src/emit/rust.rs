@@ -500,7 +500,7 @@ fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStr
     let (rsc, csc) = strides(g, &m.c);
     let (mm, kk, nn) = (dim_expr(g, m.m), dim_expr(g, m.k), dim_expr(g, m.n));
     let note = format!("k{i}: gemm");
-    let Some((a2v, b2v, k2, _)) = &m.also else {
+    let Some((a2v, b2v, k2, _)) = m.also.as_deref() else {
         return quote! {
             let _ = #note;
             ::tensor_fn::__private::gemm(#mm, #kk, #nn, #alpha, &#a[..], #rsa, #csa, &#b[..], #rsb, #csb, #beta, &mut #c[..], #rsc, #csc)?;
