@@ -408,11 +408,12 @@ unsafe fn bcast_panel(
     }
 }
 
-/// One R x (V*16) tile of C; the last vector of each row is masked by `mask`.
+/// One R x (V*16) tile of C; the last vector of each row is masked by `mask`. The one-product
+/// case of [`pair_tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn bcast_tile<const R: usize, const V: usize>(
     k: usize,
     alpha: f32,
@@ -426,39 +427,8 @@ unsafe fn bcast_tile<const R: usize, const V: usize>(
     rsc: isize,
     mask: __mmask16,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    let mut bv = [_mm512_setzero_ps(); V];
-    for p in 0..k {
-        let brow = b.offset(p as isize * rsb);
-        for v in 0..V {
-            bv[v] = if v + 1 == V {
-                _mm512_maskz_loadu_ps(mask, brow.add(v * 16))
-            } else {
-                _mm512_loadu_ps(brow.add(v * 16))
-            };
-        }
-        let acol = a.offset(p as isize * csa);
-        for r in 0..R {
-            let av = _mm512_set1_ps(*acol.offset(r as isize * rsa));
-            for v in 0..V {
-                acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-            }
-        }
-    }
-    let al = _mm512_set1_ps(alpha);
-    let be = _mm512_set1_ps(beta);
-    for r in 0..R {
-        let crow = c.offset(r as isize * rsc);
-        for v in 0..V {
-            let m = if v + 1 == V { mask } else { 0xffff };
-            let mut x = _mm512_mul_ps(al, acc[r][v]);
-            if beta != 0.0 {
-                let old = _mm512_maskz_loadu_ps(m, crow.add(v * 16));
-                x = _mm512_fmadd_ps(be, old, x);
-            }
-            _mm512_mask_storeu_ps(crow.add(v * 16), m, x);
-        }
-    }
+    let one = (k, a, rsa, csa, b, rsb);
+    pair_tile::<R, V>(alpha, one, (0, a, rsa, csa, b, rsb), beta, c, rsc, mask)
 }
 
 const DI: usize = 5;
