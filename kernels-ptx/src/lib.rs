@@ -12,6 +12,8 @@
 //! - [`meta`]: launch metadata as data ([`meta::KernelMeta`], [`meta::Program`]).
 //! - [`vm`]: an interpreter of the emitted instruction lists with GPU semantics (blocks,
 //!   barriers, warp shuffles, shared memory with race checks), for tests without a GPU.
+//! - [`parse`]: reads PTX text printed by [`Module::to_ptx`] back into kernels, so that a
+//!   runtime holding only the text can run them on the interpreter.
 //! - [`catalog`]: every kind of kernel the crate emits, for validity tests with `ptxas`.
 //!
 //! Kernel names are content hashes, so generating twice gives identical bytes.
@@ -46,6 +48,7 @@ pub mod ir;
 pub mod lower;
 mod math;
 pub mod meta;
+pub mod parse;
 pub mod ptx;
 pub mod reduce;
 pub mod vm;
