@@ -221,9 +221,15 @@ fn save_checkpoint(
     path: &Path,
 ) -> Result<(), tensor_fn::Error> {
     let mut ck = Checkpoint::new(epoch, model.w.shape()[1], seed);
-    ck.insert("w", &model.w.value())
-        .insert("b1", &model.b1.value())
-        .insert("b2", &model.b2.value())
+    // Parameters on a GPU come back to the host once per epoch, here.
+    let (w, b1, b2) = (
+        model.w.get_value()?,
+        model.b1.get_value()?,
+        model.b2.get_value()?,
+    );
+    ck.insert("w", &w.view())
+        .insert("b1", &b1.view())
+        .insert("b2", &b2.view())
         .set_meta("history", format_history(history));
     ck.save_atomic(path)
 }
@@ -258,8 +264,8 @@ fn write_outputs(
     hidden: usize,
     out: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let w = model.w.value();
-    io::write_filter_grid(out.join("features.png"), w, hidden.min(100), 10)?;
+    let w = model.w.get_value()?;
+    io::write_filter_grid(out.join("features.png"), w.view(), hidden.min(100), 10)?;
     let originals = data.test_images.slice(s![..10, ..]);
     let recons = model.reconstruct(originals)?;
     io::write_reconstructions(out.join("reconstructions.png"), originals, recons.view())?;

@@ -59,17 +59,17 @@ fn main() -> Result<(), tensor_fn::Error> {
 
     println!("\n== shared variables");
     let mut shared = Shared::new("shared_var", Array2::<f64>::ones((2, 3)));
-    println!("{} = {}", shared.name(), shared.get_value());
+    println!("{} = {}", shared.name(), shared.get_value()?);
     shared.set_value(Array2::zeros((2, 3)))?;
-    println!("after set_value(zeros): {}", shared.get_value());
+    println!("after set_value(zeros): {}", shared.get_value()?);
 
     println!("\n== updates: f(x) returns [wx, cost] and sets w = w - 0.1 * grad(cost, w)");
-    let mut silly = Silly::new(shared.into_value())?;
+    let mut silly = Silly::new(shared.into_value()?)?;
     for step in 1..=2 {
         let (wx, cost) = silly.f(arr1(&[1.0, 1.0, 1.0]).view())?;
         println!(
             "call {step}: wx = {wx}, cost = {cost}, w = {}",
-            silly.w.get_value()
+            silly.w.get_value()?
         );
     }
     println!("update rule: {}", Silly::F_INFO.expr);

@@ -20,11 +20,11 @@
 /// that checks kernels without a GPU.
 pub use tensor_fn_kernels as kernels;
 pub use tensor_fn_macros::tensor_fn;
-pub use tensor_fn_runtime::{data, io, Device, Error, FnInfo, Shared};
+pub use tensor_fn_runtime::{data, gpu, io, Arg, Device, Error, FnInfo, Shared};
 
 /// The names most programs need: the macro, the runtime types and ndarray.
 pub mod prelude {
-    pub use crate::{tensor_fn, Device, Error, FnInfo, Shared};
+    pub use crate::{tensor_fn, Arg, Device, Error, FnInfo, Shared};
     pub use ndarray;
 }
 

@@ -76,7 +76,7 @@ fn training_lowers_the_cost_and_changes_the_filters() {
     let last: f32 = costs[280..].iter().sum::<f32>() / 20.0;
     assert!(costs.iter().all(|c| c.is_finite()));
     assert!(last < 0.7 * first, "cost went from {first} to {last}");
-    let moved = (&m.w.value() - &w0).mapv(f32::abs).sum() / w0.len() as f32;
+    let moved = (&m.w.value().unwrap() - &w0).mapv(f32::abs).sum() / w0.len() as f32;
     assert!(moved > 1e-3, "filters barely changed: mean |dW| = {moved}");
 }
 
@@ -123,7 +123,7 @@ fn matches_a_hand_written_backprop() {
             "step {i}: cost {ours} vs {want}"
         );
     }
-    let dw = (&m.w.value().mapv(f64::from) - &w)
+    let dw = (&m.w.value().unwrap().mapv(f64::from) - &w)
         .mapv(f64::abs)
         .fold(0.0f64, |a, &b| a.max(b));
     assert!(dw < 1e-4, "max |W - W_ref| = {dw}");

@@ -1589,9 +1589,9 @@ mod model_form {
         assert_eq!(c, f(&ins), "train returns the cost before the step");
         let step = |k: usize, new: In| &ins[k] - &new;
         let gs = [
-            ("w", 0, step(0, m.w.get_value().into_dyn())),
-            ("b1", 1, step(1, m.b1.get_value().into_dyn())),
-            ("b2", 2, step(2, m.b2.get_value().into_dyn())),
+            ("w", 0, step(0, m.w.get_value().unwrap().into_dyn())),
+            ("b1", 1, step(1, m.b1.get_value().unwrap().into_dyn())),
+            ("b2", 2, step(2, m.b2.get_value().unwrap().into_dyn())),
         ];
         check("model train step", &ins, f, &gs);
     }

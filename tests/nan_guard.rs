@@ -98,7 +98,7 @@ fn methods_take_the_attribute_and_report_the_kernel() {
         .train(Array2::from_elem((3, 2), 1.0).view(), 0.01)
         .unwrap();
     assert!((ok - 1f64.exp()).abs() < 1e-12, "{ok}");
-    let before = net.w.get_value();
+    let before = net.w.get_value().unwrap();
     let err = net
         .train(Array2::from_elem((3, 2), 1000.0).view(), 0.01)
         .unwrap_err();
@@ -113,7 +113,7 @@ fn methods_take_the_attribute_and_report_the_kernel() {
     };
     assert_eq!(*function, "train");
     // The overflow is caught in the forward pass, before the update of `w` runs.
-    assert_eq!(net.w.get_value(), before);
+    assert_eq!(net.w.get_value().unwrap(), before);
     // The node named is in the method's graph listing, and its kernel in the plan.
     let id = node.split(' ').next().unwrap();
     assert!(

@@ -97,6 +97,47 @@ impl Memory {
             .collect()
     }
 
+    /// Copies bytes into memory at `ptr` (bounds-checked).
+    pub fn write_bytes(&mut self, ptr: u64, data: &[u8]) -> Result<(), VmError> {
+        self.slice_mut(ptr, data.len())?.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Copies bytes out of memory at `ptr` (bounds-checked).
+    pub fn read_bytes(&self, ptr: u64, out: &mut [u8]) -> Result<(), VmError> {
+        out.copy_from_slice(self.slice(ptr, out.len())?);
+        Ok(())
+    }
+
+    /// Copies `len` bytes between two locations (bounds-checked; overlap is an error, as it is
+    /// undefined for a GPU's copy engine).
+    pub fn copy(&mut self, dst: u64, src: u64, len: usize) -> Result<(), VmError> {
+        let data = self.slice(src, len)?.to_vec();
+        let (sb, so) = if len == 0 {
+            (0, 0)
+        } else {
+            self.locate(src, len)?
+        };
+        if len > 0 {
+            let (db, d_off) = self.locate(dst, len)?;
+            if db == sb && d_off < so + len && so < d_off + len {
+                return err(format!("copy of {len} bytes between overlapping ranges"));
+            }
+        }
+        self.write_bytes(dst, &data)
+    }
+
+    /// Frees the buffer `ptr` points to (the start of an allocation): later accesses through
+    /// any pointer into it are errors, which is how tests catch use after free.
+    pub fn free(&mut self, ptr: u64) -> Result<(), VmError> {
+        let id = (ptr >> PTR_SHIFT) as usize;
+        if ptr & ((1 << PTR_SHIFT) - 1) != 0 || id == 0 || id > self.bufs.len() {
+            return err(format!("free of {ptr:#x}: not the start of a buffer"));
+        }
+        self.bufs[id - 1] = Vec::new();
+        Ok(())
+    }
+
     fn locate(&self, addr: u64, len: usize) -> Result<(usize, usize), VmError> {
         let id = (addr >> PTR_SHIFT) as usize;
         let off = (addr & ((1 << PTR_SHIFT) - 1)) as usize;

@@ -16,6 +16,9 @@ pub struct Compiled {
     pub f: Function,
     pub schedule: Schedule,
     pub ptx: crate::emit::ptx::Ptx,
+    /// The GPU launch plan, a constant expression of type `tensor_fn::gpu::plan::GpuPlan`.
+    pub gpu_plan: TokenStream,
+    pub dtype: syntax::DType,
     pub rewrites: String,
     pub grads: String,
 }
@@ -78,6 +81,14 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
                 continue;
             }
         };
+        let gpu_plan =
+            match crate::emit::gpu::plan(&f, &schedule, &ptx.programs, &ptx.module, dtype) {
+                Ok(p) => p,
+                Err(e) => {
+                    internal(&mut diags, &f, "emit-gpu-plan", Err(e))?;
+                    continue;
+                }
+            };
         let mut rewrites = simplify::report_text(&s1);
         rewrites.push_str(&simplify::report_text(&s2));
         let grads = f
@@ -89,6 +100,8 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
             f,
             schedule,
             ptx,
+            gpu_plan,
+            dtype,
             rewrites: merge_report(&rewrites),
             grads,
         });
@@ -343,6 +356,16 @@ fn ast_out_ty(t: &TypeAst) -> TokenStream {
     }
 }
 
+/// A model method's array argument type in a stub: what the compiled method takes.
+fn model_arg_ty(t: &TypeAst) -> TokenStream {
+    let s = rs::scalar_ty(t.dtype);
+    match t.dims.len() {
+        0 => s,
+        1 => quote!(impl ::core::convert::Into<::tensor_fn::Arg<'static, #s, ::tensor_fn::__private::ndarray::Ix1>>),
+        _ => quote!(impl ::core::convert::Into<::tensor_fn::Arg<'static, #s, ::tensor_fn::__private::ndarray::Ix2>>),
+    }
+}
+
 /// The model's struct and impl; with `fns` None, a stub with the declared signatures.
 fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
     let name = &m.name;
@@ -371,6 +394,9 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
         })
         .collect();
     let checks = param_checks(m);
+    let field_idents: Vec<Ident> = unique_decls(&m.params).map(|p| p.name.clone()).collect();
+    let field_strs: Vec<String> = field_idents.iter().map(|i| i.to_string()).collect();
+    let name_str = name.to_string();
     let mut methods = Vec::new();
     for (i, meth) in m.methods.iter().enumerate() {
         let mvis = meth.vis.to_token_stream();
@@ -383,6 +409,12 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                     d.push(quote!(#[doc = ""]));
                 }
                 d.extend(doc_tokens(c));
+                let gpu = crate::emit::gpu::call(
+                    &c.f,
+                    &c.schedule,
+                    c.gpu_plan.clone(),
+                    &rs::scalar_ty(c.dtype),
+                );
                 methods.push(rs::emit_fn(
                     &c.f,
                     &c.schedule,
@@ -390,6 +422,8 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                         name: &meth.name,
                         vis: mvis,
                         mutable: meth.mutable,
+                        gpu,
+                        fields: &field_idents,
                     },
                     &d,
                 ));
@@ -405,7 +439,13 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 } else {
                     quote!(&self)
                 };
-                let ps = stub_params(unique_decls(&meth.inputs));
+                let ps: Vec<TokenStream> = unique_decls(&meth.inputs)
+                    .map(|d| {
+                        let n = &d.name;
+                        let t = model_arg_ty(&d.ty);
+                        quote!(#n: #t)
+                    })
+                    .collect();
                 let ret = match &meth.ret {
                     syntax::RetAst::Unit => quote!(()),
                     syntax::RetAst::One(t) => ast_out_ty(t),
@@ -441,6 +481,18 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                     #(#checks)*
                 }
                 ::core::result::Result::Ok(__m)
+            }
+
+            /// Moves every parameter to `device`; the methods run where the parameters live.
+            /// On a GPU they stay in device memory across calls (read them with `get_value`).
+            pub fn to_device(&mut self, device: ::tensor_fn::Device) -> ::core::result::Result<(), ::tensor_fn::Error> {
+                #(self.#field_idents.to_device(device)?;)*
+                ::core::result::Result::Ok(())
+            }
+
+            /// Where the parameters live (an error if they were moved to different devices).
+            pub fn device(&self) -> ::core::result::Result<::tensor_fn::Device, ::tensor_fn::Error> {
+                ::tensor_fn::gpu::model_device(#name_str, &[#((#field_strs, self.#field_idents.device())),*])
             }
 
             #(#methods)*

@@ -50,6 +50,30 @@ pub enum Error {
     /// A device that is not present or not compiled in was asked for.
     #[error("device unavailable: {0}")]
     DeviceUnavailable(String),
+    /// A GPU operation failed: `device` as in `cuda:0`, `op` the driver call or step
+    /// (`cuLaunchKernel k3`), `message` the driver's error name and text.
+    #[error("{device}: {op} failed: {message}")]
+    Gpu {
+        device: String,
+        op: String,
+        message: String,
+    },
+    /// The device has no room for an allocation.
+    #[error("{device}: out of memory allocating {bytes} bytes")]
+    OutOfMemory { device: String, bytes: usize },
+    /// A borrowing accessor was used on a shared variable whose value lives on a GPU.
+    #[error(
+        "shared variable `{name}` lives on {device}: copy it with `get_value()`, or move it with `to_device(Device::Cpu)`"
+    )]
+    OnDevice { name: String, device: String },
+    /// Values on different devices were given to one compiled function.
+    #[error("`{function}`: {what} is on {found}, but the function runs on {device}")]
+    WrongDevice {
+        function: &'static str,
+        what: String,
+        found: String,
+        device: String,
+    },
     /// A dataset could not be read.
     #[error(transparent)]
     Data(#[from] DataError),

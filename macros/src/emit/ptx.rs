@@ -15,6 +15,8 @@ use crate::schedule::{Instr, Ix, Kernel, RedKind, Schedule};
 pub struct Ptx {
     pub module: String,
     pub launches: String,
+    /// Per schedule kernel, the program its launches come from (for the GPU launch plan).
+    pub programs: Vec<k::Program>,
 }
 
 fn dtype(d: DType) -> k::DType {
@@ -205,6 +207,7 @@ pub fn emit(g: &Graph, s: &Schedule, dt: DType) -> Result<Ptx, String> {
     Ok(Ptx {
         module: module.to_ptx(),
         launches,
+        programs,
     })
 }
 

@@ -17,11 +17,14 @@ use crate::schedule::{
 pub enum Shape<'a> {
     /// A free function (closure and equation forms).
     Free { name: &'a Ident, vis: TokenStream },
-    /// A method of a model; `mutable` says `&mut self`.
+    /// A method of a model; `mutable` says `&mut self`. `gpu` is its GPU path
+    /// (`emit::gpu::call`); `fields` are all the model's parameters (they decide the device).
     Method {
         name: &'a Ident,
         vis: TokenStream,
         mutable: bool,
+        gpu: TokenStream,
+        fields: &'a [Ident],
     },
 }
 
@@ -76,6 +79,45 @@ pub fn params(f: &Function) -> Vec<TokenStream> {
             quote!(#name: #t)
         })
         .collect()
+}
+
+/// The array type of a model method's argument: a host view or device memory.
+fn model_arg_ty(ty: &crate::ir::Type) -> TokenStream {
+    model_arg_ty_at(ty, quote!('_))
+}
+
+/// [`model_arg_ty`] with the view's lifetime.
+fn model_arg_ty_at(ty: &crate::ir::Type, life: TokenStream) -> TokenStream {
+    let t = scalar_ty(ty.dtype);
+    let d = match ty.rank() {
+        1 => quote!(::tensor_fn::__private::ndarray::Ix1),
+        _ => quote!(::tensor_fn::__private::ndarray::Ix2),
+    };
+    quote!(::tensor_fn::Arg<#life, #t, #d>)
+}
+
+/// A model method's parameters: (public form taking anything that converts to an `Arg`,
+/// the inner form taking the `Arg`, the conversions between them).
+fn method_params(f: &Function) -> (Vec<TokenStream>, Vec<TokenStream>, Vec<TokenStream>) {
+    let g = &f.graph;
+    let (mut outer, mut inner, mut pass) = (Vec::new(), Vec::new(), Vec::new());
+    for &v in &f.inputs {
+        let var = &g.vars[v as usize];
+        let name = Ident::new(&var.name, var.span);
+        if var.ty.rank() == 0 {
+            let t = scalar_ty(var.ty.dtype);
+            outer.push(quote!(#name: #t));
+            inner.push(quote!(#name: #t));
+            pass.push(quote!(#name));
+        } else {
+            let a = model_arg_ty_at(&var.ty, quote!('__tf));
+            outer.push(quote!(#name: impl ::core::convert::Into<#a>));
+            let a = model_arg_ty(&var.ty);
+            inner.push(quote!(#name: #a));
+            pass.push(quote!(#name.into()));
+        }
+    }
+    (outer, inner, pass)
 }
 
 fn dim_expr(g: &Graph, d: Dim) -> TokenStream {
@@ -218,10 +260,17 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
 
     // Array arguments as contiguous slices (a copy only for non-standard layouts).
     let mut prologue = Vec::new();
+    let is_method = matches!(shape, Shape::Method { .. });
     for (pos, &v) in f.inputs.iter().enumerate() {
         let var = &g.vars[v as usize];
         let name = Ident::new(&var.name, var.span);
         let a = format_ident!("__a{}", v);
+        if is_method && var.ty.rank() > 0 {
+            // A method's array arguments may live on a GPU; the CPU path takes host views.
+            let fname = &f.name;
+            let vname = &var.name;
+            prologue.push(quote!(let #name = #name.host(#fname, #vname)?;));
+        }
         if var.ty.rank() == 0 {
             prologue.push(quote!(let #a: #t = #name;));
         } else if s.bufs.iter().any(|b| b.kind == BufKind::Input(pos)) {
@@ -268,7 +317,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             BufKind::Param(v) => {
                 let id = format_ident!("__p{}", v);
                 let field = Ident::new(&g.vars[v as usize].name, Span::call_site());
-                Some(quote!(let #id: &[#t] = self.#field.data();))
+                Some(quote!(let #id: &[#t] = self.#field.data()?;))
             }
             _ => None,
         })
@@ -302,7 +351,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                 let guard = nan_guard(f, s, k, s.inplace_from + i);
                 quote! {
                     {
-                        let #id: &mut [#t] = self.#field.data_mut();
+                        let #id: &mut [#t] = self.#field.data_mut()?;
                         #call
                         #guard
                     }
@@ -318,7 +367,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
         .map(|(p, b)| {
             let field = Ident::new(&g.vars[*p as usize].name, Span::call_site());
             let src = buf_ident(s, *b);
-            quote!(self.#field.data_mut().copy_from_slice(&#src[..]);)
+            quote!(self.#field.data_mut()?.copy_from_slice(&#src[..]);)
         })
         .collect();
 
@@ -376,7 +425,6 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
         .collect();
 
     let body = quote! {
-        #(#checks)*
         #(#prologue)*
         #(#out_allocs)*
         ::std::thread_local! {
@@ -411,19 +459,54 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
         Shape::Free { name, vis } => quote! {
             #attrs
             #vis fn #name(#(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                #(#checks)*
                 #body
             }
         },
-        Shape::Method { name, vis, mutable } => {
+        Shape::Method {
+            name,
+            vis,
+            mutable,
+            gpu,
+            fields,
+        } => {
             let recv = if mutable {
                 quote!(&mut self)
             } else {
                 quote!(&self)
             };
+            let (outer, inner, pass) = method_params(f);
+            let lazy = format_ident!("{}_lazy", name);
+            let imp = format_ident!("__tensor_fn_{}", name);
+            let fname = &f.name;
+            let field_strs: Vec<String> = fields.iter().map(|i| i.to_string()).collect();
+            let lazy_doc = format!(
+                " [`{name}`](Self::{name}) without waiting: on a GPU it returns once the work \
+                 is queued, and the outputs are copied back when the returned `Lazy` is read \
+                 (on the CPU it runs to the end). Queue many steps, read their costs later."
+            );
             quote! {
                 #attrs
-                #vis fn #name(#recv, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
-                    #body
+                #vis fn #name<'__tf>(#recv, #(#outer),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                    self.#imp(#(#pass,)* ::tensor_fn::gpu::Mode::Wait)?.get()
+                }
+
+                #[doc = #lazy_doc]
+                #[allow(clippy::all)]
+                #vis fn #lazy<'__tf>(#recv, #(#outer),*) -> ::core::result::Result<::tensor_fn::gpu::Lazy<#ret>, ::tensor_fn::Error> {
+                    self.#imp(#(#pass,)* ::tensor_fn::gpu::Mode::Lazy)
+                }
+
+                #[doc(hidden)]
+                #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
+                fn #imp(#recv, #(#inner,)* __mode: ::tensor_fn::gpu::Mode) -> ::core::result::Result<::tensor_fn::gpu::Lazy<#ret>, ::tensor_fn::Error> {
+                    let __dev = ::tensor_fn::gpu::model_device(#fname, &[#((#field_strs, self.#fields.device())),*])?;
+                    #(#checks)*
+                    if __dev.is_gpu() {
+                        #gpu
+                    }
+                    let __v: ::core::result::Result<#ret, ::tensor_fn::Error> = { #body };
+                    ::core::result::Result::Ok(::tensor_fn::gpu::Lazy::ready(__v?))
                 }
             }
         }

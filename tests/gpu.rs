@@ -1,0 +1,223 @@
+//! CPU vs GPU differential tests: one body per op family and per fused kernel, run on the CPU
+//! always and on every GPU device at hand, comparing results.
+//!
+//! The GPU devices are the PTX interpreter (`Device::PtxVm`, always: it runs the very launch
+//! plans, workspaces, staging copies and graph replays a CUDA device runs) and CUDA device 0
+//! when the binary has the `cuda` feature and a GPU answers. Without one the CUDA half reports
+//! "no device" and passes; under `TENSOR_FN_REQUIRE_GPU=1` it fails instead.
+
+use ndarray::{Array1, Array2, ArrayD};
+use tensor_fn::prelude::*;
+
+/// The GPU devices to compare against the CPU.
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::PtxVm];
+    match Device::cuda(0) {
+        Ok(c) => d.push(c),
+        Err(e) => {
+            if std::env::var("TENSOR_FN_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("TENSOR_FN_REQUIRE_GPU=1 but no CUDA device: {e}");
+            }
+            eprintln!("cuda: skipped: no device ({e})");
+        }
+    }
+    d
+}
+
+/// Deterministic values in [lo, hi) (a hash, not a generator).
+fn fill(shape: &[usize], seed: u32, lo: f64, hi: f64) -> ArrayD<f64> {
+    let mut i = 0u32;
+    ArrayD::from_shape_fn(shape, |_| {
+        i += 1;
+        let mut x = i.wrapping_mul(2654435761) ^ seed.wrapping_mul(40503);
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        lo + (hi - lo) * (x as f64 / u32::MAX as f64)
+    })
+}
+
+fn mat(r: usize, c: usize, seed: u32) -> Array2<f64> {
+    fill(&[r, c], seed, -1.0, 1.0)
+        .into_dimensionality()
+        .expect("rank 2")
+}
+
+fn vec1(n: usize, seed: u32) -> Array1<f64> {
+    fill(&[n], seed, -1.0, 1.0)
+        .into_dimensionality()
+        .expect("rank 1")
+}
+
+/// Relative closeness, elementwise; NaN must match NaN.
+fn close(what: &str, dev: Device, cpu: &[f64], gpu: &[f64], tol: f64) {
+    assert_eq!(cpu.len(), gpu.len(), "{what} on {dev}: lengths");
+    for (i, (a, b)) in cpu.iter().zip(gpu).enumerate() {
+        let ok = (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * (1.0 + a.abs());
+        assert!(ok, "{what} on {dev}: element {i}: cpu {a}, gpu {b}");
+    }
+}
+
+tensor_fn! {
+    /// A parameter matrix and vector every op family reads, so each runs as a model method.
+    struct Ops { p: f64[n, m], q: f64[m] }
+
+    impl Ops {
+        fn unary(&self, x: f64[n, m]) -> (f64[n, m], f64[n, m], f64[n, m], f64[n, m], f64[n, m], f64[n, m]) {
+            (
+                exp(x * p) + log(x * x + 1.5) + log1p(abs(p)),
+                sqrt(abs(x) + p * p) * tanh(x + p),
+                sigmoid(x - p) + softplus(3 * x * p),
+                relu(x - p) + abs(x + q),
+                pow(x, 3) * p + pow(abs(p) + 1, 0.5) + pow(x + 2, -2),
+                -x / (abs(p) + 1),
+            )
+        }
+
+        fn binary(&self, x: f64[n, m], y: f64[m]) -> (f64[n, m], f64[n, m], f64[n, m]) {
+            (
+                x * p + y - 2 * q,
+                maximum(x, p) + minimum(x, y),
+                (x + 1) / (p * p + 0.5) - 3 / (y * y + 1),
+            )
+        }
+
+        fn reduce(&self, x: f64[n, m]) -> (f64, f64[m], f64[n], f64, f64[n], f64[m]) {
+            (
+                sum(x * p),
+                sum(x * p, axis = 0),
+                mean(x + p, axis = 1),
+                max(x * p),
+                max(x - p, axis = 1),
+                max(x + q, axis = 0),
+            )
+        }
+
+        fn dots(&self, x: f64[n, m], v: f64[m], u: f64[n]) -> (f64[n], f64[m], f64[n, n], f64[m, m], f64, f64[n, m]) {
+            (
+                dot(p, v),
+                dot(u, x),
+                dot(x, p.T),
+                dot(x.T, p),
+                dot(v, q),
+                sigmoid(dot(dot(x, p.T), p) + q),
+            )
+        }
+
+        fn step(&mut self, x: f64[n, m], lr: f64) -> f64 {
+            let h = tanh(dot(x, p.T));
+            let cost = sum(h * h) / 2 + sum(softplus(dot(h, p) - x) * q) + sum(q * q);
+            p -= lr * grad(cost, p);
+            q -= lr * grad(cost, q);
+            cost
+        }
+    }
+}
+
+fn ops(n: usize, m: usize) -> Ops {
+    Ops::new(mat(n, m, 1), vec1(m, 2)).expect("shapes agree")
+}
+
+fn flat<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> Vec<f64> {
+    a.iter().copied().collect()
+}
+
+/// The sizes each test runs at: tiny and odd, then wider than a block.
+const SIZES: [(usize, usize); 2] = [(5, 7), (33, 130)];
+
+#[test]
+fn unary_ops_match() {
+    for (n, m) in SIZES {
+        let x = mat(n, m, 3);
+        let cpu = ops(n, m).unary(x.view()).expect("cpu");
+        for dev in devices() {
+            let mut g = ops(n, m);
+            g.to_device(dev).expect("to device");
+            let r = g.unary(x.view()).expect("gpu");
+            close("exp/log/log1p", dev, &flat(&cpu.0), &flat(&r.0), 1e-11);
+            close("sqrt*tanh", dev, &flat(&cpu.1), &flat(&r.1), 1e-11);
+            close("sigmoid+softplus", dev, &flat(&cpu.2), &flat(&r.2), 1e-11);
+            close("relu+abs", dev, &flat(&cpu.3), &flat(&r.3), 1e-12);
+            close("pow", dev, &flat(&cpu.4), &flat(&r.4), 1e-11);
+            close("neg/div", dev, &flat(&cpu.5), &flat(&r.5), 1e-12);
+        }
+    }
+}
+
+#[test]
+fn binary_ops_and_broadcasting_match() {
+    for (n, m) in SIZES {
+        let (x, y) = (mat(n, m, 4), vec1(m, 5));
+        let cpu = ops(n, m).binary(x.view(), y.view()).expect("cpu");
+        for dev in devices() {
+            let mut g = ops(n, m);
+            g.to_device(dev).expect("to device");
+            let r = g.binary(x.view(), y.view()).expect("gpu");
+            close("mul/add/sub", dev, &flat(&cpu.0), &flat(&r.0), 1e-12);
+            close("maximum/minimum", dev, &flat(&cpu.1), &flat(&r.1), 1e-12);
+            close("div", dev, &flat(&cpu.2), &flat(&r.2), 1e-12);
+        }
+    }
+}
+
+#[test]
+fn reductions_match() {
+    for (n, m) in SIZES {
+        let x = mat(n, m, 6);
+        let cpu = ops(n, m).reduce(x.view()).expect("cpu");
+        for dev in devices() {
+            let mut g = ops(n, m);
+            g.to_device(dev).expect("to device");
+            let r = g.reduce(x.view()).expect("gpu");
+            close("sum all", dev, &[cpu.0], &[r.0], 1e-11);
+            close("sum axis 0", dev, &flat(&cpu.1), &flat(&r.1), 1e-11);
+            close("mean axis 1", dev, &flat(&cpu.2), &flat(&r.2), 1e-11);
+            close("max all", dev, &[cpu.3], &[r.3], 0.0);
+            close("max axis 1", dev, &flat(&cpu.4), &flat(&r.4), 0.0);
+            close("max axis 0", dev, &flat(&cpu.5), &flat(&r.5), 0.0);
+        }
+    }
+}
+
+#[test]
+fn products_match() {
+    for (n, m) in SIZES {
+        let (x, v, u) = (mat(n, m, 7), vec1(m, 8), vec1(n, 9));
+        let cpu = ops(n, m).dots(x.view(), v.view(), u.view()).expect("cpu");
+        for dev in devices() {
+            let mut g = ops(n, m);
+            g.to_device(dev).expect("to device");
+            let r = g.dots(x.view(), v.view(), u.view()).expect("gpu");
+            close("mv", dev, &flat(&cpu.0), &flat(&r.0), 1e-11);
+            close("vm", dev, &flat(&cpu.1), &flat(&r.1), 1e-11);
+            close("x p^T", dev, &flat(&cpu.2), &flat(&r.2), 1e-11);
+            close("x^T p", dev, &flat(&cpu.3), &flat(&r.3), 1e-11);
+            close("vv", dev, &[cpu.4], &[r.4], 1e-11);
+            close("gemm epilogue chain", dev, &flat(&cpu.5), &flat(&r.5), 1e-11);
+        }
+    }
+}
+
+#[test]
+fn training_steps_and_simultaneous_updates_match() {
+    for (n, m) in SIZES {
+        let x = mat(n, m, 10);
+        let mut cpu = ops(n, m);
+        let cpu_costs: Vec<f64> = (0..3)
+            .map(|_| cpu.step(x.view(), 0.05).expect("cpu"))
+            .collect();
+        for dev in devices() {
+            let mut g = ops(n, m);
+            g.to_device(dev).expect("to device");
+            let costs: Vec<f64> = (0..3)
+                .map(|_| g.step(x.view(), 0.05).expect("gpu"))
+                .collect();
+            close("costs", dev, &cpu_costs, &costs, 1e-10);
+            assert_eq!(g.device().expect("one device"), dev);
+            let p = g.p.get_value().expect("download p");
+            let q = g.q.get_value().expect("download q");
+            close("p after 3 steps", dev, &flat(&cpu.p.get_value().unwrap()), &flat(&p), 1e-10);
+            close("q after 3 steps", dev, &flat(&cpu.q.get_value().unwrap()), &flat(&q), 1e-10);
+        }
+    }
+}
