@@ -221,3 +221,151 @@ fn training_steps_and_simultaneous_updates_match() {
         }
     }
 }
+
+/// The main job's model, exactly as it is defined there.
+#[allow(dead_code)]
+#[path = "../examples/autoencoder.rs"]
+mod example;
+use example::Autoencoder;
+
+fn autoencoder(hidden: usize) -> Autoencoder {
+    let w = fill(&[784, hidden], 11, -0.2, 0.2)
+        .mapv(|x| x as f32)
+        .into_dimensionality()
+        .expect("rank 2");
+    Autoencoder::new(w, Array1::zeros(hidden), Array1::zeros(784)).expect("shapes agree")
+}
+
+fn pixels(rows: usize) -> Array2<f32> {
+    fill(&[rows, 784], 12, 0.0, 1.0)
+        .mapv(|x| x as f32)
+        .into_dimensionality()
+        .expect("rank 2")
+}
+
+#[test]
+fn the_seed_autoencoder_trains_alike_with_the_dataset_on_the_device() {
+    let (hidden, batch, steps) = (6, 4, 3);
+    let data = pixels(batch * steps);
+    let mut cpu = autoencoder(hidden);
+    let cpu_costs: Vec<f64> = (0..steps)
+        .map(|i| {
+            let x = data.slice(ndarray::s![i * batch..(i + 1) * batch, ..]);
+            cpu.train(x, 0.1).expect("cpu") as f64
+        })
+        .collect();
+    for dev in devices() {
+        let mut g = autoencoder(hidden);
+        g.to_device(dev).expect("to device");
+        // Theano's givens: the dataset lives on the device, minibatches are row ranges of it.
+        let mut set = Shared::new("train", data.clone());
+        set.to_device(dev).expect("dataset to device");
+        let queued: Vec<_> = (0..steps)
+            .map(|i| {
+                let x = set.rows(i * batch..(i + 1) * batch).expect("rows");
+                g.train_lazy(x, 0.1).expect("queued")
+            })
+            .collect();
+        let costs: Vec<f64> = queued
+            .into_iter()
+            .map(|c| c.get().expect("read cost") as f64)
+            .collect();
+        close("f32 costs", dev, &cpu_costs, &costs, 1e-5);
+        let w = g.w.get_value().expect("download w");
+        let wc = cpu.w.get_value().unwrap();
+        close("f32 W", dev, &flat(&wc.mapv(f64::from)), &flat(&w.mapv(f64::from)), 1e-5);
+        // The features and reconstructions of host data agree too.
+        let x = data.slice(ndarray::s![..batch, ..]);
+        let (hc, hg) = (cpu.hidden(x).unwrap(), g.hidden(x).expect("gpu hidden"));
+        close("hidden", dev, &flat(&hc.mapv(f64::from)), &flat(&hg.mapv(f64::from)), 1e-5);
+    }
+}
+
+#[test]
+fn repeated_calls_replay_one_recorded_graph() {
+    let (n, m) = (5, 7);
+    let x = mat(n, m, 13);
+    let mut g = ops(n, m);
+    g.to_device(Device::PtxVm).expect("to device");
+    let before = tensor_fn::gpu::vm::stats();
+    for _ in 0..4 {
+        g.step(x.view(), 0.05).expect("step");
+    }
+    let after = tensor_fn::gpu::vm::stats();
+    // Other tests share the interpreter device, so only lower bounds are exact here.
+    assert!(after.replays >= before.replays + 4, "{before:?} -> {after:?}");
+}
+
+#[test]
+fn device_values_are_not_borrowed_and_mixed_devices_are_errors() {
+    let (n, m) = (5, 7);
+    let x = mat(n, m, 14);
+    let mut g = ops(n, m);
+    g.p.to_device(Device::PtxVm).expect("to device");
+    // Only `p` moved: the model is on two devices.
+    let e = g.unary(x.view()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "`unary`: parameter `q` is on cpu, but the function runs on ptx-vm (where `p` lives)"
+    );
+    assert_eq!(
+        g.p.value().unwrap_err().to_string(),
+        "shared variable `p` lives on ptx-vm: copy it with `get_value()`, or move it with `to_device(Device::Cpu)`"
+    );
+    assert!(g.p.data().is_err() && g.p.data_mut().is_err() && g.p.value_mut().is_err());
+    g.to_device(Device::PtxVm).expect("the rest moves");
+    assert_eq!(g.device().unwrap(), Device::PtxVm);
+
+    // A function running on the CPU never reads device memory behind the caller's back.
+    let mut set = Shared::new("x", x.clone());
+    set.to_device(Device::PtxVm).unwrap();
+    let cpu = ops(n, m);
+    let e = cpu.unary(set.rows(0..n).unwrap()).unwrap_err().to_string();
+    assert_eq!(e, "`unary`: argument `x` is on ptx-vm, but the function runs on cpu");
+    // Row ranges are checked.
+    assert_eq!(
+        set.rows(3..9).unwrap_err().to_string(),
+        "shared variable `x`: rows 3..9 of a 5 x 7 matrix"
+    );
+    // Wrong shapes are the same errors on a GPU as on the CPU, before anything runs.
+    let bad = mat(n, m + 1, 15);
+    let e = g.unary(bad.view()).unwrap_err().to_string();
+    assert_eq!(e, "dim `m` is 7 from `p` but 8 from `x`");
+}
+
+#[test]
+fn shared_values_round_trip_through_a_device() {
+    let v = mat(3, 4, 16);
+    let mut s = Shared::new("v", v.clone());
+    s.to_device(Device::PtxVm).unwrap();
+    assert_eq!(s.device(), Device::PtxVm);
+    assert_eq!(s.get_value().unwrap(), v);
+    let copy = s.try_clone().unwrap();
+    s.set_value(Array2::zeros((3, 4))).unwrap();
+    assert_eq!(s.get_value().unwrap(), Array2::<f64>::zeros((3, 4)));
+    assert_eq!(copy.get_value().unwrap(), v, "a clone is its own device buffer");
+    assert!(s.set_value(Array2::zeros((4, 3))).is_err());
+    s.to_device(Device::Cpu).unwrap();
+    assert_eq!(s.value().unwrap(), Array2::<f64>::zeros((3, 4)));
+}
+
+#[test]
+fn cuda_is_a_clear_error_without_a_gpu() {
+    match Device::parse("cuda") {
+        Ok(d) => assert_eq!(d, Device::Cuda(0)),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("without the `cuda` feature") || e.contains("no CUDA device"),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(
+        Device::parse("gpu7").unwrap_err().to_string(),
+        "device unavailable: unknown device `gpu7` (expected `cpu`, `cuda`, `cuda:N`, `ptx-vm` or `best`)"
+    );
+    let (best, why) = Device::best_with_reason();
+    assert!(best == Device::Cpu || best == Device::Cuda(0));
+    assert_eq!(best == Device::Cpu, why.is_some());
+}
