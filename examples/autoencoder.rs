@@ -80,7 +80,7 @@ struct Args {
     /// Where the pictures, features, weights, costs and checkpoint go.
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Device: cpu (or best).
+    /// Device: cpu, cuda, cuda:N, ptx-vm (the PTX interpreter: slow, for checks) or best.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Print one line per epoch without a progress bar (for logs and benchmarks).
@@ -160,6 +160,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let hidden = model.w.shape()[1];
 
+    // On a GPU the parameters and the whole training set live in device memory; a step
+    // reads its minibatch as a row range of the set (Theano's givens), and its cost is read
+    // back once per epoch for all steps together.
+    let train_set = if device.is_gpu() {
+        model.to_device(device)?;
+        let mut set = Shared::new("train", train.to_owned());
+        set.to_device(device)?;
+        Some(set)
+    } else {
+        None
+    };
+
     let steps = train.nrows() / args.batch;
     let mut seconds = Vec::new();
     for epoch in first_epoch..=args.epochs {
@@ -174,12 +186,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         bar.set_message(epoch.to_string());
         let t = Instant::now();
         let mut total = 0.0f64;
+        let mut queued = Vec::new();
         for i in 0..steps {
-            let x = train.slice(s![i * args.batch..(i + 1) * args.batch, ..]);
-            total += model.train(x, args.lr)? as f64;
+            let rows = i * args.batch..(i + 1) * args.batch;
+            match &train_set {
+                Some(set) => queued.push(model.train_lazy(set.rows(rows)?, args.lr)?),
+                None => total += model.train(train.slice(s![rows, ..]), args.lr)? as f64,
+            }
             if i % 64 == 0 {
                 bar.set_position(i as u64);
             }
+        }
+        for c in queued {
+            total += c.get()? as f64;
         }
         bar.finish_and_clear();
         let secs = t.elapsed().as_secs_f64();
@@ -190,7 +209,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             cost,
             seconds: secs,
         });
-        println!("epoch {epoch}: mean cost {cost:.6}, {secs:.3} s");
+        println!(
+            "epoch {epoch}: mean cost {cost:.6}, {secs:.3} s ({:.1} us/step)",
+            secs / steps as f64 * 1e6
+        );
         save_checkpoint(
             &model,
             epoch,
