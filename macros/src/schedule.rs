@@ -291,6 +291,23 @@ pub fn schedule(f: &Function) -> Schedule {
             inplace.push(InPlace { param: p, terms });
         }
     }
+    // Scalars computed from constants, dims and scalar arguments only (`1 / b`): recomputed
+    // where used (hoisted out of loops by the emitters) rather than a kernel of their own,
+    // which would also cut the loop kernels around it in two.
+    let mut inv = vec![false; g.len()];
+    for id in g.ids() {
+        let n = g.node(id);
+        inv[id.idx()] = n.ty.rank() == 0
+            && match n.op {
+                Op::Const(_) | Op::DimSize(_) => true,
+                Op::Var(v) => g.vars[v as usize].kind == VarKind::Input,
+                Op::Unary(_) | Op::Binary(_) => n.args.iter().all(|a| inv[a.idx()]),
+                _ => false,
+            };
+    }
+    // Inlining a cheap or invariant value into a loop of higher rank costs nothing worth a
+    // pass of its own.
+    let inline_ok = |a: NodeId| cheap(g, a) || inv[a.idx()];
     let mut need = vec![false; g.len()];
     for id in g.ids() {
         if !live[id.idx()] {
@@ -311,7 +328,7 @@ pub fn schedule(f: &Function) -> Schedule {
             Op::Sum(_) | Op::Max(_) => {}
             _ if is_elementwise(n.op) => {
                 for &a in &n.args {
-                    if is_elementwise(g.op(a)) && g.ty(a).shape != n.ty.shape {
+                    if is_elementwise(g.op(a)) && g.ty(a).shape != n.ty.shape && !inline_ok(a) {
                         need[a.idx()] = true;
                     }
                 }
@@ -334,7 +351,7 @@ pub fn schedule(f: &Function) -> Schedule {
             Op::DimSize(_) => false,
             Op::Dot | Op::Sum(_) | Op::Max(_) => true,
             Op::Grad(_) => false,
-            _ => need[id.idx()] || (uses[id.idx()] >= 2 && !cheap(g, id)),
+            _ => need[id.idx()] || (uses[id.idx()] >= 2 && !inline_ok(id)),
         };
     }
 
@@ -427,12 +444,31 @@ pub fn schedule(f: &Function) -> Schedule {
         buf_of: &buf_of,
         cur: None,
     };
-    for t in tasks {
+    // List scheduling: the next task is the first pending one that can join the current loop
+    // kernel (same iteration space, every value it reads at hand); when none can, the kernel
+    // ends and the first pending task starts the next one. Tasks are in topological order, so
+    // after a kernel ends the first pending task is always ready. This fuses passes over one
+    // iteration space that the node order interleaves with others (the loss and the output
+    // gradient of an autoencoder, around the scalar cost).
+    let mut done: Vec<bool> = vec![false; s.bufs.len()];
+    for (b, buf) in s.bufs.iter().enumerate() {
+        done[b] = matches!(buf.kind, BufKind::Input(_) | BufKind::Param(_));
+    }
+    let mut pending = tasks;
+    while !pending.is_empty() {
+        let pick = pending
+            .iter()
+            .position(|t| builder.joins(t, &done))
+            .unwrap_or(0);
+        let t = pending.remove(pick);
+        if pick == 0 && !builder.joins(&t, &done) {
+            builder.flush_marking(&mut s, &mut done);
+        }
         match t.kind {
             TaskKind::Gemm => {
-                builder.flush(&mut s);
-                s.kernels
-                    .push(Kernel::Gemm(gemm_of(g, t.node, &buf_of, buf_of[&t.node])));
+                let gm = gemm_of(g, t.node, &buf_of, buf_of[&t.node]);
+                done[gm.c.buf] = true;
+                s.kernels.push(Kernel::Gemm(gm));
             }
             TaskKind::Store(buf) => {
                 let dims = g.ty(t.node).shape.clone();
@@ -676,6 +712,47 @@ impl LoopBuilder<'_> {
         if let Some(c) = self.cur.take() {
             s.kernels.push(Kernel::Loop(c.k));
         }
+    }
+
+    /// Ends the current kernel; what it wrote becomes readable.
+    fn flush_marking(&mut self, s: &mut Schedule, done: &mut [bool]) {
+        if let Some(c) = &self.cur {
+            for &b in &c.k.written {
+                done[b] = true;
+            }
+        }
+        self.flush(s);
+    }
+
+    /// Whether `t` can be added to the current loop kernel now: a loop task over the same
+    /// iteration space whose loads are all written by finished kernels, or stored by this one
+    /// at the same index.
+    fn joins(&self, t: &Task, done: &[bool]) -> bool {
+        let g = self.g;
+        let Some(c) = &self.cur else {
+            return false;
+        };
+        let (node, dims, compute) = match t.kind {
+            TaskKind::Gemm => return false,
+            TaskKind::Store(_) => (t.node, &g.ty(t.node).shape, true),
+            TaskKind::Copy(_) => (t.node, &g.ty(t.node).shape, false),
+            TaskKind::Reduce(..) => {
+                let arg = g.args(t.node)[0];
+                (arg, &g.ty(arg).shape, false)
+            }
+        };
+        if c.k.dims != *dims {
+            return false;
+        }
+        let idx = root_index(dims.len());
+        let mut ok = true;
+        self.visit_loads(node, &idx, compute, &mut |buf, at| {
+            let here = c.stored.contains(&buf) && at == root_index(at.len()).as_slice();
+            if !(done[buf] || here) || c.reduced.contains(&buf) {
+                ok = false;
+            }
+        });
+        ok
     }
 
     /// Adds a store (`red` None) or a reduction of `node` over `dims`, joining the current
