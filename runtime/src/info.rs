@@ -51,4 +51,13 @@ impl FnInfo {
     pub fn kernel_count(&self) -> usize {
         self.plan.lines().filter(|l| l.starts_with('k')).count()
     }
+
+    /// Number of kernel launches per call on a GPU (a kernel of the plan may take more than
+    /// one: a two-pass reduction, a GEMM with a second product).
+    pub fn launch_count(&self) -> usize {
+        self.launches
+            .lines()
+            .filter(|l| l.starts_with("  tf_"))
+            .count()
+    }
 }
