@@ -13,4 +13,17 @@ export PTXAS
 cargo test --workspace
 # The seed's introduction runs end to end and prints what Theano printed.
 cargo run --quiet --example theano_intro >/dev/null
+
+# The CUDA backend (feature `cuda`) builds and runs here without a GPU: against a stub
+# libcuda.so.1 whose every function answers CUDA_ERROR_NO_DEVICE (scripts/cuda-stub.sh).
+# cust's build script finds it through CUDA_LIBRARY_PATH (at $stub/lib64); the test binaries
+# load it through LD_LIBRARY_PATH, see "no CUDA device" and skip what needs a GPU. (On a GPU
+# machine the same binaries load the driver's libcuda.so.1: scripts/package-gpu.sh.)
+stub="$(bash scripts/cuda-stub.sh .tools/cuda-stub)"
+with_stub() {
+    env -u TENSOR_FN_REQUIRE_GPU CUDA_LIBRARY_PATH="$stub" \
+        LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"
+}
+with_stub cargo test -p tensor-fn-runtime --features cuda
+with_stub cargo test --features cuda --test gpu
 echo "scripts/test.sh: all checks passed"

@@ -193,7 +193,13 @@ fn products_match() {
             close("x p^T", dev, &flat(&cpu.2), &flat(&r.2), 1e-11);
             close("x^T p", dev, &flat(&cpu.3), &flat(&r.3), 1e-11);
             close("vv", dev, &[cpu.4], &[r.4], 1e-11);
-            close("gemm epilogue chain", dev, &flat(&cpu.5), &flat(&r.5), 1e-11);
+            close(
+                "gemm epilogue chain",
+                dev,
+                &flat(&cpu.5),
+                &flat(&r.5),
+                1e-11,
+            );
         }
     }
 }
@@ -216,8 +222,20 @@ fn training_steps_and_simultaneous_updates_match() {
             assert_eq!(g.device().expect("one device"), dev);
             let p = g.p.get_value().expect("download p");
             let q = g.q.get_value().expect("download q");
-            close("p after 3 steps", dev, &flat(&cpu.p.get_value().unwrap()), &flat(&p), 1e-10);
-            close("q after 3 steps", dev, &flat(&cpu.q.get_value().unwrap()), &flat(&q), 1e-10);
+            close(
+                "p after 3 steps",
+                dev,
+                &flat(&cpu.p.get_value().unwrap()),
+                &flat(&p),
+                1e-10,
+            );
+            close(
+                "q after 3 steps",
+                dev,
+                &flat(&cpu.q.get_value().unwrap()),
+                &flat(&q),
+                1e-10,
+            );
         }
     }
 }
@@ -273,11 +291,23 @@ fn the_seed_autoencoder_trains_alike_with_the_dataset_on_the_device() {
         close("f32 costs", dev, &cpu_costs, &costs, 1e-5);
         let w = g.w.get_value().expect("download w");
         let wc = cpu.w.get_value().unwrap();
-        close("f32 W", dev, &flat(&wc.mapv(f64::from)), &flat(&w.mapv(f64::from)), 1e-5);
+        close(
+            "f32 W",
+            dev,
+            &flat(&wc.mapv(f64::from)),
+            &flat(&w.mapv(f64::from)),
+            1e-5,
+        );
         // The features and reconstructions of host data agree too.
         let x = data.slice(ndarray::s![..batch, ..]);
         let (hc, hg) = (cpu.hidden(x).unwrap(), g.hidden(x).expect("gpu hidden"));
-        close("hidden", dev, &flat(&hc.mapv(f64::from)), &flat(&hg.mapv(f64::from)), 1e-5);
+        close(
+            "hidden",
+            dev,
+            &flat(&hc.mapv(f64::from)),
+            &flat(&hg.mapv(f64::from)),
+            1e-5,
+        );
     }
 }
 
@@ -293,7 +323,10 @@ fn repeated_calls_replay_one_recorded_graph() {
     }
     let after = tensor_fn::gpu::vm::stats();
     // Other tests share the interpreter device, so only lower bounds are exact here.
-    assert!(after.replays >= before.replays + 4, "{before:?} -> {after:?}");
+    assert!(
+        after.replays >= before.replays + 4,
+        "{before:?} -> {after:?}"
+    );
 }
 
 #[test]
@@ -321,7 +354,10 @@ fn device_values_are_not_borrowed_and_mixed_devices_are_errors() {
     set.to_device(Device::PtxVm).unwrap();
     let cpu = ops(n, m);
     let e = cpu.unary(set.rows(0..n).unwrap()).unwrap_err().to_string();
-    assert_eq!(e, "`unary`: argument `x` is on ptx-vm, but the function runs on cpu");
+    assert_eq!(
+        e,
+        "`unary`: argument `x` is on ptx-vm, but the function runs on cpu"
+    );
     // Row ranges are checked.
     assert_eq!(
         set.rows(3..9).unwrap_err().to_string(),
@@ -343,7 +379,11 @@ fn shared_values_round_trip_through_a_device() {
     let copy = s.try_clone().unwrap();
     s.set_value(Array2::zeros((3, 4))).unwrap();
     assert_eq!(s.get_value().unwrap(), Array2::<f64>::zeros((3, 4)));
-    assert_eq!(copy.get_value().unwrap(), v, "a clone is its own device buffer");
+    assert_eq!(
+        copy.get_value().unwrap(),
+        v,
+        "a clone is its own device buffer"
+    );
     assert!(s.set_value(Array2::zeros((4, 3))).is_err());
     s.to_device(Device::Cpu).unwrap();
     assert_eq!(s.value().unwrap(), Array2::<f64>::zeros((3, 4)));

@@ -361,8 +361,12 @@ fn model_arg_ty(t: &TypeAst) -> TokenStream {
     let s = rs::scalar_ty(t.dtype);
     match t.dims.len() {
         0 => s,
-        1 => quote!(impl ::core::convert::Into<::tensor_fn::Arg<'static, #s, ::tensor_fn::__private::ndarray::Ix1>>),
-        _ => quote!(impl ::core::convert::Into<::tensor_fn::Arg<'static, #s, ::tensor_fn::__private::ndarray::Ix2>>),
+        1 => {
+            quote!(impl ::core::convert::Into<::tensor_fn::Arg<'__tf, #s, ::tensor_fn::__private::ndarray::Ix1>>)
+        }
+        _ => {
+            quote!(impl ::core::convert::Into<::tensor_fn::Arg<'__tf, #s, ::tensor_fn::__private::ndarray::Ix2>>)
+        }
     }
 }
 
@@ -457,7 +461,7 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 methods.push(quote! {
                     #(#docs)*
                     #[allow(unused_variables)]
-                    #mvis fn #mname(#recv, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                    #mvis fn #mname<'__tf>(#recv, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
                         ::core::unreachable!("tensor_fn! could not compile this method")
                     }
                 });
