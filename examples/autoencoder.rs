@@ -163,21 +163,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // On a GPU the parameters and the whole training set live in device memory; a step
     // reads its minibatch as a row range of the set (Theano's givens), and its cost is read
     // back once per epoch for all steps together.
-    let train_set = if device.is_gpu() {
-        let info = Autoencoder::TRAIN_INFO;
-        eprintln!(
+    let train_set =
+        if device.is_gpu() {
+            let info = Autoencoder::TRAIN_INFO;
+            eprintln!(
             "training step: {} kernel launches and {} parameter copies, replayed as one graph; \
              one copy in (the minibatch rows) and one out (the cost)",
             info.launch_count(),
             info.plan.lines().filter(|l| l.starts_with("update")).count(),
         );
-        model.to_device(device)?;
-        let mut set = Shared::new("train", train.to_owned());
-        set.to_device(device)?;
-        Some(set)
-    } else {
-        None
-    };
+            model.to_device(device)?;
+            let mut set = Shared::new("train", train.to_owned());
+            set.to_device(device)?;
+            Some(set)
+        } else {
+            None
+        };
 
     let steps = train.nrows() / args.batch;
     let mut seconds = Vec::new();

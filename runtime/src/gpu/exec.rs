@@ -407,7 +407,10 @@ pub fn run(
     if st.arena.is_none() || st.dims != call.dims {
         layout(plan, st, device, call.dims)?;
     }
-    let arena = st.arena.as_ref().expect("laid out above");
+    let arena = st
+        .arena
+        .as_ref()
+        .ok_or_else(|| internal(plan, "no workspace".into()))?;
 
     // Every buffer's device address, its length checked against the plan.
     let mut ptrs: Vec<DevPtr> = Vec::with_capacity(plan.bufs.len());
@@ -467,7 +470,7 @@ pub fn run(
             )?);
         }
         let grid = l.grid.map(|s| s.eval(call.dims));
-        if grid.iter().any(|&g| g == 0)
+        if grid.contains(&0)
             || grid[0] > MAX_DIM as u64
             || grid[1] > 65535
             || grid[2] > 65535
@@ -578,7 +581,9 @@ pub fn run(
                             Some(s) => s,
                             None => {
                                 let r = Arc::new(Ring::new(device, elem)?);
-                                let i = r.take().expect("a fresh ring has slots");
+                                let i = r
+                                    .take()
+                                    .ok_or_else(|| internal(plan, "empty ring".into()))?;
                                 st.ring = Some(r.clone());
                                 (r, i)
                             }

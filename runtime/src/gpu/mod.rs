@@ -3,7 +3,7 @@
 //! `tensor_fn!` emits, next to each function's PTX module, a launch plan as `const` data
 //! ([`plan::GpuPlan`]): which buffers the function needs, and for every kernel of its schedule
 //! the launches with each parameter bound to a buffer, a dim or a scalar. The executor
-//! ([`exec`]) walks that plan on a [`Backend`]: CUDA through `cust` (feature `cuda`), or the
+//! ([`run`]) walks that plan on a [`Backend`]: CUDA through `cust` (feature `cuda`), or the
 //! PTX interpreter ([`vm`]), which runs the same plans on the host for tests.
 
 mod backend;
