@@ -326,6 +326,8 @@ struct FnState {
     buf_offs: Vec<usize>,
     scratch_offs: Vec<usize>,
     graphs: Vec<(Vec<u64>, GraphId)>,
+    /// A capture failed once: this function launches without graphs.
+    no_graphs: bool,
     ring: Option<Arc<Ring>>,
 }
 
@@ -398,6 +400,7 @@ pub fn run(
                 buf_offs: Vec::new(),
                 scratch_offs: Vec::new(),
                 graphs: Vec::new(),
+                no_graphs: false,
                 ring: None,
             });
             states.len() - 1
@@ -524,14 +527,23 @@ pub fn run(
         }
         Ok(())
     };
-    if graphs_enabled() {
+    if graphs_enabled() && !st.no_graphs {
         let key = graph_key(call, &ptrs);
         let found = st.graphs.iter().find(|(k, _)| *k == key).map(|(_, g)| *g);
         let graph = match found {
             Some(g) => Some(g),
             None => {
                 let mut record = enqueue;
-                let g = backend.capture(&mut record)?;
+                // A capture the driver refuses (an old driver, a capture-unsafe call) falls
+                // back to plain launches for this function from then on; a real failure of
+                // the work itself shows again when it runs unrecorded below.
+                let g = match backend.capture(&mut record) {
+                    Ok(g) => g,
+                    Err(_) => {
+                        st.no_graphs = true;
+                        None
+                    }
+                };
                 if let Some(g) = g {
                     if st.graphs.len() >= MAX_GRAPHS {
                         let (_, old) = st.graphs.remove(0);
