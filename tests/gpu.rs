@@ -104,6 +104,10 @@ tensor_fn! {
             )
         }
 
+        fn scalars(&self, s: f64) -> (f64, f64) {
+            (s * 2, s)
+        }
+
         fn step(&mut self, x: f64[n, m], lr: f64) -> f64 {
             let h = tanh(dot(x, p.T));
             let cost = sum(h * h) / 2 + sum(softplus(dot(h, p) - x) * q) + sum(q * q);
@@ -309,6 +313,14 @@ fn the_seed_autoencoder_trains_alike_with_the_dataset_on_the_device() {
             1e-5,
         );
     }
+}
+
+#[test]
+fn a_method_of_scalars_only_runs_on_a_device() {
+    let mut g = ops(5, 7);
+    g.to_device(Device::PtxVm).expect("to device");
+    assert_eq!(g.scalars(1.5).expect("gpu"), (3.0, 1.5));
+    assert_eq!(g.scalars_lazy(2.5).expect("queued").get().expect("read"), (5.0, 2.5));
 }
 
 #[test]
