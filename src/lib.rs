@@ -33,6 +33,7 @@ pub mod prelude {
 pub mod __private {
     pub use ndarray;
     pub use tensor_fn_runtime::cpu::{
-        array2, contiguous, gemm, gemm_pair, has_avx512, Compiled, Real,
+        array2, contiguous, gemm, gemm_pair, has_avx512, loop_chunks, run_chunks, Compiled,
+        Disjoint, Real,
     };
 }

@@ -320,7 +320,10 @@ fn a_method_of_scalars_only_runs_on_a_device() {
     let mut g = ops(5, 7);
     g.to_device(Device::PtxVm).expect("to device");
     assert_eq!(g.scalars(1.5).expect("gpu"), (3.0, 1.5));
-    assert_eq!(g.scalars_lazy(2.5).expect("queued").get().expect("read"), (5.0, 2.5));
+    assert_eq!(
+        g.scalars_lazy(2.5).expect("queued").get().expect("read"),
+        (5.0, 2.5)
+    );
 }
 
 #[test]

@@ -9,9 +9,13 @@ use ndarray::{Array2, ArrayBase, Data, Dimension};
 
 use crate::{Error, FnInfo};
 
+mod chunks;
 pub mod math;
 mod pool;
 mod sgemm;
+
+pub use chunks::{loop_chunks, Disjoint};
+pub use pool::run_chunks;
 
 /// A compiled function of the closure form: call it like a function, read its `info`.
 ///
