@@ -507,7 +507,62 @@ pub fn schedule(f: &Function) -> Schedule {
             s.kernels.push(Kernel::Gemm(gm));
         }
     }
+    if !f.options.nan_guard {
+        drop_dead_stores(&mut s);
+    }
     s
+}
+
+/// Removes stores into workspace buffers that nothing reads: after fusion, a value that its own
+/// kernel consumes from a register needs no copy in memory. (`#[nan_guard]` keeps them: it
+/// checks every stored value.)
+fn drop_dead_stores(s: &mut Schedule) {
+    let mut read = vec![false; s.bufs.len()];
+    for k in &s.kernels {
+        match k {
+            Kernel::Loop(l) => {
+                for i in &l.instrs {
+                    if let Instr::Load { buf, .. } = i {
+                        read[*buf] = true;
+                    }
+                }
+            }
+            Kernel::Gemm(m) => {
+                for v in [&m.a, &m.b, &m.c] {
+                    read[v.buf] = true;
+                }
+                if let Some((a2, b2, _, _)) = m.also.as_deref() {
+                    read[a2.buf] = true;
+                    read[b2.buf] = true;
+                }
+            }
+        }
+    }
+    for &(_, b) in &s.commits {
+        read[b] = true;
+    }
+    for o in &s.outputs {
+        if let OutSrc::Buf(b) = *o {
+            read[b] = true;
+        }
+    }
+    let dead = |b: BufId| s.bufs[b].kind == BufKind::Work && !read[b];
+    let dead: Vec<bool> = (0..s.bufs.len()).map(dead).collect();
+    for k in &mut s.kernels {
+        if let Kernel::Loop(l) = k {
+            let stored: Vec<BufId> = l.stores.iter().map(|(_, b)| *b).collect();
+            l.stores.retain(|(_, b)| !dead[*b]);
+            let keep: Vec<bool> = l
+                .written
+                .iter()
+                .map(|b| !(dead[*b] && stored.contains(b)))
+                .collect();
+            let mut it = keep.iter();
+            l.nodes.retain(|_| *it.next().unwrap_or(&true));
+            let mut it = keep.iter();
+            l.written.retain(|_| *it.next().unwrap_or(&true));
+        }
+    }
 }
 
 impl Schedule {
