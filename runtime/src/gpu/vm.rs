@@ -33,8 +33,10 @@ enum Op {
 struct State {
     mem: Memory,
     modules: Vec<(String, Vec<Kernel>)>,
-    /// While capturing: the operations recorded instead of run.
-    recording: Option<Vec<Op>>,
+    /// While capturing: the capturing thread and the operations it recorded instead of
+    /// running them. Other threads' operations run as usual meanwhile (a CUDA capture must
+    /// not swallow them either).
+    recording: Option<(std::thread::ThreadId, Vec<Op>)>,
     graphs: Vec<Option<Vec<Op>>>,
     /// Operations run (launches and copies), for tests.
     launches: u64,
@@ -126,11 +128,11 @@ fn exec(s: &mut State, op: &Op) -> Result<(), Error> {
 
 fn submit(s: &mut State, op: Op) -> Result<(), Error> {
     match &mut s.recording {
-        Some(r) => {
+        Some((t, r)) if *t == std::thread::current().id() => {
             r.push(op);
             Ok(())
         }
-        None => exec(s, &op),
+        _ => exec(s, &op),
     }
 }
 
@@ -202,16 +204,25 @@ impl Backend for VmBackend {
         &self,
         record: &mut dyn FnMut() -> Result<(), Error>,
     ) -> Result<Option<GraphId>, Error> {
-        {
+        // One capture at a time: another thread's waits until it ended (as on CUDA).
+        loop {
             let mut s = self.lock();
-            if s.recording.is_some() {
-                return Err(gpu_err("capture", "already capturing"));
+            match &s.recording {
+                Some((t, _)) if *t == std::thread::current().id() => {
+                    return Err(gpu_err("capture", "capture inside a capture"));
+                }
+                Some(_) => {}
+                None => {
+                    s.recording = Some((std::thread::current().id(), Vec::new()));
+                    break;
+                }
             }
-            s.recording = Some(Vec::new());
+            drop(s);
+            std::thread::yield_now();
         }
         let r = record();
         let mut s = self.lock();
-        let ops = s.recording.take().unwrap_or_default();
+        let ops = s.recording.take().map(|(_, ops)| ops).unwrap_or_default();
         r?;
         s.graphs.push(Some(ops));
         Ok(Some(GraphId(s.graphs.len() - 1)))
