@@ -98,6 +98,9 @@ pub trait Real:
     fn ln_1p(self) -> Self;
     fn sigmoid(self) -> Self;
     fn softplus(self) -> Self;
+    /// `(sigmoid(x), softplus(x))` from one exponential: a loss with the stabilized
+    /// cross-entropy needs both of the same pre-activation.
+    fn sigmoid_softplus(self) -> (Self, Self);
     fn relu(self) -> Self;
     fn sign(self) -> Self;
     fn step(self) -> Self;
@@ -170,6 +173,24 @@ macro_rules! real_impl {
                     self
                 } else {
                     r
+                }
+            }
+            #[inline(always)]
+            fn sigmoid_softplus(self) -> (Self, Self) {
+                // e = e^-|x| in (0, 1], u = 1 + e:
+                //   sigmoid(x)  = 1 / u (x >= 0) or e / u (x < 0),
+                //   softplus(x) = max(x, 0) + log1p(e), log1p(e) = ln(u) + (e - (u - 1)) / u.
+                // One exponential, one logarithm and one division for both.
+                let e = $exp(-self.abs());
+                let u = 1.0 + e;
+                let r = 1.0 / u;
+                let s = if self >= 0.0 { r } else { e * r };
+                let m = if self > 0.0 { self } else { 0.0 };
+                let sp = m + ($ln(u) + (e - (u - 1.0)) * r);
+                if self.is_nan() {
+                    (self, self)
+                } else {
+                    (s, sp)
                 }
             }
             #[inline(always)]
@@ -418,4 +439,50 @@ pub fn gemm<T: Real>(
     }
     T::gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Real;
+
+    /// Error in units of f32 epsilon relative to `b`, counting differences below f32's
+    /// smallest normal number as nothing (results that underflow in f32).
+    fn rel(a: f64, b: f64) -> f64 {
+        let d = (a - b).abs();
+        if a == b || d < f32::MIN_POSITIVE as f64 {
+            0.0
+        } else {
+            d / b.abs() / f32::EPSILON as f64
+        }
+    }
+
+    #[test]
+    fn sigmoid_softplus_matches_the_separate_functions() {
+        let mut worst = (0.0f64, 0.0f64);
+        let n = 200_000;
+        for i in 0..=n {
+            let x = -110.0 + 220.0 * i as f64 / n as f64;
+            let (s, sp) = (x as f32).sigmoid_softplus();
+            // References in f64 at the f32 input.
+            let xf = x as f32 as f64;
+            let s_ref = 1.0 / (1.0 + (-xf).exp());
+            let sp_ref = xf.max(0.0) + (-xf.abs()).exp().ln_1p();
+            worst.0 = worst.0.max(rel(s as f64, s_ref));
+            worst.1 = worst.1.max(rel(sp as f64, sp_ref));
+            // f64 against f64's own separate functions.
+            let (s64, sp64) = xf.sigmoid_softplus();
+            assert!((s64 - xf.sigmoid()).abs() <= 4.0 * f64::EPSILON * s64.abs().max(1e-300));
+            assert!((sp64 - xf.softplus()).abs() <= 4.0 * f64::EPSILON * sp64.abs().max(1e-300));
+        }
+        assert!(worst.0 <= 4.0 && worst.1 <= 4.0, "worst (sigmoid, softplus): {worst:?} eps");
+        for (x, s, sp) in [
+            (f32::INFINITY, 1.0, f32::INFINITY),
+            (f32::NEG_INFINITY, 0.0, 0.0),
+            (0.0, 0.5, std::f32::consts::LN_2),
+        ] {
+            assert_eq!(x.sigmoid_softplus(), (s, sp), "at {x}");
+        }
+        let (s, sp) = f32::NAN.sigmoid_softplus();
+        assert!(s.is_nan() && sp.is_nan());
+    }
 }

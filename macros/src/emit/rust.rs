@@ -11,7 +11,7 @@ use quote::{format_ident, quote};
 
 use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, Ret, Unary, VarKind};
 use crate::schedule::{
-    BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule,
+    BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule, ValId,
 };
 
 /// How the function is declared around its body.
@@ -636,6 +636,25 @@ fn levels(l: &LoopKernel) -> Vec<u8> {
     lv
 }
 
+/// (sigmoid, softplus) instruction pairs of one value: emitted as one call that shares the
+/// exponential.
+fn sigmoid_softplus_pairs(l: &LoopKernel) -> Vec<(ValId, ValId)> {
+    let mut out = Vec::new();
+    for (si, ins) in l.instrs.iter().enumerate() {
+        let Instr::Unary(Unary::Sigmoid, a) = ins else {
+            continue;
+        };
+        let twin = l
+            .instrs
+            .iter()
+            .position(|x| *x == Instr::Unary(Unary::Softplus, *a));
+        if let Some(pi) = twin {
+            out.push((si, pi));
+        }
+    }
+    out
+}
+
 fn ix_expr(i: Ix) -> TokenStream {
     match i {
         Ix::Outer => quote!(__i),
@@ -984,6 +1003,7 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
         .last()
         .map(|d| dim_expr(g, *d))
         .unwrap_or(quote!(1usize));
+    let pairs = sigmoid_softplus_pairs(l);
     let mut pre = [Vec::new(), Vec::new(), Vec::new()];
     let mut row_slices = [Vec::new(), Vec::new(), Vec::new()];
     for (vi, ins) in l.instrs.iter().enumerate() {
@@ -1039,6 +1059,22 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
             Instr::Binary(b, x, y) => {
                 binary_expr(*b, format_ident!("__v{}", x), format_ident!("__v{}", y))
             }
+        };
+        let e = match pairs.iter().find(|(s, p)| *s == vi || *p == vi) {
+            // The first of a sigmoid/softplus pair of one value computes both.
+            Some(&(sv, pv)) if vi == sv.min(pv) => {
+                let (sid, pid) = (format_ident!("__v{}", sv), format_ident!("__v{}", pv));
+                let Instr::Unary(_, a) = l.instrs[vi] else {
+                    unreachable!("pairs are unary instructions")
+                };
+                let a = format_ident!("__v{}", a);
+                pre[lv[vi] as usize].push(quote! {
+                    let (#sid, #pid): (#t, #t) = ::tensor_fn::__private::Real::sigmoid_softplus(#a);
+                });
+                continue;
+            }
+            Some(_) => continue,
+            None => e,
         };
         pre[lv[vi] as usize].push(quote!(let #v: #t = #e;));
     }
