@@ -1,5 +1,5 @@
 //! Prints the catalog as one PTX module (for reading, or for feeding to ptxas by hand):
-//!   cargo run -p tensor-fn-kernels --example dump_ptx > all.ptx
+//!   cargo run -p tensor-fn-kernels --example dump_catalog > all.ptx
 use tensor_fn_kernels::catalog;
 
 fn main() {
