@@ -342,6 +342,26 @@ fn repeated_calls_replay_one_recorded_graph() {
         after.replays >= before.replays + 4,
         "{before:?} -> {after:?}"
     );
+
+    // A scalar argument is part of what a graph recorded: changing the learning rate records
+    // another, and going back replays the first; every step still matches the CPU.
+    let mut cpu = ops(n, m);
+    for _ in 0..4 {
+        cpu.step(x.view(), 0.05).unwrap();
+    }
+    for lr in [0.05, 0.01, 0.01, 0.05, 0.02] {
+        let want = cpu.step(x.view(), lr).unwrap();
+        let got = g.step(x.view(), lr).expect("step");
+        close("cost", Device::PtxVm, &[want], &[got], 1e-10);
+    }
+    let p = g.p.get_value().unwrap();
+    close(
+        "p",
+        Device::PtxVm,
+        &flat(&cpu.p.get_value().unwrap()),
+        &flat(&p),
+        1e-10,
+    );
 }
 
 #[test]

@@ -385,7 +385,6 @@ pub fn run(
     mode: Mode,
 ) -> Result<Vec<PendingOut>, Error> {
     let backend = backend(device)?;
-    check_dims(plan, call)?;
     let elem = plan.dtype.bytes();
     let mut states = cache.states.lock().unwrap_or_else(|p| p.into_inner());
     let idx = match states.iter().position(|s| s.device == device) {
@@ -408,6 +407,8 @@ pub fn run(
     };
     let st = &mut states[idx];
     if st.arena.is_none() || st.dims != call.dims {
+        // Sizes depend on the dims only: checked once per change of dims.
+        check_dims(plan, call)?;
         layout(plan, st, device, call.dims)?;
     }
     let arena = st
@@ -457,6 +458,47 @@ pub fn run(
         ptrs.push(p);
     }
 
+    let mut commits = Vec::with_capacity(plan.commits.len());
+    for &(v, b) in plan.commits {
+        let bytes = plan.bufs[b as usize].len.eval(call.dims) as usize * elem;
+        let dst = plan
+            .bufs
+            .iter()
+            .position(|x| x.src == BufSrc::Param(v))
+            .map(|i| ptrs[i])
+            .or_else(|| {
+                call.params
+                    .iter()
+                    .find(|(id, _, _)| *id == v)
+                    .map(|(_, _, pb)| pb.ptr())
+            })
+            .ok_or_else(|| internal(plan, format!("update of var {v} has no storage")))?;
+        if let Some((_, name, pb)) = call.params.iter().find(|(id, _, _)| *id == v) {
+            if pb.bytes() < bytes || pb.device() != device {
+                return Err(internal(plan, format!("update of `{name}`: bad storage")));
+            }
+        }
+        commits.push((dst, ptrs[b as usize], bytes));
+    }
+
+    // A call like one recorded before replays its graph: nothing else to prepare.
+    let nothing = plan.launches.is_empty() && plan.commits.is_empty();
+    let graphs_on = !nothing && graphs_enabled() && !st.no_graphs;
+    if graphs_on {
+        let found = st
+            .graphs
+            .iter()
+            .find(|(k, _)| key_is(k, call, &ptrs))
+            .map(|(_, g)| *g);
+        if let Some(g) = found {
+            // SAFETY: the graph was recorded with exactly these pointers, dims and scalars
+            // (its key), and every allocation it touches is alive: the workspace is kept
+            // while its graphs exist, parameters are borrowed by this call.
+            unsafe { backend.replay(g)? };
+            return outputs(plan, call, device, mode, arena, &st.buf_offs, &mut st.ring);
+        }
+    }
+
     // Kernel arguments and grids, all checked before anything is enqueued.
     let mut launches = Vec::with_capacity(plan.launches.len());
     for l in plan.launches {
@@ -484,29 +526,6 @@ pub fn run(
         }
         launches.push((l, grid.map(|g| g as u32), args));
     }
-    let mut commits = Vec::with_capacity(plan.commits.len());
-    for &(v, b) in plan.commits {
-        let bytes = plan.bufs[b as usize].len.eval(call.dims) as usize * elem;
-        let dst = plan
-            .bufs
-            .iter()
-            .position(|x| x.src == BufSrc::Param(v))
-            .map(|i| ptrs[i])
-            .or_else(|| {
-                call.params
-                    .iter()
-                    .find(|(id, _, _)| *id == v)
-                    .map(|(_, _, pb)| pb.ptr())
-            })
-            .ok_or_else(|| internal(plan, format!("update of var {v} has no storage")))?;
-        if let Some((_, name, pb)) = call.params.iter().find(|(id, _, _)| *id == v) {
-            if pb.bytes() < bytes || pb.device() != device {
-                return Err(internal(plan, format!("update of `{name}`: bad storage")));
-            }
-        }
-        commits.push((dst, ptrs[b as usize], bytes));
-    }
-
     let module = st.module;
     let enqueue = || -> Result<(), Error> {
         for (l, grid, args) in &launches {
@@ -523,46 +542,49 @@ pub fn run(
         }
         Ok(())
     };
-    if launches.is_empty() && commits.is_empty() {
-        // Nothing to enqueue (a method that only returns its scalar arguments).
-    } else if graphs_enabled() && !st.no_graphs {
-        let key = graph_key(call, &ptrs);
-        let found = st.graphs.iter().find(|(k, _)| *k == key).map(|(_, g)| *g);
-        let graph = match found {
-            Some(g) => Some(g),
-            None => {
-                let mut record = enqueue;
-                // A capture the driver refuses (an old driver, a capture-unsafe call) falls
-                // back to plain launches for this function from then on; a real failure of
-                // the work itself shows again when it runs unrecorded below.
-                let g = match backend.capture(&mut record) {
-                    Ok(g) => g,
-                    Err(_) => {
-                        st.no_graphs = true;
-                        None
-                    }
-                };
-                if let Some(g) = g {
-                    if st.graphs.len() >= MAX_GRAPHS {
-                        let (_, old) = st.graphs.remove(0);
-                        backend.drop_graph(old);
-                    }
-                    st.graphs.push((key, g));
-                }
-                g
+    if graphs_on {
+        let mut record = enqueue;
+        // A capture the driver refuses (an old driver, a capture-unsafe call) falls back to
+        // plain launches for this function from then on; a real failure of the work itself
+        // shows again when it runs unrecorded below.
+        let g = match backend.capture(&mut record) {
+            Ok(g) => g,
+            Err(_) => {
+                st.no_graphs = true;
+                None
             }
         };
-        match graph {
-            // SAFETY: the graph was recorded with exactly these pointers (they are part of
-            // its key), and every allocation it touches is alive: the workspace is kept
-            // while its graphs exist, parameters are borrowed by this call.
-            Some(g) => unsafe { backend.replay(g)? },
+        match g {
+            Some(g) => {
+                if st.graphs.len() >= MAX_GRAPHS {
+                    let (_, old) = st.graphs.remove(0);
+                    backend.drop_graph(old);
+                }
+                st.graphs.push((graph_key(call, &ptrs), g));
+                // SAFETY: just recorded with these pointers; every allocation it touches is
+                // alive (the workspace, and the parameters this call borrows).
+                unsafe { backend.replay(g)? };
+            }
             None => enqueue()?,
         }
-    } else {
+    } else if !nothing {
         enqueue()?;
     }
+    outputs(plan, call, device, mode, arena, &st.buf_offs, &mut st.ring)
+}
 
+/// The outputs of a call whose work is enqueued: copied to the host ([`Mode::Wait`]) or to
+/// device buffers read later (scalars into slots of the function's ring).
+fn outputs(
+    plan: &GpuPlan,
+    call: &Call<'_>,
+    device: Device,
+    mode: Mode,
+    arena: &GpuBuf,
+    buf_offs: &[usize],
+    ring_slot: &mut Option<Arc<Ring>>,
+) -> Result<Vec<PendingOut>, Error> {
+    let elem = plan.dtype.bytes();
     // Outputs.
     let mut outs = Vec::with_capacity(plan.outputs.len());
     for o in plan.outputs {
@@ -574,7 +596,7 @@ pub fn run(
                     BufSrc::Param(_) => {
                         return Err(internal(plan, "a parameter as an output".into()))
                     }
-                    _ => st.buf_offs[b as usize],
+                    _ => buf_offs[b as usize],
                 };
                 match mode {
                     Mode::Wait => {
@@ -583,8 +605,7 @@ pub fn run(
                         outs.push(PendingOut::Host(host));
                     }
                     Mode::Lazy if bytes == elem => {
-                        let slot = st
-                            .ring
+                        let slot = ring_slot
                             .as_ref()
                             .and_then(|r| r.take().map(|i| (r.clone(), i)));
                         let (ring, i) = match slot {
@@ -594,7 +615,7 @@ pub fn run(
                                 let i = r
                                     .take()
                                     .ok_or_else(|| internal(plan, "empty ring".into()))?;
-                                st.ring = Some(r.clone());
+                                *ring_slot = Some(r.clone());
                                 (r, i)
                             }
                         };
@@ -786,6 +807,24 @@ fn arg(
         return Err(internal(plan, format!("parameter {ty:?} bound to {a:?}")));
     }
     Ok(a)
+}
+
+/// Whether `key` is [`graph_key`] of this call, without building it.
+fn key_is(key: &[u64], call: &Call<'_>, ptrs: &[DevPtr]) -> bool {
+    let n = call.dims.len() + 2 * call.scalars.len() + ptrs.len();
+    key.len() == n
+        && call
+            .dims
+            .iter()
+            .map(|&d| d as u64)
+            .chain(
+                call.scalars
+                    .iter()
+                    .flat_map(|(v, x)| [*v as u64, x.to_bits()]),
+            )
+            .chain(ptrs.iter().copied())
+            .zip(key)
+            .all(|(a, b)| a == *b)
 }
 
 /// What a recorded graph depends on besides the workspace: the dims, the scalar arguments
