@@ -12,8 +12,10 @@
 #   peers/          the PyTorch peer of the benchmark (torch_ae.py, common.py, write_init.py)
 #   build-info.txt  commit, toolchain, date
 # Everything is built in release (debug line tables kept, compressed, for backtraces) with
-# `--features cuda` against the stub libcuda of scripts/cuda-stub.sh: the binaries need the
-# driver's libcuda.so.1 at run time and nothing else beyond glibc (checked below with readelf).
+# `--features cuda` against the stub libcuda of scripts/cuda-stub.sh (cust's build script needs
+# one to find). The binaries load the driver's libcuda.so.1 at run time with dlopen, so they do
+# not link it: they need nothing beyond glibc to start, and report "no CUDA driver" where it is
+# missing (checked below with readelf).
 # PEERS_DIR: where the peers live (default ../shared/bench from the workspace root).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -67,12 +69,17 @@ cp "$peers/torch_ae.py" "$peers/common.py" "$peers/write_init.py" "$outdir/peers
 cp scripts/gpu-run.sh "$outdir/run.sh"
 chmod +x "$outdir/run.sh" "$outdir/bin/"*
 
-# The binaries may need only the driver and glibc's own libraries: no libcuda.so (unversioned,
-# which only a CUDA toolkit has), no CUDA runtime, nothing from this machine.
-allowed='libcuda.so.1|libc.so.6|libm.so.6|libgcc_s.so.1|ld-linux-x86-64.so.2|libpthread.so.0|libdl.so.2|librt.so.1'
+# The binaries may need only glibc's own libraries: not the driver (runtime/src/gpu/cuda.rs
+# dlopens libcuda.so.1; a NEEDED one would stop them from starting without it), no CUDA
+# runtime, nothing from this machine.
+allowed='libc.so.6|libm.so.6|libgcc_s.so.1|ld-linux-x86-64.so.2|libpthread.so.0|libdl.so.2|librt.so.1'
 for b in "$outdir"/bin/*; do
     needed="$(readelf -d "$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
     for lib in $needed; do
+        if [[ "$lib" == libcuda.so* ]]; then
+            echo "package-gpu.sh: $(basename "$b") links $lib; the driver must be loaded at run time (dlopen), so that the binary starts without it" >&2
+            exit 1
+        fi
         if ! grep -qxE "$allowed" <<<"$lib"; then
             echo "package-gpu.sh: $(basename "$b") needs $lib, which the GPU machine may lack" >&2
             exit 1

@@ -25,5 +25,9 @@ with_stub() {
         LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"
 }
 with_stub cargo test -p tensor-fn-runtime --features cuda
+# The same unit tests with no libcuda.so.1 on the library path: the binary must still start (it
+# loads the driver with dlopen, it does not link it) and report "no CUDA driver".
+env -u TENSOR_FN_REQUIRE_GPU -u LD_LIBRARY_PATH CUDA_LIBRARY_PATH="$stub" \
+    cargo test -p tensor-fn-runtime --features cuda --lib
 with_stub cargo test --features cuda --test gpu
 echo "scripts/test.sh: all checks passed"

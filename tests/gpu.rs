@@ -431,7 +431,9 @@ fn cuda_is_a_clear_error_without_a_gpu() {
         Err(e) => {
             let e = e.to_string();
             assert!(
-                e.contains("without the `cuda` feature") || e.contains("no CUDA device"),
+                e.contains("without the `cuda` feature")
+                    || e.contains("no CUDA device")
+                    || e.contains("no CUDA driver"),
                 "{e}"
             );
         }

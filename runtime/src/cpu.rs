@@ -474,7 +474,10 @@ mod tests {
             assert!((s64 - xf.sigmoid()).abs() <= 4.0 * f64::EPSILON * s64.abs().max(1e-300));
             assert!((sp64 - xf.softplus()).abs() <= 4.0 * f64::EPSILON * sp64.abs().max(1e-300));
         }
-        assert!(worst.0 <= 4.0 && worst.1 <= 4.0, "worst (sigmoid, softplus): {worst:?} eps");
+        assert!(
+            worst.0 <= 4.0 && worst.1 <= 4.0,
+            "worst (sigmoid, softplus): {worst:?} eps"
+        );
         for (x, s, sp) in [
             (f32::INFINITY, 1.0, f32::INFINITY),
             (f32::NEG_INFINITY, 0.0, 0.0),

@@ -11,8 +11,17 @@
 //! and a newer driver returns codes it lacks (CUDA 13 drivers have dozens more), which would
 //! be undefined behaviour to receive as that enum. Here a status is a plain `c_int`. The
 //! symbols are the driver's ABI names (`cuMemAlloc_v2`, ...), all present since CUDA 11.4 and
-//! kept by every later driver; `cust` still provides the link to `libcuda.so.1` (its build
-//! script finds CUDA or the stub of `scripts/cuda-stub.sh`).
+//! kept by every later driver.
+//!
+//! The driver is loaded at run time, not linked: the first [`open`] `dlopen`s `libcuda.so.1`
+//! and resolves every function into a [`Driver`] table, once per process. So a `cuda` binary
+//! does not need the driver to start (it has no `NEEDED libcuda.so.1`; `scripts/package-gpu.sh`
+//! checks that), and where there is none, opening a device is
+//! `Error::DeviceUnavailable("no CUDA driver: libcuda.so.1 could not be loaded (...)")` with
+//! the loader's reason. Building still needs a libcuda for cust's build script to find (CUDA,
+//! or the stub of `scripts/cuda-stub.sh`); the `-lcuda` it adds links nothing, as no symbol of
+//! ours or of the parts of cust we use refers to the driver, and the linker drops it
+//! (`--as-needed`).
 //!
 //! Stream capture: while a thread records a graph, no other thread's work may reach the stream
 //! (it would end up in the graph), so every stream operation passes the [`Gate`], a lock that
@@ -22,7 +31,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::fmt;
 use std::ptr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, ThreadId};
 
 use cust::sys::{
@@ -49,8 +58,49 @@ const MIN_DRIVER_VERSION: c_int = 11080;
 /// Bytes of the buffer the PTX JIT compiler writes its error log into.
 const JIT_LOG_BYTES: usize = 16 * 1024;
 
-#[link(name = "cuda")]
-extern "C" {
+/// The file name of the driver library: the SONAME every NVIDIA driver installs (and the stub
+/// of `scripts/cuda-stub.sh` has).
+const LIBCUDA: &str = "libcuda.so.1";
+
+/// Declares [`Driver`], the table of driver entry points, from their C prototypes: one field
+/// per function, named and typed as the driver's ABI has it, and [`Driver::resolve`], which
+/// looks each one up by that name.
+macro_rules! driver_api {
+    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> Status;)*) => {
+        /// The driver functions we call, resolved once from `libcuda.so.1` at run time
+        /// ([`driver`]). A field is called as `(driver.cuInit)(0)`.
+        #[allow(non_snake_case)]
+        struct Driver {
+            $($name: unsafe extern "C" fn($($arg: $ty),*) -> Status,)*
+        }
+
+        impl Driver {
+            /// Every entry point of the library `lib` (a live handle from `dlopen`), or the
+            /// `dlerror` text of the first one it lacks.
+            fn resolve(lib: *mut c_void) -> Result<Driver, String> {
+                Ok(Driver {
+                    $($name: {
+                        let address = symbol(lib, concat!(stringify!($name), "\0"))?;
+                        // SAFETY: `address` is the driver function the field is named after
+                        // (looked up by that ABI name), and the field's type is its C signature
+                        // in the driver's ABI (`cuda.h`, where the `_v2` names are the variants
+                        // with 64-bit sizes), so calling through it is a plain C call. A data
+                        // pointer and a function pointer have the same size on every target the
+                        // driver exists for.
+                        unsafe {
+                            std::mem::transmute::<
+                                *mut c_void,
+                                unsafe extern "C" fn($($arg: $ty),*) -> Status,
+                            >(address)
+                        }
+                    },)*
+                })
+            }
+        }
+    };
+}
+
+driver_api! {
     fn cuGetErrorName(error: Status, name: *mut *const c_char) -> Status;
     fn cuGetErrorString(error: Status, text: *mut *const c_char) -> Status;
     fn cuInit(flags: c_uint) -> Status;
@@ -99,7 +149,6 @@ extern "C" {
         module: CUmodule,
         name: *const c_char,
     ) -> Status;
-    #[allow(clippy::too_many_arguments)]
     fn cuLaunchKernel(
         function: CUfunction,
         grid_x: c_uint,
@@ -121,6 +170,78 @@ extern "C" {
     fn cuGraphDestroy(graph: CUgraph) -> Status;
 }
 
+impl Driver {
+    /// Loads the driver library `library` and resolves every entry point. `Err` is the message
+    /// of the [`Error::DeviceUnavailable`] that [`driver`] returns:
+    /// `no CUDA driver: libcuda.so.1 could not be loaded (<dlerror text>)`.
+    fn load(library: &str) -> Result<Driver, String> {
+        let fail = |why: String| format!("no CUDA driver: {library} could not be loaded ({why})");
+        let name = CString::new(library).map_err(|_| fail("the name has a NUL byte".into()))?;
+        // SAFETY: `name` is NUL-terminated and outlives the call. Loading runs the library's
+        // initialisers, which using the driver requires anyway. RTLD_LOCAL keeps its symbols
+        // out of the global namespace; a CUDA runtime in the process (PyTorch's) dlopens the
+        // same library and shares the loaded copy.
+        let lib = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if lib.is_null() {
+            return Err(fail(dl_error()));
+        }
+        // On success the handle is never closed: the table's pointers point into the library
+        // for the rest of the process.
+        Driver::resolve(lib).map_err(|why| {
+            // SAFETY: `lib` came from dlopen above and nothing resolved from it is kept.
+            unsafe { libc::dlclose(lib) };
+            fail(why)
+        })
+    }
+}
+
+/// The driver's entry points, loaded on first use; `Err` when there is no driver to load.
+fn driver() -> Result<&'static Driver, Error> {
+    static DRIVER: OnceLock<Result<Driver, String>> = OnceLock::new();
+    DRIVER
+        .get_or_init(|| Driver::load(LIBCUDA))
+        .as_ref()
+        .map_err(|message| Error::DeviceUnavailable(message.clone()))
+}
+
+/// The address of the symbol `name` (NUL-terminated) in the library `lib`, a live handle from
+/// `dlopen`; `Err` is the `dlerror` text.
+fn symbol(lib: *mut c_void, name: &str) -> Result<*mut c_void, String> {
+    debug_assert!(name.ends_with('\0'), "{name:?} is not NUL-terminated");
+    // SAFETY: `lib` is a live handle (the caller's contract) and `name` is NUL-terminated.
+    // dlerror is read first to clear an older failure, so the one after dlsym is dlsym's own.
+    let address = unsafe {
+        libc::dlerror();
+        libc::dlsym(lib, name.as_ptr().cast())
+    };
+    if address.is_null() {
+        let name = name.trim_end_matches('\0');
+        Err(dl_error_or(|| {
+            format!("symbol `{name}` has a null address")
+        }))
+    } else {
+        Ok(address)
+    }
+}
+
+/// The text of the last `dl*` failure on this thread.
+fn dl_error() -> String {
+    dl_error_or(|| "no reason given".into())
+}
+
+fn dl_error_or(otherwise: impl FnOnce() -> String) -> String {
+    // SAFETY: dlerror returns null or a NUL-terminated string that stays valid until the next
+    // dl* call on this thread; it is copied right here.
+    unsafe {
+        let text = libc::dlerror();
+        if text.is_null() {
+            otherwise()
+        } else {
+            CStr::from_ptr(text).to_string_lossy().into_owned()
+        }
+    }
+}
+
 /// Opens GPU `ordinal`: checks the driver, retains the device's primary context and creates
 /// the backend's stream.
 pub(crate) fn open(ordinal: u32) -> Result<Arc<dyn Backend>, Error> {
@@ -129,7 +250,7 @@ pub(crate) fn open(ordinal: u32) -> Result<Arc<dyn Backend>, Error> {
 
 /// `NAME: text` of a driver status, as `CUDA_ERROR_NO_DEVICE: no CUDA-capable device is
 /// detected`; `CUDA error N` for a code the driver cannot name.
-fn error_text(status: Status) -> String {
+fn error_text(driver: &Driver, status: Status) -> String {
     let lookup = |f: unsafe extern "C" fn(Status, *mut *const c_char) -> Status| {
         let mut text: *const c_char = ptr::null();
         // SAFETY: cuGetErrorName/cuGetErrorString write one pointer into `text`, a live local;
@@ -142,7 +263,10 @@ fn error_text(status: Status) -> String {
             }
         }
     };
-    match (lookup(cuGetErrorName), lookup(cuGetErrorString)) {
+    match (
+        lookup(driver.cuGetErrorName),
+        lookup(driver.cuGetErrorString),
+    ) {
         (Some(name), Some(text)) => format!("{name}: {text}"),
         (Some(name), None) => name,
         _ => format!("CUDA error {status}"),
@@ -155,8 +279,11 @@ fn version_text(version: c_int) -> String {
 }
 
 /// The error of a failed step of opening a device: the device is not usable.
-fn unavailable(device: &str, op: &str, status: Status) -> Error {
-    Error::DeviceUnavailable(format!("{device}: {op} failed: {}", error_text(status)))
+fn unavailable(driver: &Driver, device: &str, op: &str, status: Status) -> Error {
+    Error::DeviceUnavailable(format!(
+        "{device}: {op} failed: {}",
+        error_text(driver, status)
+    ))
 }
 
 /// A kernel parameter's value in an 8-byte slot: the driver reads as many bytes from the
@@ -240,6 +367,7 @@ struct State {
 
 /// One CUDA device: its primary context and our stream in it.
 pub(crate) struct CudaBackend {
+    driver: &'static Driver,
     /// `cuda:N`, for errors.
     name: String,
     /// `cuda:N (model, sm_XY, M GiB)`.
@@ -271,16 +399,18 @@ impl fmt::Debug for CudaBackend {
 
 impl CudaBackend {
     fn open(ordinal: u32) -> Result<CudaBackend, Error> {
-        let no_device =
-            |status| Error::DeviceUnavailable(format!("no CUDA device: {}", error_text(status)));
+        let driver = driver()?;
+        let no_device = |status| {
+            Error::DeviceUnavailable(format!("no CUDA device: {}", error_text(driver, status)))
+        };
         // SAFETY: cuInit takes a flags word (0 is the only valid value) and no pointers.
-        let status = unsafe { cuInit(0) };
+        let status = unsafe { (driver.cuInit)(0) };
         if status != CUDA_SUCCESS {
             return Err(no_device(status));
         }
         let mut version: c_int = 0;
         // SAFETY: writes one c_int into `version`, a live local.
-        let status = unsafe { cuDriverGetVersion(&mut version) };
+        let status = unsafe { (driver.cuDriverGetVersion)(&mut version) };
         if status != CUDA_SUCCESS {
             return Err(no_device(status));
         }
@@ -293,7 +423,7 @@ impl CudaBackend {
         }
         let mut count: c_int = 0;
         // SAFETY: writes one c_int into `count`, a live local.
-        let status = unsafe { cuDeviceGetCount(&mut count) };
+        let status = unsafe { (driver.cuDeviceGetCount)(&mut count) };
         if status != CUDA_SUCCESS {
             return Err(no_device(status));
         }
@@ -314,17 +444,18 @@ impl CudaBackend {
         }
 
         let name = format!("cuda:{ordinal}");
-        let fail = |op: &str, status| unavailable(&name, op, status);
+        let fail = |op: &str, status| unavailable(driver, &name, op, status);
         let mut device: CUdevice = 0;
         // SAFETY: writes one CUdevice into `device`; `ordinal < count` was checked above, so it
         // fits in a c_int.
-        let status = unsafe { cuDeviceGet(&mut device, ordinal as c_int) };
+        let status = unsafe { (driver.cuDeviceGet)(&mut device, ordinal as c_int) };
         if status != CUDA_SUCCESS {
             return Err(fail("cuDeviceGet", status));
         }
-        let description = describe_device(&name, device).map_err(|(op, s)| fail(op, s))?;
+        let description = describe_device(driver, &name, device).map_err(|(op, s)| fail(op, s))?;
 
         let mut backend = CudaBackend {
+            driver,
             name: name.clone(),
             description,
             device,
@@ -336,19 +467,19 @@ impl CudaBackend {
         // From here on, dropping `backend` releases whatever was made (see `Drop`).
         let mut ctx: CUcontext = ptr::null_mut();
         // SAFETY: writes one context handle into `ctx`; `device` came from cuDeviceGet.
-        let status = unsafe { cuDevicePrimaryCtxRetain(&mut ctx, device) };
+        let status = unsafe { (driver.cuDevicePrimaryCtxRetain)(&mut ctx, device) };
         if status != CUDA_SUCCESS {
             return Err(fail("cuDevicePrimaryCtxRetain", status));
         }
         backend.ctx = ctx;
         // SAFETY: `ctx` was just retained.
-        let status = unsafe { cuCtxSetCurrent(ctx) };
+        let status = unsafe { (driver.cuCtxSetCurrent)(ctx) };
         if status != CUDA_SUCCESS {
             return Err(fail("cuCtxSetCurrent", status));
         }
         let mut stream: CUstream = ptr::null_mut();
         // SAFETY: writes one stream handle into `stream`; the context is current (above).
-        let status = unsafe { cuStreamCreate(&mut stream, STREAM_NON_BLOCKING) };
+        let status = unsafe { (driver.cuStreamCreate)(&mut stream, STREAM_NON_BLOCKING) };
         if status != CUDA_SUCCESS {
             return Err(fail("cuStreamCreate", status));
         }
@@ -359,7 +490,7 @@ impl CudaBackend {
     /// Makes our context current on the calling thread (every driver call needs it).
     fn make_current(&self) -> Result<(), Error> {
         // SAFETY: `ctx` is the primary context retained in `open` and released only in `drop`.
-        let status = unsafe { cuCtxSetCurrent(self.ctx) };
+        let status = unsafe { (self.driver.cuCtxSetCurrent)(self.ctx) };
         self.check(status, || "cuCtxSetCurrent".into())
     }
 
@@ -369,7 +500,7 @@ impl CudaBackend {
         if status == CUDA_SUCCESS {
             Ok(())
         } else {
-            Err(self.gpu_error(op(), error_text(status)))
+            Err(self.gpu_error(op(), error_text(self.driver, status)))
         }
     }
 
@@ -384,7 +515,7 @@ impl CudaBackend {
     /// Waits for the stream (the gate must be held and the context current).
     fn wait(&self, after: &str) -> Result<(), Error> {
         // SAFETY: `stream` was created in `open` and lives until `drop`.
-        let status = unsafe { cuStreamSynchronize(self.stream) };
+        let status = unsafe { (self.driver.cuStreamSynchronize)(self.stream) };
         self.check(status, || format!("cuStreamSynchronize ({after})"))
     }
 
@@ -409,7 +540,7 @@ impl CudaBackend {
         let mut f: CUfunction = ptr::null_mut();
         // SAFETY: `m.raw` is a module loaded into our context (current: callers enter it
         // first); `cname` is NUL-terminated and outlives the call; one handle is written to `f`.
-        let status = unsafe { cuModuleGetFunction(&mut f, m.raw, cname.as_ptr()) };
+        let status = unsafe { (self.driver.cuModuleGetFunction)(&mut f, m.raw, cname.as_ptr()) };
         self.check(status, || format!("cuModuleGetFunction {name}"))?;
         m.functions.insert(name.to_owned(), f);
         Ok(f)
@@ -428,10 +559,15 @@ fn entry_names(ptx: &str) -> impl Iterator<Item = &str> {
 }
 
 /// `cuda:N (model, sm_XY, M GiB)`, or the failing driver call.
-fn describe_device(name: &str, device: CUdevice) -> Result<String, (&'static str, Status)> {
+fn describe_device(
+    driver: &Driver,
+    name: &str,
+    device: CUdevice,
+) -> Result<String, (&'static str, Status)> {
     let mut model = [0 as c_char; 256];
     // SAFETY: the driver writes at most `model.len()` bytes, NUL-terminated, into `model`.
-    let status = unsafe { cuDeviceGetName(model.as_mut_ptr(), model.len() as c_int, device) };
+    let status =
+        unsafe { (driver.cuDeviceGetName)(model.as_mut_ptr(), model.len() as c_int, device) };
     if status != CUDA_SUCCESS {
         return Err(("cuDeviceGetName", status));
     }
@@ -442,7 +578,7 @@ fn describe_device(name: &str, device: CUdevice) -> Result<String, (&'static str
     let attribute = |attr| {
         let mut value: c_int = 0;
         // SAFETY: writes one c_int into `value`, a live local.
-        let status = unsafe { cuDeviceGetAttribute(&mut value, attr, device) };
+        let status = unsafe { (driver.cuDeviceGetAttribute)(&mut value, attr, device) };
         if status == CUDA_SUCCESS {
             Ok(value)
         } else {
@@ -453,7 +589,7 @@ fn describe_device(name: &str, device: CUdevice) -> Result<String, (&'static str
     let minor = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
     let mut bytes: usize = 0;
     // SAFETY: writes one usize into `bytes`, a live local.
-    let status = unsafe { cuDeviceTotalMem_v2(&mut bytes, device) };
+    let status = unsafe { (driver.cuDeviceTotalMem_v2)(&mut bytes, device) };
     if status != CUDA_SUCCESS {
         return Err(("cuDeviceTotalMem", status));
     }
@@ -473,21 +609,21 @@ impl Drop for CudaBackend {
         // used by no one else (we are being dropped), and each is destroyed once. Waiting for
         // the stream first means no queued work still uses them.
         unsafe {
-            if cuCtxSetCurrent(self.ctx) == CUDA_SUCCESS {
+            if (self.driver.cuCtxSetCurrent)(self.ctx) == CUDA_SUCCESS {
                 if !self.stream.is_null() {
-                    cuStreamSynchronize(self.stream);
+                    (self.driver.cuStreamSynchronize)(self.stream);
                 }
                 for (_, exec) in state.graphs {
-                    cuGraphExecDestroy(exec);
+                    (self.driver.cuGraphExecDestroy)(exec);
                 }
                 for module in state.modules {
-                    cuModuleUnload(module.raw);
+                    (self.driver.cuModuleUnload)(module.raw);
                 }
                 if !self.stream.is_null() {
-                    cuStreamDestroy_v2(self.stream);
+                    (self.driver.cuStreamDestroy_v2)(self.stream);
                 }
             }
-            cuDevicePrimaryCtxRelease_v2(self.device);
+            (self.driver.cuDevicePrimaryCtxRelease_v2)(self.device);
         }
     }
 }
@@ -495,6 +631,7 @@ impl Drop for CudaBackend {
 /// Ends a stream capture that `record` left open (an early return or a panic), so the stream
 /// is usable again; `finish` ends it normally and hands out the graph.
 struct Capture {
+    driver: &'static Driver,
     stream: CUstream,
     open: bool,
 }
@@ -504,7 +641,7 @@ impl Capture {
         self.open = false;
         let mut graph: CUgraph = ptr::null_mut();
         // SAFETY: the stream is capturing (begun by `capture`); one handle is written to `graph`.
-        let status = unsafe { cuStreamEndCapture(self.stream, &mut graph) };
+        let status = unsafe { (self.driver.cuStreamEndCapture)(self.stream, &mut graph) };
         (status, graph)
     }
 }
@@ -515,9 +652,9 @@ impl Drop for Capture {
             let mut graph: CUgraph = ptr::null_mut();
             // SAFETY: as in `finish`; the partial graph, if any, is ours to destroy, once.
             unsafe {
-                cuStreamEndCapture(self.stream, &mut graph);
+                (self.driver.cuStreamEndCapture)(self.stream, &mut graph);
                 if !graph.is_null() {
-                    cuGraphDestroy(graph);
+                    (self.driver.cuGraphDestroy)(graph);
                 }
             }
         }
@@ -535,14 +672,17 @@ impl Backend for CudaBackend {
         let mut ptr: CUdeviceptr = 0;
         // SAFETY: writes one device address into `ptr`, a live local. cuMemAlloc rejects 0
         // bytes, so an empty buffer gets 1 byte (its address must still be unique to free).
-        let status = unsafe { cuMemAlloc_v2(&mut ptr, bytes.max(1)) };
+        let status = unsafe { (self.driver.cuMemAlloc_v2)(&mut ptr, bytes.max(1)) };
         match status {
             CUDA_SUCCESS => Ok(ptr),
             CUDA_ERROR_OUT_OF_MEMORY => Err(Error::OutOfMemory {
                 device: self.name.clone(),
                 bytes,
             }),
-            _ => Err(self.gpu_error(format!("cuMemAlloc {bytes} bytes"), error_text(status))),
+            _ => Err(self.gpu_error(
+                format!("cuMemAlloc {bytes} bytes"),
+                error_text(self.driver, status),
+            )),
         }
     }
 
@@ -551,7 +691,7 @@ impl Backend for CudaBackend {
         if self.make_current().is_ok() {
             // SAFETY: the caller guarantees `ptr` came from our `alloc`, is freed once and no
             // queued work uses it. A failure (e.g. a sticky error) leaves nothing to undo.
-            unsafe { cuMemFree_v2(ptr) };
+            unsafe { (self.driver.cuMemFree_v2)(ptr) };
         }
     }
 
@@ -564,8 +704,9 @@ impl Backend for CudaBackend {
         // SAFETY: the caller guarantees `dst .. dst + src.len()` lies in one live allocation;
         // `src` is a live slice of `src.len()` bytes, and we wait for the stream below before
         // returning, so the driver no longer reads `src` once the caller may reuse it.
-        let status =
-            unsafe { cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), self.stream) };
+        let status = unsafe {
+            (self.driver.cuMemcpyHtoDAsync_v2)(dst, src.as_ptr().cast(), src.len(), self.stream)
+        };
         self.check(status, || format!("cuMemcpyHtoDAsync {} bytes", src.len()))?;
         self.wait("after an upload")
     }
@@ -578,7 +719,12 @@ impl Backend for CudaBackend {
             // allocation; `dst` is a live, exclusively borrowed slice of `dst.len()` bytes, and
             // we wait for the stream below, so the driver is done writing it when we return.
             let status = unsafe {
-                cuMemcpyDtoHAsync_v2(dst.as_mut_ptr().cast(), src, dst.len(), self.stream)
+                (self.driver.cuMemcpyDtoHAsync_v2)(
+                    dst.as_mut_ptr().cast(),
+                    src,
+                    dst.len(),
+                    self.stream,
+                )
             };
             self.check(status, || format!("cuMemcpyDtoHAsync {} bytes", dst.len()))?;
         }
@@ -593,7 +739,7 @@ impl Backend for CudaBackend {
         self.make_current()?;
         // SAFETY: the caller guarantees both ranges lie in live allocations and do not overlap;
         // the copy is device-to-device, so no host memory is involved.
-        let status = unsafe { cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream) };
+        let status = unsafe { (self.driver.cuMemcpyDtoDAsync_v2)(dst, src, bytes, self.stream) };
         self.check(status, || format!("cuMemcpyDtoDAsync {bytes} bytes"))
     }
 
@@ -625,7 +771,7 @@ impl Backend for CudaBackend {
         // hold 2 entries each, as announced; the log buffer has the announced size and lives
         // across the call; one module handle is written to `module`.
         let status = unsafe {
-            cuModuleLoadDataEx(
+            (self.driver.cuModuleLoadDataEx)(
                 &mut module,
                 image.as_ptr().cast(),
                 options.len() as c_uint,
@@ -636,7 +782,7 @@ impl Backend for CudaBackend {
         if status != CUDA_SUCCESS {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             let log = String::from_utf8_lossy(&log[..end]);
-            let mut message = error_text(status);
+            let mut message = error_text(self.driver, status);
             if !log.trim().is_empty() {
                 message = format!("{message}; JIT log:\n{}", log.trim_end());
             }
@@ -680,7 +826,7 @@ impl Backend for CudaBackend {
         // guarantees the arguments match the kernel's parameters and that every pointer, over
         // the kernel's index range at this grid, lies inside live allocations.
         let status = unsafe {
-            cuLaunchKernel(
+            (self.driver.cuLaunchKernel)(
                 function,
                 grid[0],
                 grid[1],
@@ -716,13 +862,14 @@ impl Backend for CudaBackend {
         // allocation inside `record` is fine; a stream wait still fails, and so ends it).
         // SAFETY: `stream` is ours and not capturing (the gate keeps captures apart).
         let status = unsafe {
-            cuStreamBeginCapture_v2(
+            (self.driver.cuStreamBeginCapture_v2)(
                 self.stream,
                 CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED,
             )
         };
         self.check(status, || "cuStreamBeginCapture".into())?;
         let capture = Capture {
+            driver: self.driver,
             stream: self.stream,
             open: true,
         };
@@ -731,7 +878,7 @@ impl Backend for CudaBackend {
         let destroy = |graph: CUgraph| {
             if !graph.is_null() {
                 // SAFETY: `graph` came from cuStreamEndCapture and is destroyed once, here.
-                unsafe { cuGraphDestroy(graph) };
+                unsafe { (self.driver.cuGraphDestroy)(graph) };
             }
         };
         if let Err(e) = recorded {
@@ -744,7 +891,7 @@ impl Backend for CudaBackend {
         }
         let mut exec: CUgraphExec = ptr::null_mut();
         // SAFETY: `graph` is the valid graph just captured; one handle is written to `exec`.
-        let status = unsafe { cuGraphInstantiateWithFlags(&mut exec, graph, 0) };
+        let status = unsafe { (self.driver.cuGraphInstantiateWithFlags)(&mut exec, graph, 0) };
         // The executable graph is independent of the graph it was made from.
         destroy(graph);
         self.check(status, || "cuGraphInstantiate".into())?;
@@ -767,7 +914,7 @@ impl Backend for CudaBackend {
         // SAFETY: `exec` was instantiated in our context and is not destroyed while the gate
         // is held (drop_graph takes it too); the caller guarantees every allocation the
         // graph's work touches is still live.
-        let status = unsafe { cuGraphLaunch(exec, self.stream) };
+        let status = unsafe { (self.driver.cuGraphLaunch)(exec, self.stream) };
         self.check(status, || "cuGraphLaunch".into())
     }
 
@@ -779,7 +926,7 @@ impl Backend for CudaBackend {
         if self.make_current().is_ok() {
             // SAFETY: `exec` was removed from the table, so it is destroyed once; the driver
             // frees a graph still running when it completes.
-            unsafe { cuGraphExecDestroy(exec) };
+            unsafe { (self.driver.cuGraphExecDestroy)(exec) };
         }
     }
 }
@@ -889,8 +1036,9 @@ DONE:
 
     #[test]
     fn cuda0_is_a_device_or_a_clear_error() {
-        // On the stub libcuda (scripts/test.sh) this is the "no CUDA device" path; on a GPU
-        // machine the description. Either way: no panic, the right error variant.
+        // On the stub libcuda (scripts/test.sh) this is the "no CUDA device" path, without any
+        // libcuda.so.1 the "no CUDA driver" one; on a GPU machine the description. Either way:
+        // no panic, the right error variant.
         match Device::cuda(0) {
             Ok(d) => {
                 let b = crate::gpu::backend(d).unwrap();
@@ -902,7 +1050,9 @@ DONE:
             }
             Err(Error::DeviceUnavailable(m)) => {
                 assert!(
-                    m.starts_with("no CUDA device: ") || m.starts_with("CUDA driver too old"),
+                    m.starts_with("no CUDA device: ")
+                        || m.starts_with("no CUDA driver: libcuda.so.1 could not be loaded (")
+                        || m.starts_with("CUDA driver too old"),
                     "{m}"
                 );
                 let shown = Error::DeviceUnavailable(m.clone()).to_string();
@@ -921,11 +1071,14 @@ DONE:
     fn a_missing_ordinal_is_a_clear_error() {
         match Device::cuda(4096) {
             Err(Error::DeviceUnavailable(m)) => {
+                let no_driver = m.starts_with("no CUDA driver: ");
                 assert!(
-                    m.starts_with("no CUDA device") || m.starts_with("CUDA driver too old"),
+                    m.starts_with("no CUDA device")
+                        || no_driver
+                        || m.starts_with("CUDA driver too old"),
                     "{m}"
                 );
-                if !m.contains("CUDA_ERROR") && !m.contains("too old") {
+                if !m.contains("CUDA_ERROR") && !m.contains("too old") && !no_driver {
                     // A driver that answered names the devices it has.
                     assert!(m.contains("`cuda:4096`") && m.contains("reports"), "{m}");
                 }
@@ -936,14 +1089,54 @@ DONE:
 
     #[test]
     fn driver_errors_are_named_by_the_driver() {
+        // Needs a libcuda.so.1 (the stub will do), not a GPU.
+        let driver = match driver() {
+            Ok(driver) => driver,
+            Err(e) => {
+                require_or_skip(Err(e));
+                return;
+            }
+        };
         // The stub and every real driver name CUDA_ERROR_NO_DEVICE the same way.
         assert_eq!(
-            error_text(100),
+            error_text(driver, 100),
             "CUDA_ERROR_NO_DEVICE: no CUDA-capable device is detected"
         );
-        assert_eq!(error_text(2), "CUDA_ERROR_OUT_OF_MEMORY: out of memory");
+        assert_eq!(
+            error_text(driver, 2),
+            "CUDA_ERROR_OUT_OF_MEMORY: out of memory"
+        );
         // A code no driver knows: the driver refuses to name it; we still say something.
-        assert_eq!(error_text(123_456), "CUDA error 123456");
+        assert_eq!(error_text(driver, 123_456), "CUDA error 123456");
+    }
+
+    #[test]
+    fn a_missing_driver_library_is_a_clear_error() {
+        // What `open` says on a machine without the NVIDIA driver, whatever this one has.
+        let library = "libtensor-fn-no-such-driver.so.1";
+        let Err(m) = Driver::load(library) else {
+            panic!("{library} loaded");
+        };
+        let reason = m
+            .strip_prefix("no CUDA driver: libtensor-fn-no-such-driver.so.1 could not be loaded (")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{m}"));
+        // The loader's own words (glibc: "NAME: cannot open shared object file: ...").
+        assert!(reason.contains(library), "{m}");
+    }
+
+    #[test]
+    #[cfg(target_env = "gnu")]
+    fn a_library_without_the_driver_functions_is_a_clear_error() {
+        // glibc's libc.so.6 loads, but has none of the driver's functions.
+        let Err(m) = Driver::load("libc.so.6") else {
+            panic!("libc.so.6 passed for a CUDA driver");
+        };
+        assert!(
+            m.starts_with("no CUDA driver: libc.so.6 could not be loaded (")
+                && m.ends_with("undefined symbol: cuGetErrorName)"),
+            "{m}"
+        );
     }
 
     #[test]
