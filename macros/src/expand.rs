@@ -81,14 +81,13 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
                 continue;
             }
         };
-        let gpu_plan =
-            match crate::emit::gpu::plan(&f, &schedule, &ptx.programs, &ptx.module, dtype) {
-                Ok(p) => p,
-                Err(e) => {
-                    internal(&mut diags, &f, "emit-gpu-plan", Err(e))?;
-                    continue;
-                }
-            };
+        let gpu_plan = match crate::emit::gpu::plan(&f, &schedule, &ptx.programs, dtype) {
+            Ok(p) => p,
+            Err(e) => {
+                internal(&mut diags, &f, "emit-gpu-plan", Err(e))?;
+                continue;
+            }
+        };
         let mut rewrites = simplify::report_text(&s1);
         rewrites.push_str(&simplify::report_text(&s2));
         let grads = f
@@ -413,10 +412,12 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                     d.push(quote!(#[doc = ""]));
                 }
                 d.extend(doc_tokens(c));
+                let cname = format_ident!("{}_INFO", meth.name.to_string().to_uppercase());
                 let gpu = crate::emit::gpu::call(
                     &c.f,
                     &c.schedule,
                     c.gpu_plan.clone(),
+                    quote!(#name::#cname.ptx),
                     &rs::scalar_ty(c.dtype),
                 );
                 methods.push(rs::emit_fn(
@@ -432,7 +433,6 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                     &d,
                 ));
                 let info = info_tokens(c);
-                let cname = format_ident!("{}_INFO", meth.name.to_string().to_uppercase());
                 let cdoc = format!(" What `tensor_fn!` knows about `{}`.", meth.name);
                 methods.push(quote!(#[doc = #cdoc] pub const #cname: ::tensor_fn::FnInfo = #info;));
             }

@@ -15,19 +15,19 @@ use crate::schedule::{BufKind, Instr, Kernel, OutSrc, Scale, Schedule};
 
 fn size(s: &k::Size) -> TokenStream {
     match s {
-        k::Size::Const(c) => quote!(::tensor_fn::gpu::plan::Size::Const(#c)),
-        k::Size::Dim(d) => quote!(::tensor_fn::gpu::plan::Size::Dim(#d)),
+        k::Size::Const(c) => quote!(__gp::Size::Const(#c)),
+        k::Size::Dim(d) => quote!(__gp::Size::Dim(#d)),
         k::Size::Mul(a, b) => {
             let (a, b) = (size(a), size(b));
-            quote!(::tensor_fn::gpu::plan::Size::Mul(&#a, &#b))
+            quote!(__gp::Size::Mul(&#a, &#b))
         }
         k::Size::CeilDiv(a, d) => {
             let a = size(a);
-            quote!(::tensor_fn::gpu::plan::Size::CeilDiv(&#a, #d))
+            quote!(__gp::Size::CeilDiv(&#a, #d))
         }
         k::Size::Clamp(a, lo, hi) => {
             let a = size(a);
-            quote!(::tensor_fn::gpu::plan::Size::Clamp(&#a, #lo, #hi))
+            quote!(__gp::Size::Clamp(&#a, #lo, #hi))
         }
     }
 }
@@ -44,7 +44,7 @@ fn len(shape: &[Dim]) -> k::Size {
 }
 
 fn scalar(sign: f64, factors: &[TokenStream]) -> TokenStream {
-    quote!(::tensor_fn::gpu::plan::Bind::Scalar(#sign, &[#(#factors),*]))
+    quote!(__gp::Bind::Scalar(#sign, &[#(#factors),*]))
 }
 
 fn scale(s: &Scale) -> Result<TokenStream, String> {
@@ -52,13 +52,13 @@ fn scale(s: &Scale) -> Result<TokenStream, String> {
         .factors
         .iter()
         .map(|f| match f {
-            Instr::Arg(v) => Ok(quote!(::tensor_fn::gpu::plan::Factor::Arg(#v))),
-            Instr::Const(c) => Ok(quote!(::tensor_fn::gpu::plan::Factor::Const(#c))),
+            Instr::Arg(v) => Ok(quote!(__gp::Factor::Arg(#v))),
+            Instr::Const(c) => Ok(quote!(__gp::Factor::Const(#c))),
             Instr::DimSize(Dim::Static(n)) => {
                 let c = *n as f64;
-                Ok(quote!(::tensor_fn::gpu::plan::Factor::Const(#c)))
+                Ok(quote!(__gp::Factor::Const(#c)))
             }
-            Instr::DimSize(Dim::Sym(d)) => Ok(quote!(::tensor_fn::gpu::plan::Factor::Dim(#d))),
+            Instr::DimSize(Dim::Sym(d)) => Ok(quote!(__gp::Factor::Dim(#d))),
             other => Err(format!("GEMM scale factor {other:?}")),
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -95,16 +95,16 @@ fn launches(
             };
             let buf = |b: usize| {
                 let b = b as u32;
-                quote!(::tensor_fn::gpu::plan::Bind::Buf(#b))
+                quote!(__gp::Bind::Buf(#b))
             };
             let need = || format!("k{step} {}: {:?} outside a GEMM", m.name, prm.role);
             let bind = match prm.role {
                 k::Role::Buf(b) => buf(b),
-                k::Role::Dim(d) => quote!(::tensor_fn::gpu::plan::Bind::Dim(#d)),
-                k::Role::Arg(v) => quote!(::tensor_fn::gpu::plan::Bind::Arg(#v)),
+                k::Role::Dim(d) => quote!(__gp::Bind::Dim(#d)),
+                k::Role::Arg(v) => quote!(__gp::Bind::Arg(#v)),
                 k::Role::Scratch(i) => {
                     let i = (scratch0 + i) as u32;
-                    quote!(::tensor_fn::gpu::plan::Bind::Scratch(#i))
+                    quote!(__gp::Bind::Scratch(#i))
                 }
                 k::Role::GemmA => buf(gemm.ok_or_else(need)?.a),
                 k::Role::GemmB => buf(gemm.ok_or_else(need)?.b),
@@ -113,8 +113,8 @@ fn launches(
                 k::Role::Beta => scalar(gemm.ok_or_else(need)?.beta, &[]),
                 k::Role::GemmBias => return Err(format!("k{step}: a GEMM bias is not bound")),
             };
-            params.push(quote!(::tensor_fn::gpu::plan::Param {
-                ty: ::tensor_fn::gpu::plan::ParamTy::#ty,
+            params.push(quote!(__gp::Param {
+                ty: __gp::ParamTy::#ty,
                 bind: #bind,
             }));
         }
@@ -122,7 +122,7 @@ fn launches(
         let grid: Vec<TokenStream> = m.grid.iter().map(size).collect();
         let [bx, by, bz] = m.block;
         let step = step as u32;
-        out.push(quote!(::tensor_fn::gpu::plan::Launch {
+        out.push(quote!(__gp::Launch {
             step: #step,
             kernel: #name,
             grid: [#(#grid),*],
@@ -133,12 +133,14 @@ fn launches(
     Ok(out)
 }
 
-/// The `GpuPlan` of a scheduled function, as a constant expression.
+/// The `GpuPlan` of a scheduled function, as a constant expression. Its module text is read
+/// from the constant `__PTX` that [`call`] defines (and names its types through `__gp`, the
+/// runtime's `gpu::plan` module, which `call` imports) (the function's `FnInfo::ptx`), so the
+/// text is in the expansion once, not twice.
 pub fn plan(
     f: &Function,
     s: &Schedule,
     programs: &[k::Program],
-    ptx: &str,
     dt: DType,
 ) -> Result<TokenStream, String> {
     let g = &f.graph;
@@ -159,7 +161,7 @@ pub fn plan(
                 }
             };
             let l = size(&len(&b.ty.shape));
-            quote!(::tensor_fn::gpu::plan::Buf { src: ::tensor_fn::gpu::plan::BufSrc::#src, len: #l })
+            quote!(__gp::Buf { src: __gp::BufSrc::#src, len: #l })
         })
         .collect();
     let mut all = Vec::new();
@@ -222,9 +224,9 @@ pub fn plan(
         .map(|o| match *o {
             OutSrc::Buf(b) => {
                 let b = b as u32;
-                quote!(::tensor_fn::gpu::plan::Out::Buf(#b))
+                quote!(__gp::Out::Buf(#b))
             }
-            OutSrc::Arg(v) => quote!(::tensor_fn::gpu::plan::Out::Arg(#v)),
+            OutSrc::Arg(v) => quote!(__gp::Out::Arg(#v)),
         })
         .collect();
     let name = &f.name;
@@ -233,10 +235,10 @@ pub fn plan(
         DType::F64 => quote!(F64),
     };
     let dims = g.syms.len() as u32;
-    Ok(quote!(::tensor_fn::gpu::plan::GpuPlan {
+    Ok(quote!(__gp::GpuPlan {
         name: #name,
-        ptx: #ptx,
-        dtype: ::tensor_fn::gpu::plan::Dtype::#dtype,
+        ptx: __PTX,
+        dtype: __gp::Dtype::#dtype,
         dims: #dims,
         bufs: &[#(#bufs),*],
         scratch: &[#(#scratch),*],
@@ -278,8 +280,14 @@ fn dim_value(g: &Graph, bound: &[bool], d: Dim) -> TokenStream {
 
 /// The code of a method's GPU path: it runs the plan on `__dev` and returns a
 /// `Lazy` of the method's result. Expects the dim checks' `__d_*` bindings, the inputs as
-/// `Arg`s under their names, and `__mode`.
-pub fn call(f: &Function, s: &Schedule, plan: TokenStream, t: &TokenStream) -> TokenStream {
+/// `Arg`s under their names, and `__mode`; `ptx` is a constant expression of the module text.
+pub fn call(
+    f: &Function,
+    s: &Schedule,
+    plan: TokenStream,
+    ptx: TokenStream,
+    t: &TokenStream,
+) -> TokenStream {
     let g = &f.graph;
     let bound = bound_syms(f);
     let dims: Vec<TokenStream> = (0..g.syms.len())
@@ -347,7 +355,9 @@ pub fn call(f: &Function, s: &Schedule, plan: TokenStream, t: &TokenStream) -> T
         _ => quote!((#(#results),*)),
     };
     quote! {
-        static __PLAN: ::tensor_fn::gpu::plan::GpuPlan = #plan;
+        use ::tensor_fn::gpu::plan as __gp;
+        const __PTX: &str = #ptx;
+        static __PLAN: __gp::GpuPlan = #plan;
         static __CACHE: ::tensor_fn::gpu::FnCache = ::tensor_fn::gpu::FnCache::new();
         #(#staged)*
         let __outs = ::tensor_fn::gpu::run(
