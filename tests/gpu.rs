@@ -108,6 +108,10 @@ tensor_fn! {
             (s * 2, s)
         }
 
+        fn total(&self, s: f64) -> f64 {
+            sum(q) * s
+        }
+
         fn step(&mut self, x: f64[n, m], lr: f64) -> f64 {
             let h = tanh(dot(x, p.T));
             let cost = sum(h * h) / 2 + sum(softplus(dot(h, p) - x) * q) + sum(q * q);
@@ -324,6 +328,34 @@ fn a_method_of_scalars_only_runs_on_a_device() {
         g.scalars_lazy(2.5).expect("queued").get().expect("read"),
         (5.0, 2.5)
     );
+}
+
+#[test]
+fn queued_results_read_back_correctly_past_one_ring_of_slots() {
+    // Scalar results of queued calls share ring buffers of 4096 slots; more calls than that
+    // start a new ring while the values in the old one are still unread.
+    let cpu = ops(3, 4);
+    let mut g = ops(3, 4);
+    g.to_device(Device::PtxVm).expect("to device");
+    let calls = 4096 + 300;
+    let queued: Vec<_> = (0..calls)
+        .map(|i| g.total_lazy(i as f64 * 0.25).expect("queued"))
+        .collect();
+    // Read in reverse: the second ring first, then the first.
+    let mut got = vec![f64::NAN; calls];
+    for (i, q) in queued.into_iter().enumerate().rev() {
+        got[i] = q.get().expect("read");
+    }
+    let want: Vec<f64> = (0..calls)
+        .map(|i| cpu.total(i as f64 * 0.25).unwrap())
+        .collect();
+    close("queued sums", Device::PtxVm, &want, &got, 1e-12);
+
+    // Array outputs of a queued call come back the same as from a waiting one.
+    let x = mat(3, 4, 17);
+    let lazy = g.unary_lazy(x.view()).expect("queued").get().expect("read");
+    let now = g.unary(x.view()).expect("waited");
+    assert_eq!(lazy, now);
 }
 
 #[test]
