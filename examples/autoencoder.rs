@@ -103,7 +103,15 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let device = Device::parse(&args.device)?;
+    let device = if args.device == "best" {
+        let (d, why) = Device::best_with_reason();
+        if let Some(why) = why {
+            eprintln!("--device best: using the CPU ({why})");
+        }
+        d
+    } else {
+        Device::parse(&args.device)?
+    };
     if args.batch == 0 || args.hidden == 0 {
         return Err("--batch and --hidden must be at least 1".into());
     }
