@@ -30,4 +30,6 @@ with_stub cargo test -p tensor-fn-runtime --features cuda
 env -u TENSOR_FN_REQUIRE_GPU -u LD_LIBRARY_PATH CUDA_LIBRARY_PATH="$stub" \
     cargo test -p tensor-fn-runtime --features cuda --lib
 with_stub cargo test --features cuda --test gpu
+# Without graphs, device arguments are read in place instead of staged: the same tests again.
+TENSOR_FN_CUDA_GRAPHS=0 with_stub cargo test --features cuda --test gpu
 echo "scripts/test.sh: all checks passed"

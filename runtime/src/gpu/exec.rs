@@ -416,6 +416,9 @@ pub fn run(
         .as_ref()
         .ok_or_else(|| internal(plan, "no workspace".into()))?;
 
+    let nothing = plan.launches.is_empty() && plan.commits.is_empty();
+    let graphs_on = !nothing && graphs_enabled() && !st.no_graphs;
+
     // Every buffer's device address, its length checked against the plan.
     let mut ptrs: Vec<DevPtr> = Vec::with_capacity(plan.bufs.len());
     for (b, buf) in plan.bufs.iter().enumerate() {
@@ -450,8 +453,9 @@ pub fn run(
                     .iter()
                     .find(|(p, _, _)| *p == pos)
                     .ok_or_else(|| internal(plan, format!("input {pos} not passed")))?;
-                stage(plan, arena, off, name, data, bytes, device)?;
-                arena.ptr() + off as u64
+                stage(
+                    plan, arena, off, name, data, bytes, device, !graphs_on, call,
+                )?
             }
             BufSrc::Work | BufSrc::Output(_) => arena.ptr() + st.buf_offs[b] as u64,
         };
@@ -482,8 +486,6 @@ pub fn run(
     }
 
     // A call like one recorded before replays its graph: nothing else to prepare.
-    let nothing = plan.launches.is_empty() && plan.commits.is_empty();
-    let graphs_on = !nothing && graphs_enabled() && !st.no_graphs;
     if graphs_on {
         let found = st
             .graphs
@@ -529,10 +531,11 @@ pub fn run(
     let module = st.module;
     let enqueue = || -> Result<(), Error> {
         for (l, grid, args) in &launches {
-            // SAFETY: every argument was built from the plan: pointers are the staged
-            // workspace regions (sized for these dims by `layout`) and parameter buffers
-            // whose lengths were checked against the plan above; dims and scalars are
-            // values, and the grid was checked against the hardware's limits.
+            // SAFETY: every argument was built from the plan: pointers are workspace regions
+            // (sized for these dims by `layout`), parameter buffers whose lengths were checked
+            // against the plan above, and argument ranges checked to lie inside their buffers
+            // (`stage`); dims and scalars are values, and the grid was checked against the
+            // hardware's limits.
             unsafe { backend.launch(module, l.kernel, *grid, l.block, args)? };
         }
         for &(dst, src, bytes) in &commits {
@@ -698,7 +701,10 @@ fn layout(plan: &GpuPlan, st: &mut FnState, device: Device, dims: &[usize]) -> R
     Ok(())
 }
 
-/// Copies an array argument into its workspace region.
+/// Where the kernels read an array argument: its workspace region, after copying it there,
+/// or, with `direct` (no graph records the call), device memory in place: no copy at all, as
+/// long as the call does not also update that allocation as a parameter.
+#[allow(clippy::too_many_arguments)]
 fn stage(
     plan: &GpuPlan,
     arena: &GpuBuf,
@@ -707,7 +713,9 @@ fn stage(
     data: &ArgData<'_>,
     bytes: usize,
     device: Device,
-) -> Result<(), Error> {
+    direct: bool,
+    call: &Call<'_>,
+) -> Result<DevPtr, Error> {
     match *data {
         ArgData::Host(h) => {
             if h.len() != bytes {
@@ -716,7 +724,8 @@ fn stage(
                     format!("argument `{name}` has {} bytes, needs {bytes}", h.len()),
                 ));
             }
-            arena.upload(off, h)
+            arena.upload(off, h)?;
+            Ok(arena.ptr() + off as u64)
         }
         ArgData::Device {
             buf,
@@ -731,13 +740,21 @@ fn stage(
                     device: device.to_string(),
                 });
             }
-            if n != bytes {
+            if n != bytes || offset.checked_add(n).map_or(true, |end| end > buf.bytes()) {
                 return Err(internal(
                     plan,
-                    format!("argument `{name}` has {n} bytes, needs {bytes}"),
+                    format!(
+                        "argument `{name}`: bytes {offset}..+{n} of a {}-byte buffer, needs {bytes}",
+                        buf.bytes()
+                    ),
                 ));
             }
-            arena.copy_from(off, buf, offset, bytes)
+            let updated = call.params.iter().any(|(_, _, p)| p.ptr() == buf.ptr());
+            if direct && !updated {
+                return Ok(buf.ptr() + offset as u64);
+            }
+            arena.copy_from(off, buf, offset, bytes)?;
+            Ok(arena.ptr() + off as u64)
         }
     }
 }
