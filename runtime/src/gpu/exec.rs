@@ -740,7 +740,7 @@ fn stage(
                     device: device.to_string(),
                 });
             }
-            if n != bytes || offset.checked_add(n).map_or(true, |end| end > buf.bytes()) {
+            if n != bytes || !matches!(offset.checked_add(n), Some(end) if end <= buf.bytes()) {
                 return Err(internal(
                     plan,
                     format!(
