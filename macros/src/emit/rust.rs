@@ -636,6 +636,14 @@ fn levels(l: &LoopKernel) -> Vec<u8> {
     lv
 }
 
+/// The length of a loop kernel's inner loop (1 for a rank-0 kernel).
+fn inner_len_expr(g: &Graph, l: &LoopKernel) -> TokenStream {
+    l.dims
+        .last()
+        .map(|d| dim_expr(g, *d))
+        .unwrap_or(quote!(1usize))
+}
+
 /// (sigmoid, softplus) instruction pairs of one value: emitted as one call that shares the
 /// exponential.
 fn sigmoid_softplus_pairs(l: &LoopKernel) -> Vec<(ValId, ValId)> {
@@ -685,11 +693,7 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     let t = scalar_ty(dt);
     let body = loop_body(g, s, l, dt, ki);
     let rank = l.dims.len();
-    let inner_len = l
-        .dims
-        .last()
-        .map(|d| dim_expr(g, *d))
-        .unwrap_or(quote!(1usize));
+    let inner_len = inner_len_expr(g, l);
     // Everything the body names becomes a parameter: buffers, dims and scalar arguments.
     let mut reads: Vec<usize> = Vec::new();
     let mut writes: Vec<(usize, Part)> = Vec::new();
@@ -998,11 +1002,7 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     let t = scalar_ty(dt);
     let lv = levels(l);
     let rank = l.dims.len();
-    let inner_len = l
-        .dims
-        .last()
-        .map(|d| dim_expr(g, *d))
-        .unwrap_or(quote!(1usize));
+    let inner_len = inner_len_expr(g, l);
     let pairs = sigmoid_softplus_pairs(l);
     let mut pre = [Vec::new(), Vec::new(), Vec::new()];
     let mut row_slices = [Vec::new(), Vec::new(), Vec::new()];
