@@ -15,6 +15,7 @@
 //! - [`parse`]: reads PTX text printed by [`Module::to_ptx`] back into kernels, so that a
 //!   runtime holding only the text can run them on the interpreter.
 //! - [`catalog`]: every kind of kernel the crate emits, for validity tests with `ptxas`.
+//! - [`samples`]: small kernels for tests of GPU backends.
 //!
 //! Kernel names are content hashes, so generating twice gives identical bytes.
 //!
@@ -51,6 +52,7 @@ pub mod meta;
 pub mod parse;
 pub mod ptx;
 pub mod reduce;
+pub mod samples;
 pub mod vm;
 
 pub use gemm::{gemm, Activation, Bias, GemmSpec};
