@@ -11,7 +11,8 @@
 //! and a newer driver returns codes it lacks (CUDA 13 drivers have dozens more), which would
 //! be undefined behaviour to receive as that enum. Here a status is a plain `c_int`. The
 //! symbols are the driver's ABI names (`cuMemAlloc_v2`, ...), all present since CUDA 11.4 and
-//! kept by every later driver.
+//! kept by every later driver. Each declaration is still checked against cust_raw's binding at
+//! compile time (`declarations_match_cuda_h`): a wrong argument type or count does not build.
 //!
 //! The driver is loaded at run time, not linked: the first [`open`] `dlopen`s `libcuda.so.1`
 //! and resolves every function into a [`Driver`] table, once per process. So a `cuda` binary
@@ -31,6 +32,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::fmt;
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, ThreadId};
 
@@ -66,7 +68,7 @@ const LIBCUDA: &str = "libcuda.so.1";
 /// per function, named and typed as the driver's ABI has it, and [`Driver::resolve`], which
 /// looks each one up by that name.
 macro_rules! driver_api {
-    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> Status;)*) => {
+    ($(fn $name:ident($($arg:ident: $ty:ty $(as $cuda:ty)?),* $(,)?) -> Status;)*) => {
         /// The driver functions we call, resolved once from `libcuda.so.1` at run time
         /// ([`driver`]). A field is called as `(driver.cuInit)(0)`.
         #[allow(non_snake_case)]
@@ -97,12 +99,46 @@ macro_rules! driver_api {
                 })
             }
         }
+
+        /// Never called: each entry point's type, with the status as `CUresult`, must be the
+        /// type of its declaration in NVIDIA's `cuda.h` as cust_raw's bindings have it, so a
+        /// wrong argument type or count is a compile error here. Where we take a plain integer
+        /// for one of the bindings' enums (`as`), the two are checked to have one layout.
+        #[allow(dead_code)]
+        fn declarations_match_cuda_h() {
+            $(
+                let _: unsafe extern "C" fn($(declared!($ty $(, $cuda)?)),*) -> cust::sys::CUresult =
+                    cust::sys::$name;
+                $($(
+                    const _: () = assert!(
+                        std::mem::size_of::<$ty>() == std::mem::size_of::<$cuda>()
+                            && std::mem::align_of::<$ty>() == std::mem::align_of::<$cuda>()
+                    );
+                )?)*
+            )*
+        }
     };
 }
 
+/// An argument's type in the bindings: the first type, or the second where they differ.
+macro_rules! declared {
+    ($ty:ty) => {
+        $ty
+    };
+    ($ty:ty, $cuda:ty) => {
+        $cuda
+    };
+}
+
+// A status is the bindings' `CUresult` as a plain integer (see the module docs).
+const _: () = assert!(
+    std::mem::size_of::<Status>() == std::mem::size_of::<cust::sys::CUresult>()
+        && std::mem::align_of::<Status>() == std::mem::align_of::<cust::sys::CUresult>()
+);
+
 driver_api! {
-    fn cuGetErrorName(error: Status, name: *mut *const c_char) -> Status;
-    fn cuGetErrorString(error: Status, text: *mut *const c_char) -> Status;
+    fn cuGetErrorName(error: Status as cust::sys::CUresult, name: *mut *const c_char) -> Status;
+    fn cuGetErrorString(error: Status as cust::sys::CUresult, text: *mut *const c_char) -> Status;
     fn cuInit(flags: c_uint) -> Status;
     fn cuDriverGetVersion(version: *mut c_int) -> Status;
     fn cuDeviceGetCount(count: *mut c_int) -> Status;
@@ -314,6 +350,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Gate {
     owner: Mutex<Option<(ThreadId, usize)>>,
     released: Condvar,
+    /// Threads waiting to enter (for tests).
+    waiting: AtomicUsize,
 }
 
 struct GateGuard<'a>(&'a Gate);
@@ -322,11 +360,15 @@ impl Gate {
     fn enter(&self) -> GateGuard<'_> {
         let me = thread::current().id();
         let mut owner = lock(&self.owner);
-        while matches!(*owner, Some((t, _)) if t != me) {
-            owner = self
-                .released
-                .wait(owner)
-                .unwrap_or_else(PoisonError::into_inner);
+        if matches!(*owner, Some((t, _)) if t != me) {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            while matches!(*owner, Some((t, _)) if t != me) {
+                owner = self
+                    .released
+                    .wait(owner)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         match owner.as_mut() {
             Some((_, depth)) => *depth += 1,
@@ -937,72 +979,19 @@ mod tests {
     use crate::gpu::testing::require_or_skip;
     use crate::Device;
 
-    /// Adds `a` to each of the `n` floats at `x` (one thread per element).
-    const ADD_F32: &str = r#"
-.version 7.8
-.target sm_80
-.address_size 64
+    use tensor_fn_kernels::ptx::{Module as PtxModule, Type};
+    use tensor_fn_kernels::samples::add_scalar;
 
-.visible .entry add_f32(
-    .param .u64 x,
-    .param .f32 a,
-    .param .u32 n
-)
-{
-    .reg .pred %p<2>;
-    .reg .b32 %r<6>;
-    .reg .f32 %f<4>;
-    .reg .b64 %rd<5>;
-
-    ld.param.u64 %rd1, [x];
-    ld.param.f32 %f1, [a];
-    ld.param.u32 %r1, [n];
-    mov.u32 %r2, %ctaid.x;
-    mov.u32 %r3, %ntid.x;
-    mov.u32 %r4, %tid.x;
-    mad.lo.s32 %r5, %r2, %r3, %r4;
-    setp.ge.u32 %p1, %r5, %r1;
-    @%p1 bra DONE;
-    cvta.to.global.u64 %rd2, %rd1;
-    mul.wide.u32 %rd3, %r5, 4;
-    add.s64 %rd4, %rd2, %rd3;
-    ld.global.f32 %f2, [%rd4];
-    add.f32 %f3, %f2, %f1;
-    st.global.f32 [%rd4], %f3;
-DONE:
-    ret;
-}
-
-.visible .entry scale_f64(
-    .param .u64 y,
-    .param .f64 s,
-    .param .u32 n
-)
-{
-    .reg .pred %p<2>;
-    .reg .b32 %r<6>;
-    .reg .f64 %d<4>;
-    .reg .b64 %rd<5>;
-
-    ld.param.u64 %rd1, [y];
-    ld.param.f64 %d1, [s];
-    ld.param.u32 %r1, [n];
-    mov.u32 %r2, %ctaid.x;
-    mov.u32 %r3, %ntid.x;
-    mov.u32 %r4, %tid.x;
-    mad.lo.s32 %r5, %r2, %r3, %r4;
-    setp.ge.u32 %p1, %r5, %r1;
-    @%p1 bra DONE;
-    cvta.to.global.u64 %rd2, %rd1;
-    mul.wide.u32 %rd3, %r5, 8;
-    add.s64 %rd4, %rd2, %rd3;
-    ld.global.f64 %d2, [%rd4];
-    mul.f64 %d3, %d2, %d1;
-    st.global.f64 [%rd4], %d3;
-DONE:
-    ret;
-}
-"#;
+    /// A module of two kernels, `x[i] += a` over f32 and over f64 (`(x: .u64, a, n: .u32)`),
+    /// and their names.
+    fn add_module() -> (String, String, String) {
+        let (f32k, f64k) = (add_scalar(Type::F32), add_scalar(Type::F64));
+        let (f32n, f64n) = (f32k.name.clone(), f64k.name.clone());
+        let mut m = PtxModule::default();
+        m.add(f32k);
+        m.add(f64k);
+        (m.to_ptx(), f32n, f64n)
+    }
 
     fn gpu() -> Option<Arc<dyn Backend>> {
         let device = require_or_skip(Device::cuda(0))?;
@@ -1141,8 +1130,14 @@ DONE:
 
     #[test]
     fn kernel_names_come_from_entry_directives() {
-        let names: Vec<&str> = entry_names(ADD_F32).collect();
-        assert_eq!(names, ["add_f32", "scale_f64"]);
+        let (ptx, f32n, f64n) = add_module();
+        let names: Vec<&str> = entry_names(&ptx).collect();
+        assert_eq!(names, [f32n, f64n]);
+        let text = ".visible .entry add_f32(\n\t.param .u64 x\n)\n\n.entry scale_f64(\n";
+        assert_eq!(
+            entry_names(text).collect::<Vec<_>>(),
+            ["add_f32", "scale_f64"]
+        );
         assert_eq!(entry_names(".entry").count(), 0);
         assert_eq!(
             entry_names(".visible .entry k_3f$a(\n").collect::<Vec<_>>(),
@@ -1195,7 +1190,8 @@ DONE:
     }
 
     // The tests below need a GPU: they skip without one, and fail under
-    // TENSOR_FN_REQUIRE_GPU=1.
+    // TENSOR_FN_REQUIRE_GPU=1. The test command runs them on the emulated driver of
+    // runtime/cuda-emu (the driver API on our PTX interpreter), a GPU machine on its GPU.
 
     #[test]
     fn gpu_memory_round_trips() {
@@ -1219,18 +1215,15 @@ DONE:
     #[test]
     fn gpu_kernels_launch_with_every_arg_kind() {
         let Some(gpu) = gpu() else { return };
-        let m = gpu.load_module(ADD_F32).unwrap();
-        assert_eq!(
-            gpu.load_module(ADD_F32).unwrap(),
-            m,
-            "one module per PTX text"
-        );
+        let (ptx, add_f32, add_f64) = add_module();
+        let m = gpu.load_module(&ptx).unwrap();
+        assert_eq!(gpu.load_module(&ptx).unwrap(), m, "one module per PTX text");
         let n = 1000u32;
         let x = upload_f32(&*gpu, &vec![1.0; n as usize]);
         let args = [KernelArg::Ptr(x), KernelArg::F32(2.5), KernelArg::U32(n)];
-        // SAFETY: add_f32 takes (u64, f32, u32) and touches x[0..n], all allocated.
+        // SAFETY: the f32 kernel takes (u64, f32, u32) and touches x[0..n], all allocated.
         unsafe {
-            gpu.launch(m, "add_f32", [4, 1, 1], [256, 1, 1], &args)
+            gpu.launch(m, &add_f32, [4, 1, 1], [256, 1, 1], &args)
                 .unwrap()
         };
         assert_eq!(download_f32(&*gpu, x, n as usize), vec![3.5; n as usize]);
@@ -1242,10 +1235,10 @@ DONE:
             .collect();
         let args = [KernelArg::Ptr(y), KernelArg::F64(3.0), KernelArg::U32(3)];
         let mut out = vec![0u8; 24];
-        // SAFETY: y holds 3 doubles; scale_f64 takes (u64, f64, u32) and touches y[0..3].
+        // SAFETY: y holds 3 doubles; the f64 kernel takes (u64, f64, u32) and touches y[0..3].
         unsafe {
             gpu.upload(y, &input).unwrap();
-            gpu.launch(m, "scale_f64", [1, 1, 1], [32, 1, 1], &args)
+            gpu.launch(m, &add_f64, [1, 1, 1], [32, 1, 1], &args)
                 .unwrap();
             gpu.download(y, &mut out).unwrap();
         }
@@ -1253,7 +1246,7 @@ DONE:
             .chunks_exact(8)
             .map(|c| f64::from_ne_bytes(c.try_into().unwrap()))
             .collect();
-        assert_eq!(out, [3.0, -6.0, 1.5]);
+        assert_eq!(out, [4.0, 1.0, 3.5]);
         // SAFETY: allocated above, freed once, no work pending (the downloads waited).
         unsafe {
             gpu.free(x);
@@ -1264,14 +1257,15 @@ DONE:
     #[test]
     fn gpu_graphs_replay_recorded_work() {
         let Some(gpu) = gpu() else { return };
-        let m = gpu.load_module(ADD_F32).unwrap();
+        let (ptx, add_f32, _) = add_module();
+        let m = gpu.load_module(&ptx).unwrap();
         let x = upload_f32(&*gpu, &[0.0; 64]);
         let y = gpu.alloc(64 * 4).unwrap();
         let args = [KernelArg::Ptr(x), KernelArg::F32(1.0), KernelArg::U32(64)];
         let mut record = || {
-            // SAFETY: x and y hold 64 floats; add_f32 takes (u64, f32, u32).
+            // SAFETY: x and y hold 64 floats; the kernel takes (u64, f32, u32).
             unsafe {
-                gpu.launch(m, "add_f32", [1, 1, 1], [64, 1, 1], &args)?;
+                gpu.launch(m, &add_f32, [1, 1, 1], [64, 1, 1], &args)?;
                 gpu.copy(y, x, 64 * 4)
             }
         };
@@ -1305,6 +1299,78 @@ DONE:
     }
 
     #[test]
+    fn gpu_captures_keep_other_threads_work_out() {
+        // While one thread records a graph, another thread's upload, launch and download on
+        // the same backend must wait for the recording to end: on the stream they would be
+        // captured instead of run, and the upload's wait would fail the capture.
+        if gpu().is_none() {
+            return;
+        }
+        let b = CudaBackend::open(0).expect("a second backend on the device");
+        let (ptx, add_f32, _) = add_module();
+        let m = b.load_module(&ptx).unwrap();
+        let x = upload_f32(&b, &[0.0; 64]);
+        let z = b.alloc(64 * 4).unwrap();
+        let mine = [KernelArg::Ptr(x), KernelArg::F32(1.0), KernelArg::U32(64)];
+        let theirs = [KernelArg::Ptr(z), KernelArg::F32(1.0), KernelArg::U32(64)];
+        let (b, add_f32) = (&b, add_f32.as_str());
+        let (started, start) = std::sync::mpsc::channel();
+        let (graph, other) = thread::scope(|scope| {
+            let other = scope.spawn(move || -> Result<Vec<f32>, Error> {
+                start.recv().expect("the capture began");
+                let values: Vec<f32> = (0..64).map(|i| i as f32).collect();
+                // SAFETY: z holds 64 floats; the kernel takes (u64, f32, u32).
+                unsafe {
+                    b.upload(z, &f32_bytes(&values))?;
+                    b.launch(m, add_f32, [1, 1, 1], [64, 1, 1], &theirs)?;
+                }
+                let mut out = vec![0u8; 64 * 4];
+                // SAFETY: z holds 64 floats.
+                unsafe { b.download(z, &mut out)? };
+                Ok(f32_values(&out))
+            });
+            let mut record = || {
+                // SAFETY: x holds 64 floats; the kernel takes (u64, f32, u32).
+                unsafe { b.launch(m, add_f32, [1, 1, 1], [64, 1, 1], &mine)? };
+                started.send(()).expect("the other thread waits");
+                // Until the other thread waits at the gate (or, were there no gate, is done).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while b.gate.waiting.load(Ordering::Relaxed) == 0
+                    && !other.is_finished()
+                    && std::time::Instant::now() < deadline
+                {
+                    thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Ok(())
+            };
+            let graph = b.capture(&mut record);
+            (graph, other.join().expect("no panic"))
+        });
+        let want: Vec<f32> = (0..64).map(|i| i as f32 + 1.0).collect();
+        assert_eq!(other.expect("the other thread's work ran"), want);
+        let graph = graph.expect("the capture held").expect("CUDA has graphs");
+        assert_eq!(
+            download_f32(b, x, 64),
+            vec![0.0; 64],
+            "recording ran nothing"
+        );
+        // SAFETY: x and z are live.
+        unsafe { b.replay(graph).unwrap() };
+        assert_eq!(download_f32(b, x, 64), vec![1.0; 64]);
+        assert_eq!(
+            download_f32(b, z, 64),
+            want,
+            "the graph holds only the recorded launch"
+        );
+        b.drop_graph(graph);
+        // SAFETY: allocated above, freed once, nothing pending (the downloads waited).
+        unsafe {
+            b.free(x);
+            b.free(z);
+        }
+    }
+
+    #[test]
     fn gpu_failures_are_errors_not_panics() {
         let Some(gpu) = gpu() else { return };
         // 1 TiB: more than any GPU has.
@@ -1329,7 +1395,8 @@ DONE:
             }
             other => panic!("expected a Gpu error, found {other:?}"),
         }
-        let m = gpu.load_module(ADD_F32).unwrap();
+        let (ptx, add_f32, _) = add_module();
+        let m = gpu.load_module(&ptx).unwrap();
         // SAFETY: the kernel does not exist, so nothing runs.
         let e = unsafe { gpu.launch(m, "missing", [1, 1, 1], [1, 1, 1], &[]) }.unwrap_err();
         assert!(
@@ -1342,7 +1409,7 @@ DONE:
         let e = unsafe {
             gpu.launch(
                 m,
-                "add_f32",
+                &add_f32,
                 [1, 1, 1],
                 [4096, 1, 1],
                 &[KernelArg::Ptr(0), KernelArg::F32(0.0), KernelArg::U32(0)],
@@ -1351,7 +1418,7 @@ DONE:
         .unwrap_err();
         assert!(
             e.to_string()
-                .contains("cuLaunchKernel add_f32 failed: CUDA_ERROR_"),
+                .contains(&format!("cuLaunchKernel {add_f32} failed: CUDA_ERROR_")),
             "{e}"
         );
         gpu.synchronize().unwrap();
