@@ -7,6 +7,7 @@
 //! "no device" and passes; under `TENSOR_FN_REQUIRE_GPU=1` it fails instead.
 
 use ndarray::{Array1, Array2, ArrayD};
+use tensor_fn::gpu::GpuCalls;
 use tensor_fn::prelude::*;
 
 /// The GPU devices to compare against the CPU.
@@ -321,13 +322,16 @@ fn the_seed_autoencoder_trains_alike_with_the_dataset_on_the_device() {
 
 #[test]
 fn a_method_of_scalars_only_runs_on_a_device() {
-    let mut g = ops(5, 7);
-    g.to_device(Device::PtxVm).expect("to device");
-    assert_eq!(g.scalars(1.5).expect("gpu"), (3.0, 1.5));
-    assert_eq!(
-        g.scalars_lazy(2.5).expect("queued").get().expect("read"),
-        (5.0, 2.5)
-    );
+    for dev in devices() {
+        let mut g = ops(5, 7);
+        g.to_device(dev).expect("to device");
+        assert_eq!(g.scalars(1.5).expect("gpu"), (3.0, 1.5), "on {dev}");
+        assert_eq!(
+            g.scalars_lazy(2.5).expect("queued").get().expect("read"),
+            (5.0, 2.5),
+            "on {dev}"
+        );
+    }
 }
 
 #[test]
@@ -335,134 +339,164 @@ fn queued_results_read_back_correctly_past_one_ring_of_slots() {
     // Scalar results of queued calls share ring buffers of 4096 slots; more calls than that
     // start a new ring while the values in the old one are still unread.
     let cpu = ops(3, 4);
-    let mut g = ops(3, 4);
-    g.to_device(Device::PtxVm).expect("to device");
     let calls = 4096 + 300;
-    let queued: Vec<_> = (0..calls)
-        .map(|i| g.total_lazy(i as f64 * 0.25).expect("queued"))
-        .collect();
-    // Read in reverse: the second ring first, then the first.
-    let mut got = vec![f64::NAN; calls];
-    for (i, q) in queued.into_iter().enumerate().rev() {
-        got[i] = q.get().expect("read");
-    }
     let want: Vec<f64> = (0..calls)
         .map(|i| cpu.total(i as f64 * 0.25).unwrap())
         .collect();
-    close("queued sums", Device::PtxVm, &want, &got, 1e-12);
+    for dev in devices() {
+        let mut g = ops(3, 4);
+        g.to_device(dev).expect("to device");
+        let queued: Vec<_> = (0..calls)
+            .map(|i| g.total_lazy(i as f64 * 0.25).expect("queued"))
+            .collect();
+        // Read in reverse: the second ring first, then the first.
+        let mut got = vec![f64::NAN; calls];
+        for (i, q) in queued.into_iter().enumerate().rev() {
+            got[i] = q.get().expect("read");
+        }
+        close("queued sums", dev, &want, &got, 1e-12);
 
-    // Array outputs of a queued call come back the same as from a waiting one.
-    let x = mat(3, 4, 17);
-    let lazy = g.unary_lazy(x.view()).expect("queued").get().expect("read");
-    let now = g.unary(x.view()).expect("waited");
-    assert_eq!(lazy, now);
+        // Array outputs of a queued call come back the same as from a waiting one.
+        let x = mat(3, 4, 17);
+        let lazy = g.unary_lazy(x.view()).expect("queued").get().expect("read");
+        let now = g.unary(x.view()).expect("waited");
+        assert_eq!(lazy, now, "on {dev}");
+    }
+}
+
+tensor_fn! {
+    /// `Ops::step` again, in a model of its own: only the graph-replay test calls it, so the
+    /// executor's counts of its calls are that test's own.
+    struct Replayed { p: f64[n, m], q: f64[m] }
+
+    impl Replayed {
+        fn step(&mut self, x: f64[n, m], lr: f64) -> f64 {
+            let h = tanh(dot(x, p.T));
+            let cost = sum(h * h) / 2 + sum(softplus(dot(h, p) - x) * q) + sum(q * q);
+            p -= lr * grad(cost, p);
+            q -= lr * grad(cost, q);
+            cost
+        }
+    }
 }
 
 #[test]
 fn repeated_calls_replay_one_recorded_graph() {
     let (n, m) = (5, 7);
     let x = mat(n, m, 13);
-    let mut g = ops(n, m);
-    g.to_device(Device::PtxVm).expect("to device");
-    let before = tensor_fn::gpu::vm::stats();
-    for _ in 0..4 {
-        g.step(x.view(), 0.05).expect("step");
-    }
-    let after = tensor_fn::gpu::vm::stats();
-    // Other tests share the interpreter device, so only lower bounds are exact here.
-    if std::env::var("TENSOR_FN_CUDA_GRAPHS").as_deref() == Ok("0") {
-        // Graphs off: plain launches, one per kernel launch of the plan, every call.
-        let per_call = Ops::STEP_INFO.launch_count() as u64;
-        assert!(
-            after.launches >= before.launches + 4 * per_call,
-            "{before:?} -> {after:?}"
-        );
-    } else {
-        assert!(
-            after.replays >= before.replays + 4,
-            "{before:?} -> {after:?}"
-        );
-    }
+    let graphs = std::env::var("TENSOR_FN_CUDA_GRAPHS").as_deref() != Ok("0");
+    for dev in devices() {
+        let mut g = Replayed::new(mat(n, m, 1), vec1(m, 2)).expect("shapes agree");
+        g.to_device(dev).expect("to device");
+        let calls = || Replayed::gpu_calls("step", dev).expect("a method");
+        assert_eq!(calls(), GpuCalls::default(), "no call on {dev} yet");
+        let mut cpu = ops(n, m);
+        let mut check = |lr: f64, g: &mut Replayed| {
+            let want = cpu.step(x.view(), lr).unwrap();
+            let got = g.step(x.view(), lr).expect("step");
+            close("cost", dev, &[want], &[got], 1e-10);
+        };
+        for _ in 0..4 {
+            check(0.05, &mut g);
+        }
+        let (recorded, replayed, direct) = if graphs { (1, 3, 0) } else { (0, 0, 4) };
+        let want = GpuCalls {
+            recorded,
+            replayed,
+            direct,
+        };
+        assert_eq!(calls(), want, "on {dev}: four identical calls");
 
-    // A scalar argument is part of what a graph recorded: changing the learning rate records
-    // another, and going back replays the first; every step still matches the CPU.
-    let mut cpu = ops(n, m);
-    for _ in 0..4 {
-        cpu.step(x.view(), 0.05).unwrap();
+        // A scalar argument is part of what a graph recorded: changing the learning rate
+        // records another, and going back replays the first; every step matches the CPU.
+        for lr in [0.05, 0.01, 0.01, 0.05, 0.02] {
+            check(lr, &mut g);
+        }
+        let (recorded, replayed, direct) = if graphs { (3, 6, 0) } else { (0, 0, 9) };
+        let want = GpuCalls {
+            recorded,
+            replayed,
+            direct,
+        };
+        assert_eq!(
+            calls(),
+            want,
+            "on {dev}: learning rates 0.05 0.01 0.01 0.05 0.02"
+        );
+        let p = g.p.get_value().unwrap();
+        close(
+            "p",
+            dev,
+            &flat(&cpu.p.get_value().unwrap()),
+            &flat(&p),
+            1e-10,
+        );
     }
-    for lr in [0.05, 0.01, 0.01, 0.05, 0.02] {
-        let want = cpu.step(x.view(), lr).unwrap();
-        let got = g.step(x.view(), lr).expect("step");
-        close("cost", Device::PtxVm, &[want], &[got], 1e-10);
-    }
-    let p = g.p.get_value().unwrap();
-    close(
-        "p",
-        Device::PtxVm,
-        &flat(&cpu.p.get_value().unwrap()),
-        &flat(&p),
-        1e-10,
-    );
+    assert_eq!(Replayed::gpu_calls("train", Device::PtxVm), None);
 }
 
 #[test]
 fn device_values_are_not_borrowed_and_mixed_devices_are_errors() {
     let (n, m) = (5, 7);
     let x = mat(n, m, 14);
-    let mut g = ops(n, m);
-    g.p.to_device(Device::PtxVm).expect("to device");
-    // Only `p` moved: the model is on two devices.
-    let e = g.unary(x.view()).unwrap_err().to_string();
-    assert_eq!(
-        e,
-        "`unary`: parameter `q` is on cpu, but the function runs on ptx-vm (where `p` lives)"
-    );
-    assert_eq!(
-        g.p.value().unwrap_err().to_string(),
-        "shared variable `p` lives on ptx-vm: copy it with `get_value()`, or move it with `to_device(Device::Cpu)`"
-    );
-    assert!(g.p.data().is_err() && g.p.data_mut().is_err() && g.p.value_mut().is_err());
-    g.to_device(Device::PtxVm).expect("the rest moves");
-    assert_eq!(g.device().unwrap(), Device::PtxVm);
+    for dev in devices() {
+        let mut g = ops(n, m);
+        g.p.to_device(dev).expect("to device");
+        // Only `p` moved: the model is on two devices.
+        let e = g.unary(x.view()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("`unary`: parameter `q` is on cpu, but the function runs on {dev} (where `p` lives)")
+        );
+        assert_eq!(
+            g.p.value().unwrap_err().to_string(),
+            format!("shared variable `p` lives on {dev}: copy it with `get_value()`, or move it with `to_device(Device::Cpu)`")
+        );
+        assert!(g.p.data().is_err() && g.p.data_mut().is_err() && g.p.value_mut().is_err());
+        g.to_device(dev).expect("the rest moves");
+        assert_eq!(g.device().unwrap(), dev);
 
-    // A function running on the CPU never reads device memory behind the caller's back.
-    let mut set = Shared::new("x", x.clone());
-    set.to_device(Device::PtxVm).unwrap();
-    let cpu = ops(n, m);
-    let e = cpu.unary(set.rows(0..n).unwrap()).unwrap_err().to_string();
-    assert_eq!(
-        e,
-        "`unary`: argument `x` is on ptx-vm, but the function runs on cpu"
-    );
-    // Row ranges are checked.
-    assert_eq!(
-        set.rows(3..9).unwrap_err().to_string(),
-        "shared variable `x`: rows 3..9 of a 5 x 7 matrix"
-    );
-    // Wrong shapes are the same errors on a GPU as on the CPU, before anything runs.
-    let bad = mat(n, m + 1, 15);
-    let e = g.unary(bad.view()).unwrap_err().to_string();
-    assert_eq!(e, "dim `m` is 7 from `p` but 8 from `x`");
+        // A function running on the CPU never reads device memory behind the caller's back.
+        let mut set = Shared::new("x", x.clone());
+        set.to_device(dev).unwrap();
+        let cpu = ops(n, m);
+        let e = cpu.unary(set.rows(0..n).unwrap()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("`unary`: argument `x` is on {dev}, but the function runs on cpu")
+        );
+        // Row ranges are checked.
+        assert_eq!(
+            set.rows(3..9).unwrap_err().to_string(),
+            "shared variable `x`: rows 3..9 of a 5 x 7 matrix"
+        );
+        // Wrong shapes are the same errors on a GPU as on the CPU, before anything runs.
+        let bad = mat(n, m + 1, 15);
+        let e = g.unary(bad.view()).unwrap_err().to_string();
+        assert_eq!(e, "dim `m` is 7 from `p` but 8 from `x`");
+    }
 }
 
 #[test]
 fn shared_values_round_trip_through_a_device() {
     let v = mat(3, 4, 16);
-    let mut s = Shared::new("v", v.clone());
-    s.to_device(Device::PtxVm).unwrap();
-    assert_eq!(s.device(), Device::PtxVm);
-    assert_eq!(s.get_value().unwrap(), v);
-    let copy = s.try_clone().unwrap();
-    s.set_value(Array2::zeros((3, 4))).unwrap();
-    assert_eq!(s.get_value().unwrap(), Array2::<f64>::zeros((3, 4)));
-    assert_eq!(
-        copy.get_value().unwrap(),
-        v,
-        "a clone is its own device buffer"
-    );
-    assert!(s.set_value(Array2::zeros((4, 3))).is_err());
-    s.to_device(Device::Cpu).unwrap();
-    assert_eq!(s.value().unwrap(), Array2::<f64>::zeros((3, 4)));
+    for dev in devices() {
+        let mut s = Shared::new("v", v.clone());
+        s.to_device(dev).unwrap();
+        assert_eq!(s.device(), dev);
+        assert_eq!(s.get_value().unwrap(), v);
+        let copy = s.try_clone().unwrap();
+        s.set_value(Array2::zeros((3, 4))).unwrap();
+        assert_eq!(s.get_value().unwrap(), Array2::<f64>::zeros((3, 4)));
+        assert_eq!(
+            copy.get_value().unwrap(),
+            v,
+            "a clone is its own device buffer"
+        );
+        assert!(s.set_value(Array2::zeros((4, 3))).is_err());
+        s.to_device(Device::Cpu).unwrap();
+        assert_eq!(s.value().unwrap(), Array2::<f64>::zeros((3, 4)));
+    }
 }
 
 #[test]

@@ -401,6 +401,7 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
     let field_strs: Vec<String> = field_idents.iter().map(|i| i.to_string()).collect();
     let name_str = name.to_string();
     let mut methods = Vec::new();
+    let mut gpu_calls = Vec::new();
     for (i, meth) in m.methods.iter().enumerate() {
         let mvis = meth.vis.to_token_stream();
         let docs: Vec<TokenStream> = meth.attrs.iter().map(|a| a.to_token_stream()).collect();
@@ -413,12 +414,19 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 }
                 d.extend(doc_tokens(c));
                 let cname = format_ident!("{}_INFO", meth.name.to_string().to_uppercase());
+                let cache = format_ident!("__tf_gpu_cache_{}", meth.name);
                 let gpu = crate::emit::gpu::call(
                     &c.f,
                     &c.schedule,
                     c.gpu_plan.clone(),
                     quote!(#name::#cname.ptx),
+                    quote!(#name::#cache()),
                     &rs::scalar_ty(c.dtype),
+                );
+                methods.push(crate::emit::gpu::cache_fn(&cache));
+                let mname = meth.name.to_string();
+                gpu_calls.push(
+                    quote!(#mname => ::core::option::Option::Some(#name::#cache().calls(device)),),
                 );
                 methods.push(rs::emit_fn(
                     &c.f,
@@ -497,6 +505,17 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
             /// Where the parameters live (an error if they were moved to different devices).
             pub fn device(&self) -> ::core::result::Result<::tensor_fn::Device, ::tensor_fn::Error> {
                 ::tensor_fn::gpu::model_device(#name_str, &[#((#field_strs, self.#field_idents.device())),*])
+            }
+
+            /// How the GPU executor ran the method `method` on `device` so far, across every
+            /// value of this model type: graph recordings, graph replays and direct launches
+            /// (`None` for a name that is not a method of the model).
+            pub fn gpu_calls(method: &str, device: ::tensor_fn::Device) -> ::core::option::Option<::tensor_fn::gpu::GpuCalls> {
+                let _ = &device; // unused when no method compiled
+                match method {
+                    #(#gpu_calls)*
+                    _ => ::core::option::Option::None,
+                }
             }
 
             #(#methods)*

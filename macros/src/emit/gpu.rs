@@ -280,12 +280,14 @@ fn dim_value(g: &Graph, bound: &[bool], d: Dim) -> TokenStream {
 
 /// The code of a method's GPU path: it runs the plan on `__dev` and returns a
 /// `Lazy` of the method's result. Expects the dim checks' `__d_*` bindings, the inputs as
-/// `Arg`s under their names, and `__mode`; `ptx` is a constant expression of the module text.
+/// `Arg`s under their names, and `__mode`; `ptx` is a constant expression of the module text,
+/// `cache` an expression of the method's `&'static FnCache` ([`cache_fn`]).
 pub fn call(
     f: &Function,
     s: &Schedule,
     plan: TokenStream,
     ptx: TokenStream,
+    cache: TokenStream,
     t: &TokenStream,
 ) -> TokenStream {
     let g = &f.graph;
@@ -358,11 +360,10 @@ pub fn call(
         use ::tensor_fn::gpu::plan as __gp;
         const __PTX: &str = #ptx;
         static __PLAN: __gp::GpuPlan = #plan;
-        static __CACHE: ::tensor_fn::gpu::FnCache = ::tensor_fn::gpu::FnCache::new();
         #(#staged)*
         let __outs = ::tensor_fn::gpu::run(
             &__PLAN,
-            &__CACHE,
+            #cache,
             __dev,
             &::tensor_fn::gpu::Call {
                 dims: &[#(#dims),*],
@@ -377,5 +378,18 @@ pub fn call(
             #(#convert)*
             ::core::result::Result::Ok(#ret)
         }));
+    }
+}
+
+/// The associated function `name` that owns a method's executor state (loaded module,
+/// workspace, recorded graphs, call counts) in a `static`; the method and the model's
+/// `gpu_calls` reach it through that function.
+pub fn cache_fn(name: &Ident) -> TokenStream {
+    quote! {
+        #[doc(hidden)]
+        fn #name() -> &'static ::tensor_fn::gpu::FnCache {
+            static __CACHE: ::tensor_fn::gpu::FnCache = ::tensor_fn::gpu::FnCache::new();
+            &__CACHE
+        }
     }
 }

@@ -329,6 +329,29 @@ struct FnState {
     /// A capture failed once: this function launches without graphs.
     no_graphs: bool,
     ring: Option<Arc<Ring>>,
+    calls: GpuCalls,
+}
+
+/// How the executor ran one compiled function on one device so far (a model method's
+/// `gpu_calls`): every call is exactly one of a graph recording, a replay of a graph recorded
+/// before, or direct launches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuCalls {
+    /// Calls that recorded their work as a graph (and then launched it).
+    pub recorded: u64,
+    /// Calls that launched a graph recorded by an earlier call with the same dims, scalar
+    /// arguments and buffers.
+    pub replayed: u64,
+    /// Calls that launched their kernels one by one: graphs off (`TENSOR_FN_CUDA_GRAPHS=0`),
+    /// refused by the device, or nothing to launch.
+    pub direct: u64,
+}
+
+impl GpuCalls {
+    /// All calls that ran.
+    pub fn total(&self) -> u64 {
+        self.recorded + self.replayed + self.direct
+    }
 }
 
 impl Drop for FnState {
@@ -357,6 +380,15 @@ impl FnCache {
         FnCache {
             states: Mutex::new(Vec::new()),
         }
+    }
+
+    /// How the function ran on `device` so far (all zeros before its first call there).
+    pub fn calls(&self, device: Device) -> GpuCalls {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .iter()
+            .find(|s| s.device == device)
+            .map_or_else(GpuCalls::default, |s| s.calls)
     }
 }
 
@@ -401,6 +433,7 @@ pub fn run(
                 graphs: Vec::new(),
                 no_graphs: false,
                 ring: None,
+                calls: GpuCalls::default(),
             });
             states.len() - 1
         }
@@ -497,6 +530,7 @@ pub fn run(
             // (its key), and every allocation it touches is alive: the workspace is kept
             // while its graphs exist, parameters are borrowed by this call.
             unsafe { backend.replay(g)? };
+            st.calls.replayed += 1;
             return outputs(plan, call, device, mode, arena, &st.buf_offs, &mut st.ring);
         }
     }
@@ -567,11 +601,18 @@ pub fn run(
                 // SAFETY: just recorded with these pointers; every allocation it touches is
                 // alive (the workspace, and the parameters this call borrows).
                 unsafe { backend.replay(g)? };
+                st.calls.recorded += 1;
             }
-            None => enqueue()?,
+            None => {
+                enqueue()?;
+                st.calls.direct += 1;
+            }
         }
-    } else if !nothing {
-        enqueue()?;
+    } else {
+        if !nothing {
+            enqueue()?;
+        }
+        st.calls.direct += 1;
     }
     outputs(plan, call, device, mode, arena, &st.buf_offs, &mut st.ring)
 }
