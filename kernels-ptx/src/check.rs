@@ -509,3 +509,307 @@ pub fn assemble(ptxas: &Path, ptx: &str, arch: &str, tag: &str) -> String {
     let _ = std::fs::remove_dir_all(&dir);
     log
 }
+
+/// What `ptxas -v` reports for one function of a module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FnUsage {
+    pub name: String,
+    /// An `.entry` (a kernel); false for a `.func` that a kernel calls.
+    pub entry: bool,
+    /// Registers per thread; ptxas reports them for entries only.
+    pub registers: Option<u32>,
+    pub stack_frame: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+}
+
+impl FnUsage {
+    pub fn spills(&self) -> bool {
+        self.spill_stores != 0 || self.spill_loads != 0
+    }
+}
+
+/// Reads the per-function lines of a `ptxas -v` log:
+///
+/// ```text
+/// ptxas info    : Compiling entry function 'k' for 'sm_80'
+/// ptxas info    : Function properties for k
+///     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+/// ptxas info    : Used 30 registers, used 1 barriers, 360 bytes cmem[0]
+/// ```
+///
+/// Functions come back in the order of the log. A log with no entry at all, an entry without
+/// its properties line, or a properties line that does not read as above is an error: a change
+/// of ptxas's format must not turn the spill check into one that checks nothing.
+pub fn parse_ptxas_log(log: &str) -> Result<Vec<FnUsage>, String> {
+    fn quoted_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.strip_prefix('\'')?.split('\'').next()
+    }
+    // "N bytes stack frame, N bytes spill stores, N bytes spill loads"
+    fn properties(line: &str) -> Option<[u32; 3]> {
+        let mut out = [0u32; 3];
+        let mut parts = line.split(',');
+        for (slot, what) in out
+            .iter_mut()
+            .zip(["stack frame", "spill stores", "spill loads"])
+        {
+            let part = parts.next()?.trim();
+            let n = part
+                .strip_suffix(what)?
+                .trim()
+                .strip_suffix("bytes")?
+                .trim();
+            *slot = n.parse().ok()?;
+        }
+        parts.next().is_none().then_some(out)
+    }
+
+    let mut fns: Vec<FnUsage> = Vec::new();
+    let mut entries: Vec<String> = Vec::new();
+    // The entry being compiled: "Used N registers" belongs to it.
+    let mut compiling: Option<String> = None;
+    let mut lines = log.lines().enumerate();
+    while let Some((i, line)) = lines.next() {
+        if let Some(name) = quoted_after(line, "Compiling entry function ") {
+            entries.push(name.to_string());
+            compiling = Some(name.to_string());
+        } else if let Some(at) = line.find("Function properties for ") {
+            let name = line[at + "Function properties for ".len()..]
+                .trim()
+                .to_string();
+            let next = lines.next().map(|(_, l)| l).unwrap_or("");
+            let [stack_frame, spill_stores, spill_loads] = properties(next).ok_or_else(|| {
+                format!(
+                    "ptxas -v log, line {}: expected \"N bytes stack frame, N bytes spill \
+                     stores, N bytes spill loads\" for {name}, found {next:?}",
+                    i + 2
+                )
+            })?;
+            fns.push(FnUsage {
+                entry: entries.contains(&name),
+                name,
+                registers: None,
+                stack_frame,
+                spill_stores,
+                spill_loads,
+            });
+        } else if let Some(at) = line.find("Used ") {
+            let regs = line[at + "Used ".len()..]
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok());
+            let (Some(regs), Some(name)) = (regs, compiling.take()) else {
+                return Err(format!(
+                    "ptxas -v log, line {}: a register count outside an entry: {line:?}",
+                    i + 1
+                ));
+            };
+            if let Some(f) = fns.iter_mut().rev().find(|f| f.name == name) {
+                f.registers = Some(regs);
+            }
+        } else if line.contains("spill") {
+            return Err(format!(
+                "ptxas -v log, line {}: spill counts outside a \"Function properties\" block: \
+                 {line:?}",
+                i + 1
+            ));
+        }
+    }
+    if entries.is_empty() {
+        return Err(format!(
+            "ptxas -v log has no \"Compiling entry function\" line: cannot check spills\n{log}"
+        ));
+    }
+    for name in &entries {
+        if !fns.iter().any(|f| f.entry && &f.name == name) {
+            return Err(format!(
+                "ptxas -v log has no \"Function properties\" for entry {name}\n{log}"
+            ));
+        }
+    }
+    Ok(fns)
+}
+
+/// The `.entry` names of a PTX module, in order.
+pub fn entry_names(ptx: &str) -> Vec<String> {
+    ptx.lines()
+        .filter_map(|line| {
+            let code = line.split("//").next().unwrap_or("");
+            let mut words = code.split_whitespace();
+            words.by_ref().find(|w| *w == ".entry")?;
+            let name = words.next()?.split('(').next()?;
+            Some(name.to_string())
+        })
+        .collect()
+}
+
+/// Checks the `ptxas -v` log of `ptx`: ptxas reported every `.entry` of the module once, and no
+/// function (kernel or called `.func`) spills registers, stores or loads. Returns the functions
+/// for a report; the error names every function that spills.
+pub fn check_no_spills(log: &str, ptx: &str) -> Result<Vec<FnUsage>, String> {
+    let fns = parse_ptxas_log(log)?;
+    let mut want = entry_names(ptx);
+    let mut seen: Vec<String> = fns
+        .iter()
+        .filter(|f| f.entry)
+        .map(|f| f.name.clone())
+        .collect();
+    want.sort();
+    seen.sort();
+    if want != seen {
+        return Err(format!(
+            "ptxas -v reported {} entries, the module has {} .entry: reported {seen:?}, \
+             declared {want:?}\n{log}",
+            seen.len(),
+            want.len()
+        ));
+    }
+    let spilling: Vec<String> = fns
+        .iter()
+        .filter(|f| f.spills())
+        .map(|f| {
+            format!(
+                "{} ({} bytes spill stores, {} bytes spill loads)",
+                f.name, f.spill_stores, f.spill_loads
+            )
+        })
+        .collect();
+    if !spilling.is_empty() {
+        return Err(format!(
+            "{} of {} functions spill registers: {}",
+            spilling.len(),
+            fns.len(),
+            spilling.join(", ")
+        ));
+    }
+    Ok(fns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PTX: &str = "\
+.version 7.8
+.target sm_80
+.address_size 64
+
+// .entry in a comment is not an entry
+.visible .entry tf_ew_1(
+\t.param .u64 p0
+)
+{
+\tret;
+}
+.visible .entry tf_row_2(.param .u64 p0)
+{
+\tret;
+}
+";
+
+    // ptxas 13.0, `-v -arch=sm_80`, two entries, the second calls a `.func`.
+    const CLEAN: &str = "\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'tf_ew_1' for 'sm_80'
+ptxas info    : Function properties for tf_ew_1
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 30 registers, used 0 barriers, 360 bytes cmem[0]
+ptxas info    : Compile time = 1.429 ms
+ptxas info    : Compiling entry function 'tf_row_2' for 'sm_80'
+ptxas info    : Function properties for tf_row_2
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 12 registers, used 1 barriers, 360 bytes cmem[0]
+ptxas info    : Compile time = 0.426 ms
+ptxas info    : Function properties for helper
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+";
+
+    #[test]
+    fn reads_every_function() {
+        let fns = parse_ptxas_log(CLEAN).unwrap();
+        let names: Vec<(&str, bool, Option<u32>)> = fns
+            .iter()
+            .map(|f| (f.name.as_str(), f.entry, f.registers))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("tf_ew_1", true, Some(30)),
+                ("tf_row_2", true, Some(12)),
+                ("helper", false, None)
+            ]
+        );
+        assert_eq!(check_no_spills(CLEAN, PTX).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn finds_entry_names_in_ptx() {
+        assert_eq!(entry_names(PTX), ["tf_ew_1", "tf_row_2"]);
+    }
+
+    #[test]
+    fn one_kernel_with_spill_loads_only_fails_the_module() {
+        let log = CLEAN.replacen(
+            "0 bytes spill stores, 0 bytes spill loads\nptxas info    : Used 12",
+            "0 bytes spill stores, 8 bytes spill loads\nptxas info    : Used 12",
+            1,
+        );
+        assert_ne!(log, CLEAN);
+        let err = check_no_spills(&log, PTX).unwrap_err();
+        assert!(
+            err.contains("tf_row_2 (0 bytes spill stores, 8 bytes spill loads)"),
+            "{err}"
+        );
+        assert!(!err.contains("tf_ew_1"), "{err}");
+    }
+
+    #[test]
+    fn spill_stores_and_spills_in_called_functions_fail() {
+        let log = CLEAN.replacen(
+            "0 bytes stack frame, 0 bytes spill stores",
+            "16 bytes stack frame, 16 bytes spill stores",
+            1,
+        );
+        let err = check_no_spills(&log, PTX).unwrap_err();
+        assert!(err.contains("tf_ew_1 (16 bytes spill stores"), "{err}");
+        let log = CLEAN.replacen(
+            "helper\n    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads",
+            "helper\n    0 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads",
+            1,
+        );
+        assert_ne!(log, CLEAN);
+        let err = check_no_spills(&log, PTX).unwrap_err();
+        assert!(
+            err.contains("helper (4 bytes spill stores, 4 bytes spill loads)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_log_without_kernels_is_an_error() {
+        assert!(parse_ptxas_log("").is_err());
+        assert!(parse_ptxas_log("ptxas info    : 0 bytes gmem\n").is_err());
+        // Per-kernel lines in another format.
+        let other = CLEAN.replace("Compiling entry function", "Compiling kernel");
+        assert!(parse_ptxas_log(&other).is_err());
+        let other = CLEAN.replace("bytes spill loads", "B spill loads");
+        assert!(parse_ptxas_log(&other).is_err());
+        let other = CLEAN.replace("Function properties for", "Properties of");
+        assert!(parse_ptxas_log(&other).is_err());
+    }
+
+    #[test]
+    fn every_entry_must_be_reported() {
+        let (first, _) = CLEAN
+            .split_once("ptxas info    : Compiling entry function 'tf_row_2'")
+            .unwrap();
+        let err = check_no_spills(first, PTX).unwrap_err();
+        assert!(
+            err.contains("reported 1 entries, the module has 2 .entry"),
+            "{err}"
+        );
+        let three = format!("{PTX}.visible .entry tf_col_3(.param .u64 p0)\n{{\n\tret;\n}}\n");
+        assert!(check_no_spills(CLEAN, &three).is_err());
+    }
+}

@@ -6,43 +6,13 @@
 //! workspace root (`bash scripts/fetch-ptxas.sh` puts it there). Without it the test is skipped
 //! loudly, except under `CI=true`, where a missing `ptxas` fails it.
 //!
-//! Run with `--nocapture` for the register and spill table.
+//! Run with `--nocapture` for the register table.
 
 use std::collections::HashMap;
 
-use tensor_fn_kernels::check::{assemble, ptxas_or_skip};
+use tensor_fn_kernels::check::{assemble, check_no_spills, ptxas_or_skip};
 use tensor_fn_kernels::ptx::{Header, Module};
 use tensor_fn_kernels::Program;
-
-/// Per entry: (registers, spill stores + loads in bytes), from `ptxas -v`.
-fn usage(log: &str) -> HashMap<String, (u32, u32)> {
-    let mut out = HashMap::new();
-    let mut cur: Option<String> = None;
-    let mut spill = 0u32;
-    for line in log.lines() {
-        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            cur = rest.split('\'').next().map(str::to_string);
-            spill = 0;
-        } else if line.contains("spill stores") {
-            // "N bytes stack frame, N bytes spill stores, N bytes spill loads"
-            let nums: Vec<u32> = line
-                .split(',')
-                .filter_map(|p| p.split_whitespace().next().and_then(|n| n.parse().ok()))
-                .collect();
-            spill = nums.iter().skip(1).sum();
-        } else if let Some(rest) = line.split("Used ").nth(1) {
-            let regs: u32 = rest
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            if let Some(name) = cur.take() {
-                out.insert(name, (regs, spill));
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn every_emitted_kernel_assembles() {
@@ -63,27 +33,19 @@ fn every_emitted_kernel_assembles() {
     let mut table = String::new();
     for arch in ["sm_80", "sm_90"] {
         let log = assemble(&ptxas, &ptx, arch, "catalog");
-        let used = usage(&log);
-        assert_eq!(
-            used.len(),
-            module.kernels.len(),
-            "ptxas -v reported {} of {} entries for {arch}",
-            used.len(),
-            module.kernels.len()
-        );
-        let mut rows: Vec<(&String, &(u32, u32))> = used.iter().collect();
-        rows.sort_by(|a, b| what[a.0].cmp(&what[b.0]).then(a.0.cmp(b.0)));
-        table.push_str(&format!("\n{arch}: registers / spill bytes\n"));
-        for (name, (regs, spill)) in rows {
+        // Every entry reported once; no function spills (stores or loads).
+        let used = check_no_spills(&log, &ptx).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let mut rows: Vec<_> = used.iter().filter(|f| f.entry).collect();
+        rows.sort_by(|a, b| what[&a.name].cmp(&what[&b.name]).then(a.name.cmp(&b.name)));
+        table.push_str(&format!("\n{arch}: registers / stack frame bytes\n"));
+        for f in rows {
             table.push_str(&format!(
-                "  {regs:>3} regs {spill:>4} spill  {name:<32} {}\n",
-                what[name]
+                "  {:>3} regs {:>4} stack  {:<32} {}\n",
+                f.registers.unwrap_or(0),
+                f.stack_frame,
+                f.name,
+                what[&f.name]
             ));
-            assert_eq!(
-                *spill, 0,
-                "{name} ({}) spills {spill} bytes on {arch}",
-                what[name]
-            );
         }
     }
     println!("{table}");
@@ -91,5 +53,44 @@ fn every_emitted_kernel_assembles() {
     // The newest header we may emit assembles too.
     let mut m = Module::new(Header::new((9, 0), 90, 64).unwrap());
     programs[0].1.add_to(&mut m);
-    assemble(&ptxas, &m.to_ptx(), "sm_90", "v90");
+    let v90 = m.to_ptx();
+    let log = assemble(&ptxas, &v90, "sm_90", "v90");
+    check_no_spills(&log, &v90).unwrap_or_else(|e| panic!("sm_90, .version 9.0: {e}"));
+}
+
+/// The spill check on a real `ptxas -v` log: a module of two kernels where only the second
+/// spills, limited to 32 registers while it keeps 96 values live.
+#[test]
+fn a_spilling_kernel_is_named() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let n = 96;
+    let mut ptx = String::from(
+        ".version 7.8\n.target sm_80\n.address_size 64\n\n\
+         .visible .entry fits(.param .u64 p)\n{\n\tret;\n}\n\n\
+         .visible .entry spills(.param .u64 p) .maxnreg 32\n{\n",
+    );
+    ptx.push_str(&format!(
+        "\t.reg .f32 %f<{n}>;\n\t.reg .b64 %rd<2>;\n\tld.param.u64 %rd1, [p];\n"
+    ));
+    for i in 0..n {
+        ptx.push_str(&format!(
+            "\tld.volatile.global.f32 %f{i}, [%rd1+{}];\n",
+            4 * i
+        ));
+    }
+    for i in 0..n {
+        ptx.push_str(&format!(
+            "\tst.volatile.global.f32 [%rd1+{}], %f{};\n",
+            4 * i,
+            n - 1 - i
+        ));
+    }
+    ptx.push_str("\tret;\n}\n");
+    let log = assemble(&ptxas, &ptx, "sm_80", "spills");
+    let err = check_no_spills(&log, &ptx).expect_err(&log);
+    assert!(err.contains("1 of 2 functions spill"), "{err}");
+    assert!(err.contains("spills ("), "{err}");
+    assert!(!err.contains("fits"), "{err}");
 }
