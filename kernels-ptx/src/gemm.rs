@@ -169,7 +169,9 @@ impl Gen {
         let tx_n = t.bn / t.tn;
         let ty_n = t.bm / t.tm;
         debug_assert!(tx_n.is_power_of_two() && t.bk.is_power_of_two() && t.bm.is_power_of_two());
-        debug_assert!((t.bm * t.bk) % threads == 0 && (t.bn * t.bk) % threads == 0);
+        debug_assert!(
+            (t.bm * t.bk).is_multiple_of(threads) && (t.bn * t.bk).is_multiple_of(threads)
+        );
         let mut g = Gen {
             k: KernelBuilder::new([threads, 1, 1]),
             params: Vec::new(),

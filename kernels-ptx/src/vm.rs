@@ -496,7 +496,7 @@ impl Exec<'_> {
         len: usize,
         write: bool,
     ) -> Result<(), VmError> {
-        if at + len > self.shared.len() || at % len != 0 {
+        if at + len > self.shared.len() || !at.is_multiple_of(len) {
             return err(format!(
                 "shared access of {len} bytes at {at} (window of {} bytes)",
                 self.shared.len()
