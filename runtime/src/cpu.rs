@@ -15,7 +15,7 @@ mod pool;
 mod sgemm;
 
 pub use chunks::{loop_chunks, Disjoint};
-pub use pool::run_chunks;
+pub use pool::{run_chunks, threads};
 
 /// A compiled function of the closure form: call it like a function, read its `info`.
 ///
@@ -111,7 +111,11 @@ pub trait Real:
     fn ge(self, other: Self) -> Self;
     fn eq(self, other: Self) -> Self;
     /// C = alpha A B + beta C for strided matrices (`rs`/`cs`: row and column strides in
-    /// elements). Lengths are checked by [`gemm`].
+    /// elements).
+    ///
+    /// # Panics
+    /// When an operand does not fit its slice or C's strides map two elements to one place
+    /// (the checks of [`gemm`], which returns them as an error instead).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         m: usize,
@@ -129,8 +133,11 @@ pub trait Real:
         rsc: isize,
         csc: isize,
     );
-    /// C = alpha (A1 B1 + A2 B2) + beta C with rows of B1, B2 and C contiguous; checked by
-    /// [`gemm_pair`].
+    /// C = alpha (A1 B1 + A2 B2) + beta C with rows of B1, B2 and C contiguous; each `p` is
+    /// `(k, a, rsa, csa, b, rsb)`.
+    ///
+    /// # Panics
+    /// As [`Real::gemm`] (the checks of [`gemm_pair`], which returns them as an error).
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn gemm_pair(
         m: usize,
@@ -271,8 +278,16 @@ macro_rules! real_impl {
                 rsc: isize,
                 csc: isize,
             ) {
-                // SAFETY: `gemm` below checked that every index (i*rs + j*cs) of each operand is
-                // inside its slice, and `c` is borrowed mutably so it aliases neither input.
+                let lens = (a.len(), b.len(), c.len());
+                if let Some(e) = gemm_misfit(m, k, n, lens, (rsa, csa, rsb, csb, rsc, csc)) {
+                    panic!("{e}");
+                }
+                if m == 0 || n == 0 {
+                    return;
+                }
+                // SAFETY: checked above: every index (i*rs + j*cs) of each operand is inside
+                // its slice and no two elements of C share one; `c` is borrowed mutably, so it
+                // aliases neither input.
                 unsafe {
                     $gemm(
                         m,
@@ -302,8 +317,14 @@ macro_rules! real_impl {
                 c: &mut [Self],
                 rsc: isize,
             ) {
-                // SAFETY: `gemm_pair` below checked that every index of each operand is inside
-                // its slice, and `c` is borrowed mutably so it aliases no input.
+                if let Some(e) = gemm_pair_misfit(m, n, &p1, &p2, c.len(), rsc) {
+                    panic!("{e}");
+                }
+                if m == 0 || n == 0 {
+                    return;
+                }
+                // SAFETY: checked above: every index of each operand is inside its slice and
+                // the rows of C do not overlap; `c` is borrowed mutably, so it aliases no input.
                 unsafe {
                     $pair(
                         m,
@@ -372,24 +393,52 @@ pub fn gemm_pair<T: Real>(
     c: &mut [T],
     rsc: isize,
 ) -> Result<(), Error> {
-    let fits = |rows, cols, rs, cs, len| extent(rows, cols, rs, cs).is_some_and(|e| e <= len);
-    for (k, a, rsa, csa, b, rsb) in [p1, p2] {
-        if !fits(m, k, rsa, csa, a.len()) || !fits(k, n, rsb, 1, b.len()) {
-            return Err(Error::Internal(format!(
-                "gemm_pair operands do not fit their buffers (m={m}, k={k}, n={n})"
-            )));
-        }
-    }
-    if !fits(m, n, rsc, 1, c.len()) {
-        return Err(Error::Internal(format!(
-            "gemm_pair output does not fit its buffer (m={m}, n={n})"
-        )));
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
+    if let Some(e) = gemm_pair_misfit(m, n, &p1, &p2, c.len(), rsc) {
+        return Err(Error::Internal(e));
     }
     T::gemm_pair(m, n, alpha, p1, p2, beta, c, rsc);
     Ok(())
+}
+
+/// Why the operands of `C = alpha A B + beta C` do not fit their slices (`lens`: of a, b and
+/// c; `strides`: rsa, csa, rsb, csb, rsc, csc), or None when every index `i*rs + j*cs` is
+/// inside its slice and the elements of C (written, possibly by several threads) are distinct.
+fn gemm_misfit(
+    m: usize,
+    k: usize,
+    n: usize,
+    (a, b, c): (usize, usize, usize),
+    (rsa, csa, rsb, csb, rsc, csc): (isize, isize, isize, isize, isize, isize),
+) -> Option<String> {
+    let fits = |rows, cols, rs, cs, len| extent(rows, cols, rs, cs).is_some_and(|e| e <= len);
+    let what = if !fits(m, k, rsa, csa, a) {
+        format!("A ({m}x{k}, strides {rsa}, {csa}) does not fit a slice of {a}")
+    } else if !fits(k, n, rsb, csb, b) {
+        format!("B ({k}x{n}, strides {rsb}, {csb}) does not fit a slice of {b}")
+    } else if !fits(m, n, rsc, csc, c) {
+        format!("C ({m}x{n}, strides {rsc}, {csc}) does not fit a slice of {c}")
+    } else if !distinct(m, n, rsc, csc) {
+        format!("C ({m}x{n}, strides {rsc}, {csc}) has elements that overlap")
+    } else {
+        return None;
+    };
+    Some(format!("gemm: {what}"))
+}
+
+/// [`gemm_misfit`] for both products of a [`gemm_pair`] (B and C with contiguous rows).
+#[allow(clippy::type_complexity)]
+fn gemm_pair_misfit<T>(
+    m: usize,
+    n: usize,
+    p1: &(usize, &[T], isize, isize, &[T], isize),
+    p2: &(usize, &[T], isize, isize, &[T], isize),
+    c: usize,
+    rsc: isize,
+) -> Option<String> {
+    [p1, p2].into_iter().find_map(|&(k, a, rsa, csa, b, rsb)| {
+        gemm_misfit(m, k, n, (a.len(), b.len(), c), (rsa, csa, rsb, 1, rsc, 1))
+            .map(|e| e.replacen("gemm", "gemm_pair", 1))
+    })
 }
 
 /// The largest element index of a `rows x cols` matrix with these strides, plus one.
@@ -404,6 +453,20 @@ fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<usize> {
         .checked_mul(rs as usize)?
         .checked_add((cols - 1).checked_mul(cs as usize)?)?;
     last.checked_add(1)
+}
+
+/// Whether the strides of a `rows x cols` matrix, in bounds by [`extent`] (so not negative),
+/// give every element its own place: one stride covers whole rows or columns of the other.
+fn distinct(rows: usize, cols: usize, rs: isize, cs: isize) -> bool {
+    let (rs, cs) = (rs.unsigned_abs(), cs.unsigned_abs());
+    match (rows > 1, cols > 1) {
+        (false, false) => true,
+        (true, false) => rs != 0,
+        (false, true) => cs != 0,
+        (true, true) => {
+            (cs != 0 && rs >= cs.saturating_mul(cols)) || (rs != 0 && cs >= rs.saturating_mul(rows))
+        }
+    }
 }
 
 /// C = alpha A B + beta C for strided matrices, after checking every operand fits its slice.
@@ -425,20 +488,171 @@ pub fn gemm<T: Real>(
     rsc: isize,
     csc: isize,
 ) -> Result<(), Error> {
-    let fits = |rows, cols, rs, cs, len| extent(rows, cols, rs, cs).is_some_and(|e| e <= len);
-    if !fits(m, k, rsa, csa, a.len())
-        || !fits(k, n, rsb, csb, b.len())
-        || !fits(m, n, rsc, csc, c.len())
-    {
-        return Err(Error::Internal(format!(
-            "gemm operands do not fit their buffers (m={m}, k={k}, n={n})"
-        )));
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
+    let lens = (a.len(), b.len(), c.len());
+    if let Some(e) = gemm_misfit(m, k, n, lens, (rsa, csa, rsb, csb, rsc, csc)) {
+        return Err(Error::Internal(e));
     }
     T::gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
     Ok(())
+}
+
+#[cfg(test)]
+mod gemm_checks {
+    use super::{gemm, gemm_pair, Real};
+
+    #[test]
+    fn a_2x2_product() {
+        let (a, b) = ([1.0f64, 2.0, 3.0, 4.0], [1.0f64, 0.0, 1.0, 1.0]);
+        let mut c = [0.0f64; 4];
+        f64::gemm(2, 2, 2, 1.0, &a, 2, 1, &b, 2, 1, 0.0, &mut c, 2, 1);
+        assert_eq!(c, [3.0, 2.0, 7.0, 4.0]);
+        let mut c = [1.0f32; 4];
+        let (a, b) = (a.map(|x| x as f32), b.map(|x| x as f32));
+        gemm(2, 2, 2, 1.0f32, &a, 2, 1, &b, 2, 1, 1.0, &mut c, 2, 1).unwrap();
+        assert_eq!(c, [4.0, 3.0, 8.0, 5.0]);
+        // k = 0: C = beta C.
+        f32::gemm(2, 0, 2, 1.0, &[], 0, 1, &[], 2, 1, 2.0, &mut c, 2, 1);
+        assert_eq!(c, [8.0, 6.0, 16.0, 10.0]);
+        // The pair: A1 B1 + A2 B2 with A2 = I, B2 = B.
+        let mut c = [0.0f32; 4];
+        let id = [1.0f32, 0.0, 0.0, 1.0];
+        let p1 = (2, &a[..], 2, 1, &b[..], 2);
+        let p2 = (2, &id[..], 2, 1, &b[..], 2);
+        f32::gemm_pair(2, 2, 1.0, p1, p2, 0.0, &mut c, 2);
+        assert_eq!(c, [4.0, 2.0, 8.0, 5.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: A (2x2, strides 2, 1) does not fit a slice of 3")]
+    fn a_short_a_is_refused() {
+        let mut c = [0.0f32; 4];
+        f32::gemm(
+            2, 2, 2, 1.0, &[1.0; 3], 2, 1, &[1.0; 4], 2, 1, 0.0, &mut c, 2, 1,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: B (2x2, strides 1, 2) does not fit a slice of 3")]
+    fn a_short_b_is_refused() {
+        let mut c = [0.0f64; 4];
+        f64::gemm(
+            2, 2, 2, 1.0, &[1.0; 4], 2, 1, &[1.0; 3], 1, 2, 0.0, &mut c, 2, 1,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: C (2x2, strides 2, 1) does not fit a slice of 3")]
+    fn a_short_c_is_refused() {
+        let mut c = [0.0f32; 3];
+        f32::gemm(
+            2, 2, 2, 1.0, &[1.0; 4], 2, 1, &[1.0; 4], 2, 1, 0.0, &mut c, 2, 1,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "has elements that overlap")]
+    fn overlapping_rows_of_c_are_refused() {
+        // Rows of C on top of each other: threads would write the same elements.
+        let mut c = [0.0f32; 2];
+        f32::gemm(
+            200,
+            2,
+            2,
+            1.0,
+            &[1.0; 400],
+            2,
+            1,
+            &[1.0; 4],
+            2,
+            1,
+            0.0,
+            &mut c,
+            0,
+            1,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn negative_strides_and_overflowing_extents_are_refused() {
+        let mut c = [0.0f64; 4];
+        f64::gemm(
+            2, 2, 2, 1.0, &[1.0; 4], -2, 1, &[1.0; 4], 2, 1, 0.0, &mut c, 2, 1,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm_pair: B (3x2, strides 2, 1) does not fit a slice of 4")]
+    fn a_short_operand_of_the_pair_is_refused() {
+        let (a, b) = ([1.0f32; 6], [1.0f32; 4]);
+        let mut c = [0.0f32; 4];
+        f32::gemm_pair(
+            2,
+            2,
+            1.0,
+            (2, &a[..], 2, 1, &b[..], 2),
+            (3, &a[..], 3, 1, &b[..], 2),
+            0.0,
+            &mut c,
+            2,
+        );
+    }
+
+    #[test]
+    fn the_checked_functions_return_errors() {
+        let mut c = [0.0f32; 4];
+        let e = gemm(
+            2,
+            2,
+            2,
+            1.0f32,
+            &[1.0; 4],
+            2,
+            1,
+            &[1.0; 4],
+            2,
+            1,
+            0.0,
+            &mut c,
+            usize::MAX as isize,
+            1,
+        );
+        assert!(e.unwrap_err().to_string().contains("C (2x2"));
+        let (a, b) = ([1.0f64; 4], [1.0f64; 4]);
+        let mut c = [0.0f64; 3];
+        let e = gemm_pair(
+            2,
+            2,
+            1.0,
+            (2, &a[..], 2, 1, &b[..], 2),
+            (2, &a[..], 2, 1, &b[..], 2),
+            0.0,
+            &mut c,
+            2,
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("C (2x2, strides 2, 1) does not fit a slice of 3"));
+        // Empty products touch nothing.
+        gemm(
+            0,
+            5,
+            7,
+            1.0f64,
+            &[],
+            5,
+            1,
+            &[0.0; 35],
+            7,
+            1,
+            0.0,
+            &mut [],
+            7,
+            1,
+        )
+        .unwrap();
+    }
 }
 
 #[cfg(test)]

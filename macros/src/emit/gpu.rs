@@ -361,18 +361,22 @@ pub fn call(
         const __PTX: &str = #ptx;
         static __PLAN: __gp::GpuPlan = #plan;
         #(#staged)*
-        let __outs = ::tensor_fn::gpu::run(
-            &__PLAN,
-            #cache,
-            __dev,
-            &::tensor_fn::gpu::Call {
-                dims: &[#(#dims),*],
-                scalars: &[#(#scalars),*],
-                inputs: &[#(#inputs),*],
-                params: &[#(#params),*],
-            },
-            __mode,
-        )?;
+        // SAFETY: `__PLAN` and its module were emitted together, by this expansion, from the
+        // method's schedule.
+        let __outs = unsafe {
+            ::tensor_fn::gpu::run(
+                &__PLAN,
+                #cache,
+                __dev,
+                &::tensor_fn::gpu::Call {
+                    dims: &[#(#dims),*],
+                    scalars: &[#(#scalars),*],
+                    inputs: &[#(#inputs),*],
+                    params: &[#(#params),*],
+                },
+                __mode,
+            )
+        }?;
         return ::core::result::Result::Ok(::tensor_fn::gpu::Lazy::pending(__outs, move |__h| {
             let mut __it = __h.into_iter();
             #(#convert)*

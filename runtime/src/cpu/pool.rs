@@ -12,7 +12,8 @@
 //! `TENSOR_FN_THREADS` sets the number of threads (the caller counts as one); the default is
 //! the machine's available parallelism.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ struct Pool {
     parked: AtomicUsize,
     /// Serializes jobs from several user threads.
     gate: Mutex<()>,
+    /// A chunk of the current job panicked on a worker (the caller panics in turn).
+    panicked: AtomicBool,
 }
 
 fn pool() -> &'static Pool {
@@ -61,6 +64,7 @@ fn pool() -> &'static Pool {
             wake: Condvar::new(),
             parked: AtomicUsize::new(0),
             gate: Mutex::new(()),
+            panicked: AtomicBool::new(false),
         }));
         // Fewer threads than asked for if spawning fails; nothing ever waits on a worker.
         let mut started = 1;
@@ -136,7 +140,11 @@ fn worker(pool: &'static Pool, me: usize) {
             // SAFETY: we are counted in `state`, so `run_chunks` has not returned and the
             // closure it borrowed is alive.
             let f = unsafe { &*job.f };
-            work(pool, job.chunks, me, f);
+            // A panicking chunk must not end the worker while it is counted in `state`: the
+            // caller would wait for it forever. The caller panics instead.
+            if catch_unwind(AssertUnwindSafe(|| work(pool, job.chunks, me, f))).is_err() {
+                pool.panicked.store(true, Ordering::Release);
+            }
         }
         pool.state.fetch_sub(1, Ordering::AcqRel);
     }
@@ -160,7 +168,8 @@ fn work(pool: &Pool, chunks: usize, me: usize, f: &(dyn Fn(usize) + Sync)) {
 }
 
 /// Runs `f(0)`, ..., `f(chunks - 1)` on the calling thread and whichever workers are free,
-/// returning when all chunks are done. A panic in a chunk is not caught: kernels don't panic.
+/// returning when all chunks are done. When a chunk panics, on any thread, this panics once no
+/// worker is inside `f` any more.
 pub fn run_chunks(chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     let pool = pool();
     if chunks <= 1 || pool.threads.load(Ordering::Acquire) == 1 {
@@ -183,19 +192,34 @@ pub fn run_chunks(chunks: usize, f: &(dyn Fn(usize) + Sync)) {
             pool.wake.notify_all();
         }
     }
+    // Closes the job when this function returns or unwinds from a panicking chunk, so that
+    // `f` outlives every use of it on the workers.
+    let close = Close(pool);
     work(pool, chunks, 0, f);
-    // No worker joins after this; wait for the ones inside to finish their chunk.
-    pool.state.fetch_or(CLOSED, Ordering::AcqRel);
-    let mut spins = 0u32;
-    while pool.state.load(Ordering::Acquire) & ACTIVE != 0 {
-        spins += 1;
-        if spins < 1 << 12 {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
+    drop(close);
+}
+
+/// Closes the current job: no worker joins after this, and the ones inside finish their chunk.
+struct Close<'a>(&'a Pool);
+
+impl Drop for Close<'_> {
+    fn drop(&mut self) {
+        let pool = self.0;
+        pool.state.fetch_or(CLOSED, Ordering::AcqRel);
+        let mut spins = 0u32;
+        while pool.state.load(Ordering::Acquire) & ACTIVE != 0 {
+            spins += 1;
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        *pool.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if pool.panicked.swap(false, Ordering::AcqRel) && !std::thread::panicking() {
+            panic!("a chunk of a parallel job panicked on a worker thread (its message is above)");
         }
     }
-    *pool.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 #[cfg(test)]
@@ -233,6 +257,60 @@ mod tests {
                 });
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod panics {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// After a job that panicked, the pool runs the next job normally.
+    fn pool_still_works() {
+        let hits: Vec<AtomicU64> = (0..16).map(|_| AtomicU64::new(0)).collect();
+        run_chunks(16, &|c| {
+            hits[c].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn a_panicking_chunk_panics_the_caller_after_the_workers_leave() {
+        for _ in 0..50 {
+            let inside = AtomicUsize::new(0);
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                run_chunks(8, &|c| {
+                    inside.fetch_add(1, Ordering::AcqRel);
+                    std::thread::sleep(Duration::from_micros(200));
+                    inside.fetch_sub(1, Ordering::AcqRel);
+                    assert!(c != 0, "chunk 0 fails");
+                })
+            }));
+            assert!(r.is_err());
+            // Nobody runs the closure once run_chunks is done, returning or panicking.
+            assert_eq!(inside.load(Ordering::Acquire), 0);
+            pool_still_works();
+        }
+    }
+
+    #[test]
+    fn a_chunk_panicking_on_a_worker_panics_the_caller() {
+        let caller = std::thread::current().id();
+        for _ in 0..50 {
+            let on_worker = AtomicBool::new(false);
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                run_chunks(8, &|_| {
+                    std::thread::sleep(Duration::from_micros(200));
+                    if std::thread::current().id() != caller {
+                        on_worker.store(true, Ordering::Release);
+                        panic!("a chunk on a worker fails");
+                    }
+                })
+            }));
+            // The workers may all have been asleep: then the caller ran every chunk.
+            assert_eq!(r.is_err(), on_worker.load(Ordering::Acquire));
+            pool_still_works();
+        }
     }
 }
 

@@ -409,7 +409,17 @@ pub enum Mode {
 
 /// Runs `plan` on `device` for one call. With [`Mode::Wait`] the outputs are on the host when
 /// it returns; with [`Mode::Lazy`] they are copies on the device, read when asked.
-pub fn run(
+///
+/// Buffer lengths, argument ranges and grids are checked against the plan; what the kernels
+/// then access is the plan's promise.
+///
+/// # Safety
+/// `plan` is a plan `tensor_fn!` emitted, unchanged: its PTX module and its launches were made
+/// together from one schedule, so every kernel, at the grid the plan gives it, accesses only
+/// the buffers and scratch regions the plan binds to its parameters, within the lengths the
+/// plan gives them. (A CUDA device does not check the accesses; a hand-made plan could write
+/// anywhere in device memory.)
+pub unsafe fn run(
     plan: &GpuPlan,
     cache: &FnCache,
     device: Device,
