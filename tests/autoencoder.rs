@@ -1,42 +1,11 @@
 //! The seed's autoencoder as a library user writes it: training on a slice of the shipped
-//! MNIST lowers the cost and changes the filters, a training step allocates nothing after the
-//! first, bad shapes are errors, and the result matches a plain re-implementation.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+//! MNIST lowers the cost and changes the filters, bad shapes are errors, and the result matches
+//! a plain re-implementation. (That a step allocates nothing after the first is
+//! `tests/zero_alloc.rs`, a binary of its own.)
 
 use ndarray::{s, Array1, Array2, ArrayView2};
 use tensor_fn::data::mnist::Mnist;
 use tensor_fn::prelude::*;
-
-/// Counts heap allocations made by the current thread.
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: defers to the system allocator; the counter is a plain thread-local Cell.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> usize {
-    ALLOCS.with(|c| c.get())
-}
 
 /// The model exactly as the main job defines it.
 #[allow(dead_code)]
@@ -127,19 +96,6 @@ fn matches_a_hand_written_backprop() {
         .mapv(f64::abs)
         .fold(0.0f64, |a, &b| a.max(b));
     assert!(dw < 1e-4, "max |W - W_ref| = {dw}");
-}
-
-#[test]
-fn a_training_step_allocates_nothing_after_the_first() {
-    let x = images();
-    let hidden = 50;
-    let mut m = Autoencoder::new(init(hidden), Array1::zeros(hidden), Array1::zeros(784)).unwrap();
-    m.train(x.slice(s![..20, ..]), 0.1).unwrap();
-    let before = allocs();
-    for i in 1..40 {
-        m.train(x.slice(s![i * 20..(i + 1) * 20, ..]), 0.1).unwrap();
-    }
-    assert_eq!(allocs() - before, 0, "allocations in 39 training steps");
 }
 
 #[test]
