@@ -28,6 +28,11 @@ pub mod prelude {
     pub use ndarray;
 }
 
+/// The README's examples, compiled and run by `cargo test --doc`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// What generated code calls. Not a public API: it changes with the compiler.
 #[doc(hidden)]
 pub mod __private {
