@@ -13,17 +13,8 @@ use tensor_fn::prelude::*;
 mod example;
 use example::Autoencoder;
 
-fn init(hidden: usize) -> Array2<f32> {
-    // A deterministic spread of small weights (a hash, not a generator: tests need no RNG).
-    let bound = 4.0 * (6.0f32 / (hidden as f32 + 784.0)).sqrt();
-    Array2::from_shape_fn((784, hidden), |(i, j)| {
-        let mut x = (i * 7919 + j * 104729 + 1) as u32;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * bound
-    })
-}
+mod common;
+use common::init;
 
 fn images() -> Array2<f32> {
     let data = Mnist::load_default().expect("the shipped MNIST loads");

@@ -11,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ndarray::{s, Array1, Array2};
+use ndarray::{s, Array1};
 use tensor_fn::data::mnist::Mnist;
 use tensor_fn_runtime::cpu::{run_chunks, threads};
 
@@ -52,17 +52,8 @@ fn allocs() -> usize {
 mod example;
 use example::Autoencoder;
 
-/// A deterministic spread of small weights (a hash, not a generator).
-fn init(hidden: usize) -> Array2<f32> {
-    let bound = 4.0 * (6.0f32 / (hidden as f32 + 784.0)).sqrt();
-    Array2::from_shape_fn((784, hidden), |(i, j)| {
-        let mut x = (i * 7919 + j * 104729 + 1) as u32;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * bound
-    })
-}
+mod common;
+use common::init;
 
 /// Returns once every thread of the pool has run a chunk of a job: a worker allocates its
 /// thread state when it starts, and that must not land inside the counted window.
