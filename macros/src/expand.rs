@@ -1,5 +1,5 @@
 //! The order of the stages, one line each, with error barriers between them:
-//! syntax -> ir (lower) -> simplify -> grad -> simplify -> check -> schedule -> emit.
+//! syntax -> lower (into the ir) -> simplify -> grad -> simplify -> check -> schedule -> emit.
 
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote, ToTokens};
@@ -7,6 +7,7 @@ use quote::{format_ident, quote, ToTokens};
 use crate::diag::Diagnostics;
 use crate::emit::rust::{self as rs, Shape};
 use crate::ir::{self, Function};
+use crate::lower;
 use crate::schedule::{self, Schedule};
 use crate::syntax::{self, Program, TypeAst};
 use crate::{check, grad, simplify, text};
@@ -46,7 +47,7 @@ pub fn tensor_fn(input: TokenStream) -> TokenStream {
 /// Runs every stage up to the schedule. Errors are the user's (with spans) or internal.
 pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let fns = ir::lower(program, &mut diags);
+    let fns = lower::lower(program, &mut diags);
     if !diags.is_empty() {
         return Err(diags);
     }

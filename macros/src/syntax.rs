@@ -7,11 +7,18 @@
 //!
 //! Math is parsed with a Pratt parser over syn's token cursor: `+ -` bind looser than `* /`,
 //! unary `-` tighter than both, postfix `.T` tightest.
+//!
+//! `expr_source` prints an expression back as source text, for hints that quote a fix and for
+//! reports like `grad(cost, w)`.
+
+use std::fmt::Write as _;
 
 use proc_macro2::{Span, TokenStream};
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{braced, bracketed, parenthesized, Attribute, Ident, Token, Visibility};
+
+use crate::builtins::ALL_FUNCS;
 
 /// Element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -141,6 +148,71 @@ impl Expr {
 /// Joins two spans where the compiler allows it (nightly or same file), else the first.
 pub fn join(a: Span, b: Span) -> Span {
     a.join(b).unwrap_or(a)
+}
+
+/// The source text of an expression, compactly, for reports like `grad(cost, w)`.
+pub fn expr_source(e: &Expr) -> String {
+    let mut s = String::new();
+    write_source(e, &mut s);
+    s
+}
+
+/// The source text of an expression as a whole call argument: without the outer parentheses
+/// `expr_source` puts around a binary expression.
+pub fn bare_source(e: &Expr) -> String {
+    let s = expr_source(e);
+    match e {
+        Expr::Binary { .. } => s[1..s.len() - 1].to_string(),
+        _ => s,
+    }
+}
+
+fn write_source(e: &Expr, s: &mut String) {
+    match e {
+        Expr::Num { text, .. } => s.push_str(text),
+        Expr::Name(i) => s.push_str(&i.to_string()),
+        Expr::Neg { expr, .. } => {
+            s.push('-');
+            write_source(expr, s);
+        }
+        Expr::Binary { op, lhs, rhs, .. } => {
+            s.push('(');
+            write_source(lhs, s);
+            let _ = write!(s, " {} ", op.symbol());
+            write_source(rhs, s);
+            s.push(')');
+        }
+        Expr::Call { func, args, .. } => {
+            let _ = write!(s, "{func}(");
+            for (i, a) in args.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                match a {
+                    Arg::Pos(e) => write_source(e, s),
+                    Arg::Named(n, e) => {
+                        let _ = write!(s, "{n} = ");
+                        write_source(e, s);
+                    }
+                }
+            }
+            s.push(')');
+        }
+        Expr::Transpose { expr, .. } => {
+            write_source(expr, s);
+            s.push_str(".T");
+        }
+        Expr::Tuple(items, _) => {
+            s.push('(');
+            for (i, e) in items.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                write_source(e, s);
+            }
+            s.push(')');
+        }
+    }
 }
 
 /// A statement of a function body.
@@ -665,15 +737,13 @@ fn parse_bp(input: ParseStream, min_bp: u8) -> syn::Result<Expr> {
             input.parse::<Token![*]>()?;
             // Quote the fix when the exponent parses.
             let help = match parse_unary(input) {
-                Ok(k) if is_literal(&k) => format!(
-                    "write `pow({}, {})`",
-                    crate::ir::bare_source(&lhs),
-                    crate::ir::bare_source(&k)
-                ),
+                Ok(k) if is_literal(&k) => {
+                    format!("write `pow({}, {})`", bare_source(&lhs), bare_source(&k))
+                }
                 Ok(k) => format!(
                     "`pow` takes a constant exponent; for a variable one write `exp({} * log({}))`",
-                    crate::ir::expr_source(&k),
-                    crate::ir::bare_source(&lhs)
+                    expr_source(&k),
+                    bare_source(&lhs)
                 ),
                 Err(_) => "write `pow(x, k)` with a constant exponent `k`".into(),
             };
@@ -744,10 +814,10 @@ fn parse_postfix(input: ParseStream) -> syn::Result<Expr> {
         } else {
             let help = if id == "t" {
                 "did you mean `.T`?".to_string()
-            } else if crate::ir::ALL_FUNCS.contains(&id.to_string().as_str()) {
+            } else if ALL_FUNCS.contains(&id.to_string().as_str()) {
                 format!(
                     "`{id}` is a function: call it as `{id}({})`",
-                    crate::ir::bare_source(&e)
+                    bare_source(&e)
                 )
             } else {
                 "`.T` (transpose) is the only member".to_string()

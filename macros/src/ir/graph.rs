@@ -1,0 +1,515 @@
+//! The graph every stage after parsing works on: a hash-consed DAG of typed ops in topological
+//! order (`Graph`, `NodeId`, `Op`), the types of its nodes (`Type`, `Dim`), and a lowered function
+//! (`Function`: one graph with its inputs, outputs, updates and reported gradients). The
+//! elementwise ops (`Unary`, `Binary`, the constant `Num`), their names and their scalar
+//! semantics (`eval_unary`) form the last section.
+
+use std::collections::HashMap;
+
+use proc_macro2::Span;
+
+use super::shape::infer;
+use crate::syntax::{DType, Options};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    pub fn idx(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// One dim of a type. Symbolic dims are indices into `Graph::syms`; two different symbols are
+/// different dims (they never broadcast against each other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dim {
+    Static(u64),
+    Sym(u32),
+}
+
+/// Element type and shape. Rank 0 to 2.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Type {
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+}
+
+impl Type {
+    pub fn scalar(dtype: DType) -> Type {
+        Type {
+            dtype,
+            shape: Vec::new(),
+        }
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+/// Which axes a reduction folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Axis {
+    All,
+    One(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// An input or parameter: an index into `Graph::vars`.
+    Var(u32),
+    /// A constant filling the node's type.
+    Const(Num),
+    /// The size of a dim as a scalar of the node's dtype (bound at run time if symbolic).
+    DimSize(Dim),
+    Unary(Unary),
+    Binary(Binary),
+    /// Matrix transpose (rank 2 only).
+    Transpose,
+    /// Inserts a dim of size 1 at the given position.
+    ExpandDims(u8),
+    /// Numpy broadcast of the argument to the node's type.
+    Broadcast,
+    /// Outer product of two vectors.
+    Outer,
+    /// Vector/matrix products as numpy's `dot` for ranks 1 and 2.
+    Dot,
+    Sum(Axis),
+    Max(Axis),
+    /// `grad(cost, var)`: replaced by the `grad` stage; arg 0 is the cost.
+    Grad(u32),
+}
+
+/// Inputs are function arguments; params are shared variables of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VarKind {
+    Input,
+    Param,
+}
+
+#[derive(Debug, Clone)]
+pub struct Var {
+    pub name: String,
+    pub kind: VarKind,
+    pub ty: Type,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub op: Op,
+    pub args: Vec<NodeId>,
+    pub ty: Type,
+    /// The user's token this node came from (kept by rewrites and by `grad`).
+    pub span: Span,
+}
+
+/// A hash-consed DAG in topological order.
+///
+/// Invariant: every child NodeId is smaller than its parent's, and no two nodes have the same
+/// (op, args, type): building a node that exists returns the old id, which is CSE for free.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    memo: HashMap<(Op, Vec<NodeId>, Type), NodeId>,
+    pub vars: Vec<Var>,
+    pub syms: Vec<String>,
+}
+
+/// A shape or type error of one op: message and optional hint.
+#[derive(Debug, Clone)]
+pub struct TypeError {
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl TypeError {
+    pub(super) fn new(message: String) -> Self {
+        TypeError {
+            message,
+            help: None,
+        }
+    }
+}
+
+/// How many nodes a graph may hold: pathological inputs stop with an error, not a hung build.
+pub const MAX_NODES: usize = 200_000;
+
+/// How long a chain of ops (the depth of the graph) may be when it is scheduled: the scheduler
+/// walks a fused chain recursively, on the compiler's 8 MiB stack. A pathological input stops
+/// with an error, not a crash.
+pub const MAX_DEPTH: usize = 4000;
+
+impl Graph {
+    /// An empty graph over these variables and symbolic dims.
+    pub fn with_vars(vars: Vec<Var>, syms: Vec<String>) -> Graph {
+        Graph {
+            vars,
+            syms,
+            ..Graph::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.idx()]
+    }
+
+    pub fn ty(&self, id: NodeId) -> &Type {
+        &self.nodes[id.idx()].ty
+    }
+
+    pub fn op(&self, id: NodeId) -> Op {
+        self.nodes[id.idx()].op
+    }
+
+    pub fn args(&self, id: NodeId) -> &[NodeId] {
+        &self.nodes[id.idx()].args
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> {
+        (0..self.nodes.len() as u32).map(NodeId)
+    }
+
+    /// Adds (or finds) a node whose type is already known.
+    pub fn add(&mut self, op: Op, args: Vec<NodeId>, ty: Type, span: Span) -> NodeId {
+        let key = (op, args, ty);
+        if let Some(&id) = self.memo.get(&key) {
+            return id;
+        }
+        let (op, args, ty) = key;
+        debug_assert!(args.iter().all(|a| a.idx() < self.nodes.len()));
+        let id = NodeId(self.nodes.len() as u32);
+        self.nodes.push(Node {
+            op,
+            args: args.clone(),
+            ty: ty.clone(),
+            span,
+        });
+        self.memo.insert((op, args, ty), id);
+        id
+    }
+
+    /// Adds a node, inferring its type from the op's shape rule.
+    pub fn build(&mut self, op: Op, args: Vec<NodeId>, span: Span) -> Result<NodeId, TypeError> {
+        let tys: Vec<&Type> = args.iter().map(|a| self.ty(*a)).collect();
+        let ty = infer(self, op, &tys)?;
+        Ok(self.add(op, args, ty, span))
+    }
+
+    pub fn constant(&mut self, v: f64, ty: Type, span: Span) -> NodeId {
+        self.add(Op::Const(Num::new(v)), Vec::new(), ty, span)
+    }
+
+    pub fn scalar_const(&mut self, v: f64, dtype: DType, span: Span) -> NodeId {
+        self.constant(v, Type::scalar(dtype), span)
+    }
+
+    pub fn const_value(&self, id: NodeId) -> Option<f64> {
+        match self.op(id) {
+            Op::Const(c) => Some(c.get()),
+            _ => None,
+        }
+    }
+
+    pub fn sym(&mut self, name: &str) -> Dim {
+        if let Some(i) = self.syms.iter().position(|s| s == name) {
+            return Dim::Sym(i as u32);
+        }
+        self.syms.push(name.to_string());
+        Dim::Sym(self.syms.len() as u32 - 1)
+    }
+
+    pub fn dim_str(&self, d: Dim) -> String {
+        match d {
+            Dim::Static(n) => n.to_string(),
+            Dim::Sym(s) => self.syms[s as usize].clone(),
+        }
+    }
+
+    /// `f32[b, 784]`, or `f32` for a scalar.
+    pub fn type_str(&self, t: &Type) -> String {
+        let mut s = t.dtype.name().to_string();
+        if !t.shape.is_empty() {
+            s.push('[');
+            for (i, d) in t.shape.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(&self.dim_str(*d));
+            }
+            s.push(']');
+        }
+        s
+    }
+
+    /// Whether `root` depends on node `target` (structurally).
+    pub fn depends_on(&self, root: NodeId, target: NodeId) -> bool {
+        if root < target {
+            return false;
+        }
+        let mut seen = vec![false; root.idx() + 1];
+        let mut stack = vec![root];
+        while let Some(n) = stack.pop() {
+            if n == target {
+                return true;
+            }
+            if std::mem::replace(&mut seen[n.idx()], true) {
+                continue;
+            }
+            for &a in self.args(n) {
+                if a >= target {
+                    stack.push(a);
+                }
+            }
+        }
+        false
+    }
+
+    /// The length of the longest chain of ops below `roots`, and the node that ends it.
+    pub fn depth(&self, roots: &[NodeId]) -> (usize, NodeId) {
+        let live = self.reachable(roots);
+        let mut depth = vec![0usize; self.nodes.len()];
+        let mut deepest = (0, NodeId(0));
+        for (i, n) in self.nodes.iter().enumerate() {
+            if live[i] {
+                depth[i] = 1 + n.args.iter().map(|a| depth[a.idx()]).max().unwrap_or(0);
+                if depth[i] > deepest.0 {
+                    deepest = (depth[i], NodeId(i as u32));
+                }
+            }
+        }
+        deepest
+    }
+
+    /// The nodes reachable from `roots`, as a mask indexed by node.
+    pub fn reachable(&self, roots: &[NodeId]) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        for r in roots {
+            live[r.idx()] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if live[i] {
+                for a in &self.nodes[i].args {
+                    live[a.idx()] = true;
+                }
+            }
+        }
+        live
+    }
+
+    /// A compact copy holding only what `roots` need, in the same order; returns the new roots.
+    pub fn extract(&self, roots: &[NodeId]) -> (Graph, Vec<NodeId>) {
+        let live = self.reachable(roots);
+        let mut g = Graph {
+            vars: self.vars.clone(),
+            syms: self.syms.clone(),
+            ..Graph::default()
+        };
+        let mut map = vec![NodeId(u32::MAX); self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            if live[i] {
+                let args = n.args.iter().map(|a| map[a.idx()]).collect();
+                map[i] = g.add(n.op, args, n.ty.clone(), n.span);
+            }
+        }
+        let roots = roots.iter().map(|r| map[r.idx()]).collect();
+        (g, roots)
+    }
+
+    /// How many nodes use each node as an argument (counting repeats), among `live` nodes.
+    pub fn use_counts(&self, live: &[bool]) -> Vec<u32> {
+        let mut uses = vec![0u32; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            if live[i] {
+                for a in &n.args {
+                    uses[a.idx()] += 1;
+                }
+            }
+        }
+        uses
+    }
+}
+
+pub(super) fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Var(_) => "input",
+        Op::Const(_) => "const",
+        Op::DimSize(_) => "dim",
+        Op::Unary(u) => unary_name(u),
+        Op::Binary(b) => binary_name(b),
+        Op::Transpose => "transpose",
+        Op::ExpandDims(_) => "expand_dims",
+        Op::Broadcast => "broadcast",
+        Op::Outer => "outer",
+        Op::Dot => "dot",
+        Op::Sum(_) => "sum",
+        Op::Max(_) => "max",
+        Op::Grad(_) => "grad",
+    }
+}
+
+/// What a function returns, as declared or inferred.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ret {
+    Unit,
+    One,
+    Tuple(usize),
+}
+
+/// One compiled function, after lowering: its own graph, inputs, outputs and updates.
+#[derive(Debug, Clone)]
+pub struct Function {
+    pub name: String,
+    pub graph: Graph,
+    /// Var indices of the inputs, in argument order.
+    pub inputs: Vec<u32>,
+    pub outputs: Vec<NodeId>,
+    pub ret: Ret,
+    /// (param var index, new value), in source order.
+    pub updates: Vec<(u32, NodeId)>,
+    /// (source text like `grad(cost, w)`, the Grad node), for the gradient report.
+    pub grads: Vec<(String, NodeId)>,
+    pub options: Options,
+}
+
+impl Function {
+    /// All roots: outputs, then update values, then the reported gradients.
+    pub fn roots(&self) -> Vec<NodeId> {
+        let mut r = self.outputs.clone();
+        r.extend(self.updates.iter().map(|u| u.1));
+        r.extend(self.grads.iter().map(|g| g.1));
+        r
+    }
+
+    /// Replaces the graph and remaps every root through `new_roots` (same order as `roots()`).
+    pub fn set_roots(&mut self, graph: Graph, new_roots: &[NodeId]) {
+        let mut it = new_roots.iter().copied();
+        for o in &mut self.outputs {
+            *o = it.next().unwrap();
+        }
+        for u in &mut self.updates {
+            u.1 = it.next().unwrap();
+        }
+        for gr in &mut self.grads {
+            gr.1 = it.next().unwrap();
+        }
+        self.graph = graph;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise ops: their names and scalar semantics.
+
+/// A float constant, hashable by its bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Num(pub u64);
+
+impl Num {
+    pub fn new(v: f64) -> Num {
+        // One zero: -0.0 and 0.0 are the same constant for hash-consing.
+        Num(if v == 0.0 { 0.0f64 } else { v }.to_bits())
+    }
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Log1p,
+    Sqrt,
+    Tanh,
+    Sigmoid,
+    Softplus,
+    Relu,
+    Abs,
+    /// -1, 0 or 1 (the derivative of `abs`).
+    Sign,
+    /// 1 where x > 0, else 0 (the derivative of `relu`).
+    Step,
+    /// x^k for a constant k.
+    Pow(Num),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Binary {
+    Add,
+    Mul,
+    Div,
+    Maximum,
+    Minimum,
+    /// 1 where a >= b, else 0 (masks for the derivatives of maximum/minimum).
+    Ge,
+    /// 1 where a == b, else 0 (the mask for the derivative of `max`).
+    Eq,
+}
+
+pub fn unary_name(u: Unary) -> &'static str {
+    match u {
+        Unary::Neg => "neg",
+        Unary::Exp => "exp",
+        Unary::Log => "log",
+        Unary::Log1p => "log1p",
+        Unary::Sqrt => "sqrt",
+        Unary::Tanh => "tanh",
+        Unary::Sigmoid => "sigmoid",
+        Unary::Softplus => "softplus",
+        Unary::Relu => "relu",
+        Unary::Abs => "abs",
+        Unary::Sign => "sign",
+        Unary::Step => "step",
+        Unary::Pow(_) => "pow",
+    }
+}
+
+pub fn binary_name(b: Binary) -> &'static str {
+    match b {
+        Binary::Add => "add",
+        Binary::Mul => "mul",
+        Binary::Div => "div",
+        Binary::Maximum => "maximum",
+        Binary::Minimum => "minimum",
+        Binary::Ge => "ge",
+        Binary::Eq => "eq",
+    }
+}
+
+/// Scalar semantics of each unary op in f64 (constant folding of literals).
+pub fn eval_unary(u: Unary, x: f64) -> f64 {
+    match u {
+        Unary::Neg => -x,
+        Unary::Exp => x.exp(),
+        Unary::Log => x.ln(),
+        Unary::Log1p => x.ln_1p(),
+        Unary::Sqrt => x.sqrt(),
+        Unary::Tanh => x.tanh(),
+        Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Unary::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+        Unary::Relu => x.max(0.0),
+        Unary::Abs => x.abs(),
+        Unary::Sign => {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        }
+        Unary::Step => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Unary::Pow(k) => x.powf(k.get()),
+    }
+}

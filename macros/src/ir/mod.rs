@@ -1,0 +1,12 @@
+//! Stage 2's data: the hash-consed DAG every later stage works on (`graph`) and the shape rule
+//! of every op (`shape`). The stage itself, which builds graphs from the AST, is `crate::lower`.
+
+mod graph;
+mod shape;
+
+pub use crate::syntax::DType;
+pub use graph::{
+    binary_name, eval_unary, unary_name, Axis, Binary, Dim, Function, Graph, NodeId, Num, Op, Ret,
+    Type, TypeError, Unary, Var, VarKind, MAX_DEPTH, MAX_NODES,
+};
+pub use shape::{binary_type, broadcast_shapes, dot_type, infer};

@@ -1,0 +1,291 @@
+//! The shape rule of every op (`infer`), numpy broadcasting, and the type errors users see
+//! for elementwise ops and `dot`, with hints that quote the fix (``did you mean `w.T`?``).
+
+use super::graph::{op_name, Axis, Binary, Dim, Graph, Op, Type, TypeError};
+use crate::syntax::DType;
+
+/// Numpy broadcasting of two shapes (aligned on the right; a static 1 stretches).
+pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    let n = a.len().max(b.len());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let da = (i + a.len()).checked_sub(n).map(|k| a[k]);
+        let db = (i + b.len()).checked_sub(n).map(|k| b[k]);
+        out.push(match (da, db) {
+            (Some(x), None) | (None, Some(x)) => x,
+            (Some(x), Some(y)) if x == y => x,
+            (Some(Dim::Static(1)), Some(y)) => y,
+            (Some(x), Some(Dim::Static(1))) => x,
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+/// The user-facing name of an op in error messages (`+` rather than `add`).
+fn op_symbol(op: Op) -> &'static str {
+    match op {
+        Op::Binary(Binary::Add) => "+",
+        Op::Binary(Binary::Mul) => "*",
+        Op::Binary(Binary::Div) => "/",
+        other => op_name(other),
+    }
+}
+
+/// The shape rule of every op: the type of `op` applied to arguments of types `args`.
+pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
+    let same_dtype = |what: &str| -> Result<DType, TypeError> {
+        let d = args[0].dtype;
+        if let Some(other) = args.iter().find(|t| t.dtype != d) {
+            return Err(dtype_error(g, what, args[0], other));
+        }
+        Ok(d)
+    };
+    let arity = |n: usize| -> Result<(), TypeError> {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(TypeError::new(format!(
+                "internal: `{}` takes {n} arguments, got {}",
+                op_name(op),
+                args.len()
+            )))
+        }
+    };
+    match op {
+        Op::Var(_) | Op::Const(_) | Op::DimSize(_) | Op::Broadcast | Op::Grad(_) => Err(
+            TypeError::new(format!("internal: `{}` has no shape rule", op_name(op))),
+        ),
+        Op::Unary(_) => {
+            arity(1)?;
+            Ok(args[0].clone())
+        }
+        Op::Binary(_) => {
+            arity(2)?;
+            binary_type(g, op_symbol(op), args[0], args[1], None)
+        }
+        Op::Transpose => {
+            arity(1)?;
+            let mut t = args[0].clone();
+            t.shape.reverse();
+            Ok(t)
+        }
+        Op::ExpandDims(k) => {
+            arity(1)?;
+            let mut t = args[0].clone();
+            if k as usize > t.shape.len() || t.shape.len() >= 2 {
+                return Err(TypeError::new("internal: expand_dims out of range".into()));
+            }
+            t.shape.insert(k as usize, Dim::Static(1));
+            Ok(t)
+        }
+        Op::Outer => {
+            arity(2)?;
+            let dtype = same_dtype("outer")?;
+            if args[0].rank() != 1 || args[1].rank() != 1 {
+                return Err(TypeError::new("internal: outer takes two vectors".into()));
+            }
+            Ok(Type {
+                dtype,
+                shape: vec![args[0].shape[0], args[1].shape[0]],
+            })
+        }
+        Op::Dot => {
+            arity(2)?;
+            dot_type(g, args[0], args[1], None)
+        }
+        Op::Sum(axis) | Op::Max(axis) => {
+            arity(1)?;
+            let mut t = args[0].clone();
+            match axis {
+                Axis::All => t.shape.clear(),
+                Axis::One(k) => {
+                    if k as usize >= t.shape.len() {
+                        return Err(TypeError::new(format!(
+                            "axis {k} is out of range for {} (rank {})",
+                            g.type_str(args[0]),
+                            t.shape.len()
+                        )));
+                    }
+                    t.shape.remove(k as usize);
+                }
+            }
+            Ok(t)
+        }
+    }
+}
+
+fn dtype_error(g: &Graph, what: &str, a: &Type, b: &Type) -> TypeError {
+    TypeError {
+        message: format!(
+            "element types differ in `{what}`: left is {}, right is {}",
+            g.type_str(a),
+            g.type_str(b)
+        ),
+        help: Some(
+            "tensor_fn! never converts implicitly: declare both as `f32` or both as `f64`".into(),
+        ),
+    }
+}
+
+/// The shape rule of an elementwise binary op, shown to the user as `sym` (`+`, `-`,
+/// `maximum`): one element type, numpy-broadcast shapes. `src` is the source text of both
+/// sides, when known, so that a hint can quote the fix.
+pub fn binary_type(
+    g: &Graph,
+    sym: &str,
+    a: &Type,
+    b: &Type,
+    src: Option<(&str, &str)>,
+) -> Result<Type, TypeError> {
+    if a.dtype != b.dtype {
+        return Err(dtype_error(g, sym, a, b));
+    }
+    match broadcast_shapes(&a.shape, &b.shape) {
+        Some(shape) => Ok(Type {
+            dtype: a.dtype,
+            shape,
+        }),
+        None => Err(TypeError {
+            message: format!(
+                "shapes do not broadcast in `{sym}`: left is {}, right is {}",
+                g.type_str(a),
+                g.type_str(b)
+            ),
+            help: Some(broadcast_help(g, sym, a, b, src)),
+        }),
+    }
+}
+
+/// The shape rule of `dot` (numpy's, for ranks 1 and 2); `src` as in `binary_type`.
+pub fn dot_type(
+    g: &Graph,
+    ta: &Type,
+    tb: &Type,
+    src: Option<(&str, &str)>,
+) -> Result<Type, TypeError> {
+    if ta.dtype != tb.dtype {
+        return Err(dtype_error(g, "dot", ta, tb));
+    }
+    let (a, b) = (&ta.shape, &tb.shape);
+    if a.is_empty() || b.is_empty() {
+        return Err(TypeError {
+            message: format!(
+                "`dot` needs vectors or matrices: left is {}, right is {}",
+                g.type_str(ta),
+                g.type_str(tb)
+            ),
+            help: Some("multiply by a scalar with `*`".into()),
+        });
+    }
+    if a[a.len() - 1] != b[0] {
+        return Err(TypeError {
+            message: format!(
+                "shape mismatch in `dot`: left is {}, right is {}",
+                g.type_str(ta),
+                g.type_str(tb)
+            ),
+            help: Some(dot_help(g, a, b, src)),
+        });
+    }
+    let mut shape = Vec::new();
+    if a.len() == 2 {
+        shape.push(a[0]);
+    }
+    if b.len() == 2 {
+        shape.push(b[1]);
+    }
+    Ok(Type {
+        dtype: ta.dtype,
+        shape,
+    })
+}
+
+fn rev(s: &[Dim]) -> Vec<Dim> {
+    s.iter().rev().copied().collect()
+}
+
+fn dot_help(g: &Graph, a: &[Dim], b: &[Dim], src: Option<(&str, &str)>) -> String {
+    let fits = |a: &[Dim], b: &[Dim]| a[a.len() - 1] == b[0];
+    if b.len() == 2 && fits(a, &rev(b)) {
+        return match src {
+            Some((l, r)) => format!("did you mean `dot({l}, {r}.T)`?"),
+            None => "did you mean to transpose the right side (`.T`)?".into(),
+        };
+    }
+    if a.len() == 2 && fits(&rev(a), b) {
+        return match src {
+            Some((l, r)) => format!("did you mean `dot({l}.T, {r})`?"),
+            None => "did you mean to transpose the left side (`.T`)?".into(),
+        };
+    }
+    format!(
+        "`dot` needs the last dim of the left side ({}) to equal the first dim of the right side ({})",
+        g.dim_str(a[a.len() - 1]),
+        g.dim_str(b[0])
+    )
+}
+
+/// Why two dims that must be equal are not, when symbolic dims are involved.
+fn dims_hint(g: &Graph, x: Dim, y: Dim) -> Option<String> {
+    match (x, y) {
+        (Dim::Sym(_), Dim::Static(_)) | (Dim::Static(_), Dim::Sym(_)) => {
+            let (s, k) = if matches!(x, Dim::Sym(_)) { (x, y) } else { (y, x) };
+            Some(format!(
+                "`{}` is a symbolic dim, so it is never known to be {}: declare both with `{}`, or both with {}",
+                g.dim_str(s),
+                g.dim_str(k),
+                g.dim_str(s),
+                g.dim_str(k)
+            ))
+        }
+        (Dim::Sym(_), Dim::Sym(_)) => Some(format!(
+            "`{}` and `{}` are different symbolic dims: if they are the same size, use one name for both",
+            g.dim_str(x),
+            g.dim_str(y)
+        )),
+        (Dim::Static(_), Dim::Static(_)) => None,
+    }
+}
+
+fn broadcast_help(g: &Graph, sym: &str, a: &Type, b: &Type, src: Option<(&str, &str)>) -> String {
+    let quote = |l: &str, r: &str| {
+        if sym.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            format!("`{sym}({l}, {r})`")
+        } else {
+            format!("`{l} {sym} {r}`")
+        }
+    };
+    // An update (`w -= v`) cannot transpose its left side.
+    let is_update = sym.ends_with('=');
+    if a.rank() == 2 && !is_update && broadcast_shapes(&rev(&a.shape), &b.shape).is_some() {
+        return match src {
+            Some((l, r)) => format!(
+                "the shapes fit if the left side is transposed: {}",
+                quote(&format!("{l}.T"), r)
+            ),
+            None => "the shapes fit if the left side is transposed (`.T`)".into(),
+        };
+    }
+    if b.rank() == 2 && broadcast_shapes(&a.shape, &rev(&b.shape)).is_some() {
+        return match src {
+            Some((l, r)) => format!(
+                "the shapes fit if the right side is transposed: {}",
+                quote(l, &format!("{r}.T"))
+            ),
+            None => "the shapes fit if the right side is transposed (`.T`)".into(),
+        };
+    }
+    // The first pair of dims (aligned on the right) that does not broadcast.
+    let clash = a
+        .shape
+        .iter()
+        .rev()
+        .zip(b.shape.iter().rev())
+        .find(|(x, y)| x != y && **x != Dim::Static(1) && **y != Dim::Static(1));
+    if let Some(h) = clash.and_then(|(x, y)| dims_hint(g, *x, *y)) {
+        return h;
+    }
+    "numpy broadcasting aligns shapes on the right; each pair of dims must be equal or a static 1"
+        .into()
+}
