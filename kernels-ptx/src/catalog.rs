@@ -5,7 +5,7 @@
 
 use crate::gemm::{gemm, Activation, Bias, GemmSpec};
 use crate::ir::{
-    Axis, Binary, Buffer, DType, Dim, Instr, Ix, LoopKernel, RedKind, Reduction, Unary,
+    Axis, Binary, Buffer, DType, Dim, Instr, Ix, LoopKernel, Num, RedKind, Reduction, Unary,
 };
 use crate::meta::Program;
 use crate::reduce::reduction_kernel;
@@ -27,13 +27,13 @@ pub fn unary_ops() -> Vec<Unary> {
         Unary::Abs,
         Unary::Sign,
         Unary::Step,
-        Unary::Pow(2.0),
-        Unary::Pow(0.5),
-        Unary::Pow(3.0),
-        Unary::Pow(-2.0),
-        Unary::Pow(0.0),
-        Unary::Pow(1.5),
-        Unary::Pow(-2.5),
+        Unary::Pow(Num::new(2.0)),
+        Unary::Pow(Num::new(0.5)),
+        Unary::Pow(Num::new(3.0)),
+        Unary::Pow(Num::new(-2.0)),
+        Unary::Pow(Num::new(0.0)),
+        Unary::Pow(Num::new(1.5)),
+        Unary::Pow(Num::new(-2.5)),
     ]
 }
 

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use crate::ir::{Axis, Binary, BufId, DType, Dim, Instr, Ix, LoopKernel, RedKind, Unary};
 use crate::meta::{Program, Role};
+use crate::scalar;
 use crate::vm::{self, Memory, Stats, Value};
 
 /// xorshift64*: deterministic test data without dependencies.
@@ -93,90 +94,30 @@ pub fn inputs(k: &LoopKernel) -> Vec<BufId> {
     v
 }
 
-// The CPU runtime's semantics (runtime/src/cpu.rs `Real`), in f64.
+// The reference: the ops' one definition ([`crate::scalar`]), in f64.
 
 pub fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
+    scalar::sigmoid(x)
 }
 
 pub fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
+    scalar::softplus(x)
 }
 
 pub fn unary_ref(u: Unary, x: f64) -> f64 {
-    match u {
-        Unary::Neg => -x,
-        Unary::Exp => x.exp(),
-        Unary::Log => x.ln(),
-        Unary::Log1p => x.ln_1p(),
-        Unary::Sqrt => x.sqrt(),
-        Unary::Tanh => x.tanh(),
-        Unary::Sigmoid => sigmoid(x),
-        Unary::Softplus => softplus(x),
-        Unary::Relu => {
-            if x > 0.0 || x.is_nan() {
-                x
-            } else {
-                0.0
-            }
-        }
-        Unary::Abs => x.abs(),
-        Unary::Sign => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                x * 0.0
-            }
-        }
-        Unary::Step => {
-            if x > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Unary::Pow(k) => {
-            if k == 2.0 {
-                x * x
-            } else if k == 0.5 {
-                x.sqrt()
-            } else if k.fract() == 0.0 && k.abs() <= 64.0 {
-                x.powi(k as i32)
-            } else {
-                x.powf(k)
-            }
-        }
-    }
+    scalar::unary(u, x)
 }
 
 pub fn max_nan(a: f64, b: f64) -> f64 {
-    if a.is_nan() || a >= b {
-        a
-    } else {
-        b
-    }
+    scalar::maximum(a, b)
 }
 
 pub fn min_nan(a: f64, b: f64) -> f64 {
-    if a.is_nan() || a <= b {
-        a
-    } else {
-        b
-    }
+    scalar::minimum(a, b)
 }
 
 pub fn binary_ref(b: Binary, x: f64, y: f64) -> f64 {
-    match b {
-        Binary::Add => x + y,
-        Binary::Mul => x * y,
-        Binary::Div => x / y,
-        Binary::Maximum => max_nan(x, y),
-        Binary::Minimum => min_nan(x, y),
-        Binary::Ge => (x >= y) as u8 as f64,
-        Binary::Eq => (x == y) as u8 as f64,
-    }
+    scalar::binary(b, x, y)
 }
 
 /// What the reference computes for one output: values, and per element the scale that bounds

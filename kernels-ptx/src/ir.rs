@@ -82,40 +82,7 @@ pub enum Ix {
     Zero,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Unary {
-    Neg,
-    Exp,
-    Log,
-    Log1p,
-    Sqrt,
-    Tanh,
-    Sigmoid,
-    Softplus,
-    /// x where x > 0 (or NaN), else 0.
-    Relu,
-    Abs,
-    /// -1, 0 or 1; keeps the sign of zero and NaN.
-    Sign,
-    /// 1 where x > 0, else 0.
-    Step,
-    /// x^k for a constant k.
-    Pow(f64),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Binary {
-    Add,
-    Mul,
-    Div,
-    /// NaN-propagating maximum (numpy's `maximum`).
-    Maximum,
-    Minimum,
-    /// 1 where a >= b, else 0.
-    Ge,
-    /// 1 where a == b, else 0.
-    Eq,
-}
+pub use crate::op::{Binary, Num, Unary};
 
 /// One SSA instruction, evaluated at every point of the iteration space. Operands are earlier
 /// values.
@@ -353,40 +320,6 @@ impl LoopKernel {
             }
         }
         Ok(())
-    }
-}
-
-impl fmt::Display for Unary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Unary::Neg => f.write_str("neg"),
-            Unary::Exp => f.write_str("exp"),
-            Unary::Log => f.write_str("log"),
-            Unary::Log1p => f.write_str("log1p"),
-            Unary::Sqrt => f.write_str("sqrt"),
-            Unary::Tanh => f.write_str("tanh"),
-            Unary::Sigmoid => f.write_str("sigmoid"),
-            Unary::Softplus => f.write_str("softplus"),
-            Unary::Relu => f.write_str("relu"),
-            Unary::Abs => f.write_str("abs"),
-            Unary::Sign => f.write_str("sign"),
-            Unary::Step => f.write_str("step"),
-            Unary::Pow(k) => write!(f, "pow[{k}]"),
-        }
-    }
-}
-
-impl fmt::Display for Binary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Binary::Add => "add",
-            Binary::Mul => "mul",
-            Binary::Div => "div",
-            Binary::Maximum => "maximum",
-            Binary::Minimum => "minimum",
-            Binary::Ge => "ge",
-            Binary::Eq => "eq",
-        })
     }
 }
 

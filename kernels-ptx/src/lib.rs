@@ -25,7 +25,7 @@
 //!
 //! - a loop kernel becomes an [`ir::LoopKernel`]: its dtype, its `dims`, the buffer table (dtype
 //!   and shape of every schedule buffer, indexed by the schedule's `BufId`), and its `instrs`,
-//!   `stores` and `reductions` one to one (`Unary::Pow(Num)` becomes `Unary::Pow(f64)`; symbolic
+//!   `stores` and `reductions` one to one (the op enums are shared with the macro: [`op`]; symbolic
 //!   dims keep their ids). [`lower_loop`] gives a [`Program`];
 //! - a GEMM becomes a [`GemmSpec`] (`m`, `n`, `k`, the two `trans` flags, and an epilogue when
 //!   the schedule absorbed one; plain products use `Bias::None`, `Activation::Identity`, and
@@ -49,15 +49,18 @@ pub mod ir;
 pub mod lower;
 mod math;
 pub mod meta;
+pub mod op;
 pub mod parse;
 pub mod ptx;
 pub mod reduce;
 pub mod samples;
+pub mod scalar;
 pub mod vm;
 
 pub use gemm::{gemm, Activation, Bias, GemmSpec};
 pub use ir::{
-    Axis, Binary, Buffer, DType, Dim, Instr, IrError, Ix, LoopKernel, RedKind, Reduction, Unary,
+    Axis, Binary, Buffer, DType, Dim, Instr, IrError, Ix, LoopKernel, Num, RedKind, Reduction,
+    Unary,
 };
 pub use lower::lower_loop;
 pub use meta::{KernelMeta, Launch, Param, ParamTy, Program, Role, Scratch, Size};

@@ -497,7 +497,7 @@ impl Fx<'_> {
                 let p = self.setp(Cmp::Gt, x, self.c(0.0));
                 self.select(p, self.c(1.0), self.c(0.0))
             }
-            Unary::Pow(k) => self.pow(x, k),
+            Unary::Pow(k) => self.pow(x, k.get()),
         }
     }
 

@@ -6,11 +6,11 @@ use std::borrow::Cow;
 use std::ops::Deref;
 
 use ndarray::{Array2, ArrayBase, Data, Dimension};
+use tensor_fn_kernels::scalar;
 
 use crate::{Error, FnInfo};
 
 mod chunks;
-pub mod math;
 mod pool;
 mod sgemm;
 
@@ -152,115 +152,65 @@ pub trait Real:
 }
 
 macro_rules! real_impl {
-    ($t:ty, $gemm:path, $pair:path, $exp:path, $ln:path, $ln_1p:path) => {
+    ($t:ty, $gemm:path, $pair:path) => {
+        // Every op is its one definition in the kernel crate (`tensor_fn_kernels::scalar`),
+        // which constant folding and the interpreter's reference use too.
         impl Real for $t {
             #[inline(always)]
             fn exp(self) -> Self {
-                $exp(self)
+                scalar::exp(self)
             }
             #[inline(always)]
             fn ln(self) -> Self {
-                $ln(self)
+                scalar::log(self)
             }
             #[inline(always)]
             fn ln_1p(self) -> Self {
-                $ln_1p(self)
+                scalar::log1p(self)
             }
             #[inline(always)]
             fn sigmoid(self) -> Self {
-                // 1 / (1 + e^-x): saturates to 0 or 1 without producing NaN.
-                1.0 / (1.0 + $exp(-self))
+                scalar::sigmoid(self)
             }
             #[inline(always)]
             fn softplus(self) -> Self {
-                // log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow for large x.
-                let m = if self > 0.0 { self } else { 0.0 };
-                let r = m + $ln_1p($exp(-self.abs()));
-                if self.is_nan() {
-                    self
-                } else {
-                    r
-                }
+                scalar::softplus(self)
             }
             #[inline(always)]
             fn sigmoid_softplus(self) -> (Self, Self) {
-                // e = e^-|x| in (0, 1], u = 1 + e:
-                //   sigmoid(x)  = 1 / u (x >= 0) or e / u (x < 0),
-                //   softplus(x) = max(x, 0) + log1p(e), log1p(e) = ln(u) + (e - (u - 1)) / u.
-                // One exponential, one logarithm and one division for both.
-                let e = $exp(-self.abs());
-                let u = 1.0 + e;
-                let r = 1.0 / u;
-                let s = if self >= 0.0 { r } else { e * r };
-                let m = if self > 0.0 { self } else { 0.0 };
-                let sp = m + ($ln(u) + (e - (u - 1.0)) * r);
-                if self.is_nan() {
-                    (self, self)
-                } else {
-                    (s, sp)
-                }
+                scalar::sigmoid_softplus(self)
             }
             #[inline(always)]
             fn relu(self) -> Self {
-                if self > 0.0 || self.is_nan() {
-                    self
-                } else {
-                    0.0
-                }
+                scalar::relu(self)
             }
             #[inline(always)]
             fn sign(self) -> Self {
-                if self > 0.0 {
-                    1.0
-                } else if self < 0.0 {
-                    -1.0
-                } else {
-                    self * 0.0
-                }
+                scalar::sign(self)
             }
             #[inline(always)]
             fn step(self) -> Self {
-                if self > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
+                scalar::step(self)
             }
             #[inline(always)]
             fn powf(self, k: f64) -> Self {
-                <$t>::powf(self, k as $t)
+                scalar::pow(self, k)
             }
             #[inline(always)]
             fn max_nan(self, other: Self) -> Self {
-                if self.is_nan() || self >= other {
-                    self
-                } else {
-                    other
-                }
+                scalar::maximum(self, other)
             }
             #[inline(always)]
             fn min_nan(self, other: Self) -> Self {
-                if self.is_nan() || self <= other {
-                    self
-                } else {
-                    other
-                }
+                scalar::minimum(self, other)
             }
             #[inline(always)]
             fn ge(self, other: Self) -> Self {
-                if self >= other {
-                    1.0
-                } else {
-                    0.0
-                }
+                scalar::ge(self, other)
             }
             #[inline(always)]
             fn eq(self, other: Self) -> Self {
-                if self == other {
-                    1.0
-                } else {
-                    0.0
-                }
+                scalar::eq(self, other)
             }
             fn gemm(
                 m: usize,
@@ -342,22 +292,8 @@ macro_rules! real_impl {
     };
 }
 
-real_impl!(
-    f32,
-    sgemm::sgemm,
-    sgemm::sgemm_pair,
-    math::exp_f32,
-    math::ln_f32,
-    math::ln_1p_f32
-);
-real_impl!(
-    f64,
-    matrixmultiply::dgemm,
-    dgemm_pair,
-    f64::exp,
-    f64::ln,
-    f64::ln_1p
-);
+real_impl!(f32, sgemm::sgemm, sgemm::sgemm_pair);
+real_impl!(f64, matrixmultiply::dgemm, dgemm_pair);
 
 /// Both products of [`Real::gemm_pair`] in f64, one after the other.
 ///

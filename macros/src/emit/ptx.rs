@@ -55,7 +55,7 @@ fn unary(u: Unary) -> k::Unary {
         Unary::Abs => k::Unary::Abs,
         Unary::Sign => k::Unary::Sign,
         Unary::Step => k::Unary::Step,
-        Unary::Pow(p) => k::Unary::Pow(p.get()),
+        Unary::Pow(p) => k::Unary::Pow(k::Num::new(p.get())),
     }
 }
 

@@ -1,0 +1,254 @@
+//! The elementwise ops, one row each: the op enums that the compiler's graph, the kernel IR
+//! and the PTX lowering all use, with each op's name, its scalar definition (in
+//! [`crate::scalar`]), its cost in the CPU code and where it is defined.
+//!
+//! These live in the kernel crate because it is the one crate that the macro, the runtime and
+//! the facade all see; nothing here knows about PTX.
+
+use std::fmt;
+
+use crate::scalar::{self, Float};
+
+/// A float constant, compared and hashed by its bits (so the compiler's hash-consing can key
+/// on it): `-0.0` and `+0.0` are different constants, and each NaN bit pattern is its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Num(pub u64);
+
+impl Num {
+    pub fn new(v: f64) -> Num {
+        Num(v.to_bits())
+    }
+
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+/// Where an op is defined and smooth: what random programs feed it and where gradient checks
+/// sample it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// Every real number.
+    All,
+    /// x > 0 (x >= 0 for the square root, with an infinite slope at 0).
+    Positive,
+    /// x > -1.
+    AboveMinusOne,
+    /// Every real number, with a kink at 0 (the derivative jumps there).
+    KinkAtZero,
+    /// Piecewise constant: its derivative is zero wherever it exists.
+    Piecewise,
+}
+
+macro_rules! unary_ops {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident = $name:literal, $f:ident, cost $cost:literal, $domain:ident;
+    )*) => {
+        /// One-argument elementwise ops.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Unary {
+            $($(#[$doc])* $variant,)*
+            /// x^k for a constant k.
+            Pow(Num),
+        }
+
+        impl Unary {
+            /// Every op without a parameter, in table order.
+            pub const PLAIN: &'static [Unary] = &[$(Unary::$variant),*];
+
+            /// The name users write and the compiler prints (`pow` for every power).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Unary::$variant => $name,)*
+                    Unary::Pow(_) => "pow",
+                }
+            }
+
+            /// The op of a name (not `pow`, which needs its exponent).
+            pub fn from_name(name: &str) -> Option<Unary> {
+                match name {
+                    $($name => Some(Unary::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The function of [`crate::scalar`] that defines it, which generated CPU code
+            /// calls (a power calls the case for its exponent: [`Unary::pow_call`]).
+            pub fn scalar_fn(self) -> &'static str {
+                match self {
+                    $(Unary::$variant => stringify!($f),)*
+                    Unary::Pow(_) => "pow",
+                }
+            }
+
+            /// Its value at `x`: the op's one definition.
+            #[inline(always)]
+            pub fn eval<T: Float>(self, x: T) -> T {
+                match self {
+                    $(Unary::$variant => scalar::$f(x),)*
+                    Unary::Pow(k) => scalar::pow(x, k.get()),
+                }
+            }
+
+            /// Cost per element in the CPU code, in units of an add (measured single-threaded:
+            /// a load costs about 2, a division 4, `exp` or `log` 20, `sigmoid` 60, a libm
+            /// call such as `tanh` 300). It decides when a loop is worth splitting across
+            /// threads.
+            pub fn cpu_cost(self) -> usize {
+                match self {
+                    $(Unary::$variant => $cost,)*
+                    // A square root or a few multiplies; any other power is a libm call.
+                    Unary::Pow(k) => match PowCall::of(k.get()) {
+                        PowCall::Sqrt | PowCall::Integer(_) => 4,
+                        PowCall::Float(_) => 300,
+                    },
+                }
+            }
+
+            pub fn domain(self) -> Domain {
+                match self {
+                    $(Unary::$variant => Domain::$domain,)*
+                    Unary::Pow(k) => {
+                        let k = k.get();
+                        if k.fract() == 0.0 && k >= 0.0 {
+                            Domain::All
+                        } else {
+                            Domain::Positive
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+unary_ops! {
+    Neg = "neg", neg, cost 1, All;
+    Exp = "exp", exp, cost 20, All;
+    Log = "log", log, cost 20, Positive;
+    Log1p = "log1p", log1p, cost 20, AboveMinusOne;
+    Sqrt = "sqrt", sqrt, cost 4, Positive;
+    Tanh = "tanh", tanh, cost 300, All;
+    Sigmoid = "sigmoid", sigmoid, cost 60, All;
+    Softplus = "softplus", softplus, cost 60, All;
+    /// x where x > 0 (or NaN), else 0.
+    Relu = "relu", relu, cost 1, KinkAtZero;
+    Abs = "abs", abs, cost 1, KinkAtZero;
+    /// -1, 0 or 1; keeps the sign of zero and NaN (the derivative of `abs`).
+    Sign = "sign", sign, cost 1, Piecewise;
+    /// 1 where x > 0, else 0 (the derivative of `relu`).
+    Step = "step", step, cost 1, Piecewise;
+}
+
+/// How x^k is computed for a constant k ([`scalar::pow`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PowCall {
+    /// k = 1/2: the square root.
+    Sqrt,
+    /// An integer k with |k| <= 64: repeated squaring.
+    Integer(i32),
+    /// Any other k: libm's `pow`.
+    Float(f64),
+}
+
+impl PowCall {
+    pub fn of(k: f64) -> PowCall {
+        if k == 0.5 {
+            PowCall::Sqrt
+        } else if scalar::is_small_integer(k) {
+            PowCall::Integer(k as i32)
+        } else {
+            PowCall::Float(k)
+        }
+    }
+}
+
+impl Unary {
+    /// For a power, how it is computed; `None` for other ops.
+    pub fn pow_call(self) -> Option<PowCall> {
+        match self {
+            Unary::Pow(k) => Some(PowCall::of(k.get())),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! binary_ops {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident = $name:literal, $f:ident, cost $cost:literal;
+    )*) => {
+        /// Two-argument elementwise ops (numpy broadcasting applies before them).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Binary {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Binary {
+            pub const ALL: &'static [Binary] = &[$(Binary::$variant),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Binary::$variant => $name,)*
+                }
+            }
+
+            pub fn from_name(name: &str) -> Option<Binary> {
+                match name {
+                    $($name => Some(Binary::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The function of [`crate::scalar`] that defines it.
+            pub fn scalar_fn(self) -> &'static str {
+                match self {
+                    $(Binary::$variant => stringify!($f),)*
+                }
+            }
+
+            #[inline(always)]
+            pub fn eval<T: Float>(self, a: T, b: T) -> T {
+                match self {
+                    $(Binary::$variant => scalar::$f(a, b),)*
+                }
+            }
+
+            /// As [`Unary::cpu_cost`].
+            pub fn cpu_cost(self) -> usize {
+                match self {
+                    $(Binary::$variant => $cost,)*
+                }
+            }
+        }
+    };
+}
+
+binary_ops! {
+    Add = "add", add, cost 1;
+    Mul = "mul", mul, cost 1;
+    Div = "div", div, cost 4;
+    /// NaN-propagating maximum (numpy's `maximum`).
+    Maximum = "maximum", maximum, cost 1;
+    Minimum = "minimum", minimum, cost 1;
+    /// 1 where a >= b, else 0.
+    Ge = "ge", ge, cost 1;
+    /// 1 where a == b, else 0.
+    Eq = "eq", eq, cost 1;
+}
+
+impl fmt::Display for Unary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unary::Pow(k) => write!(f, "pow[{}]", k.get()),
+            u => f.write_str(u.name()),
+        }
+    }
+}
+
+impl fmt::Display for Binary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
