@@ -13,7 +13,7 @@ use std::fmt;
 pub type BufId = usize;
 pub type ValId = usize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
     F32,
     F64,
@@ -51,7 +51,7 @@ impl DType {
 
 /// A dimension: compiled in, or a `u32` kernel parameter named `d{id}` (the macro's symbolic
 /// dim ids pass through unchanged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dim {
     Static(u64),
     Sym(u32),
@@ -110,7 +110,7 @@ pub enum RedKind {
 }
 
 /// Which axes of the iteration space a reduction folds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Axis {
     All,
     One(u8),

@@ -248,8 +248,8 @@ fn count_ops(g: &Graph, roots: &[NodeId], into: &mut BTreeMap<String, usize>) {
         }
         let name = match g.op(id) {
             Op::Var(_) | Op::Const(_) | Op::DimSize(_) => continue,
-            Op::Unary(u) => crate::ir::unary_name(u).to_string(),
-            Op::Binary(b) => crate::ir::binary_name(b).to_string(),
+            Op::Unary(u) => u.name().to_string(),
+            Op::Binary(b) => b.name().to_string(),
             Op::Transpose => "transpose".into(),
             Op::ExpandDims(_) => "expand_dims".into(),
             Op::Broadcast => "broadcast".into(),

@@ -31,44 +31,7 @@ pub struct Buf {
     pub ty: Type,
 }
 
-/// A loop index of an iteration space: rank-2 loops have an outer and an inner index, rank-1
-/// loops only the inner one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Ix {
-    Outer,
-    Inner,
-    Zero,
-}
-
-/// One SSA instruction of a loop body, evaluated at every point of the iteration space.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Instr {
-    Load {
-        buf: BufId,
-        index: Vec<Ix>,
-    },
-    /// A rank-0 argument, passed by value.
-    Arg(u32),
-    Const(f64),
-    DimSize(Dim),
-    Unary(Unary, ValId),
-    Binary(Binary, ValId, ValId),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RedKind {
-    Sum,
-    Max,
-}
-
-#[derive(Debug, Clone)]
-pub struct Reduction {
-    pub kind: RedKind,
-    /// Over the iteration space's axes.
-    pub axis: Axis,
-    pub value: ValId,
-    pub out: BufId,
-}
+pub use tensor_fn_kernels::ir::{Instr, Ix, RedKind, Reduction};
 
 #[derive(Debug, Clone)]
 pub struct LoopKernel {

@@ -370,17 +370,17 @@ impl Pat {
     }
 }
 
+/// The op a rewrite pattern names: an elementwise op by its name (the kernel crate's table),
+/// `pow1` for x^1, or a structural op.
 fn op_by_name(name: &str) -> Op {
+    if let Some(u) = Unary::from_name(name) {
+        return Op::Unary(u);
+    }
+    if let Some(b) = Binary::from_name(name) {
+        return Op::Binary(b);
+    }
     match name {
-        "neg" => Op::Unary(Unary::Neg),
-        "exp" => Op::Unary(Unary::Exp),
-        "log" => Op::Unary(Unary::Log),
-        "sigmoid" => Op::Unary(Unary::Sigmoid),
-        "softplus" => Op::Unary(Unary::Softplus),
         "pow1" => Op::Unary(Unary::Pow(Num::new(1.0))),
-        "add" => Op::Binary(Binary::Add),
-        "mul" => Op::Binary(Binary::Mul),
-        "div" => Op::Binary(Binary::Div),
         "transpose" => Op::Transpose,
         "dot" => Op::Dot,
         other => panic!("unknown op `{other}` in a rewrite pattern"),

@@ -20,21 +20,8 @@ use syn::{braced, bracketed, parenthesized, Attribute, Ident, Token, Visibility}
 
 use crate::builtins::ALL_FUNCS;
 
-/// Element type of a tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DType {
-    F32,
-    F64,
-}
-
-impl DType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-        }
-    }
-}
+/// Element type of a tensor (the kernel crate's: the IR and the kernels share it).
+pub use tensor_fn_kernels::ir::DType;
 
 /// One dim as written: a literal size or a lower-case name.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ir::{binary_name, unary_name, Axis, Binary, DType, Function, Graph, NodeId, Op, Unary};
+use crate::ir::{Axis, Binary, DType, Function, Graph, NodeId, Op, Unary};
 
 /// Formats a constant as the user would write it, in its element type's precision.
 pub fn num_str(v: f64, dtype: DType) -> String {
@@ -21,8 +21,8 @@ pub fn op_text(g: &Graph, id: NodeId) -> String {
         Op::Const(c) => format!("const {}", num_str(c.get(), n.ty.dtype)),
         Op::DimSize(d) => format!("dim {}", g.dim_str(d)),
         Op::Unary(Unary::Pow(k)) => format!("pow[{}]", k.get()),
-        Op::Unary(u) => unary_name(u).to_string(),
-        Op::Binary(b) => binary_name(b).to_string(),
+        Op::Unary(u) => u.name().to_string(),
+        Op::Binary(b) => b.name().to_string(),
         Op::Transpose => "transpose".into(),
         Op::ExpandDims(k) => format!("expand_dims[{k}]"),
         Op::Broadcast => "broadcast".into(),
@@ -128,7 +128,7 @@ fn infix_node(g: &Graph, id: NodeId, done: &[Option<(String, u8)>]) -> (String, 
         Op::DimSize(d) => (g.dim_str(d), 4),
         Op::Unary(Unary::Neg) => (format!("-{}", wrap(a(0), 3)), 3),
         Op::Unary(Unary::Pow(k)) => (format!("pow({}, {})", a(0).0, k.get()), 4),
-        Op::Unary(u) => (format!("{}({})", unary_name(u), a(0).0), 4),
+        Op::Unary(u) => (format!("{}({})", u.name(), a(0).0), 4),
         Op::Binary(Binary::Add) => {
             let rhs = n.args[1];
             if let Op::Unary(Unary::Neg) = g.op(rhs) {
@@ -140,7 +140,7 @@ fn infix_node(g: &Graph, id: NodeId, done: &[Option<(String, u8)>]) -> (String, 
         }
         Op::Binary(Binary::Mul) => (format!("{} * {}", wrap(a(0), 2), wrap(a(1), 3)), 2),
         Op::Binary(Binary::Div) => (format!("{} / {}", wrap(a(0), 2), wrap(a(1), 3)), 2),
-        Op::Binary(b) => (format!("{}({}, {})", binary_name(b), a(0).0, a(1).0), 4),
+        Op::Binary(b) => (format!("{}({}, {})", b.name(), a(0).0, a(1).0), 4),
         Op::Transpose => (format!("{}.T", wrap(a(0), 4)), 4),
         Op::ExpandDims(k) => (format!("expand_dims({}, {k})", a(0).0), 4),
         Op::Broadcast => a(0),

@@ -1,15 +1,16 @@
 //! GPU emission: the same schedule as the CPU code, as one PTX module per compiled function.
 //!
-//! Loop kernels map one to one onto `tensor_fn_kernels::ir::LoopKernel` (same buffer ids, dim
-//! ids and SSA values) and GEMMs onto the library's tiled GEMM; this module only translates
-//! types, so neither emitter re-derives what the schedule decided.
+//! Loop kernels are the kernel crate's IR already (`tensor_fn_kernels::ir`: the schedule's
+//! instructions, ops, dims and dtypes are its types), completed here with the buffer table;
+//! GEMMs map onto the library's tiled GEMM. Neither emitter re-derives what the schedule
+//! decided.
 
 use std::fmt::Write as _;
 
 use tensor_fn_kernels as k;
 
-use crate::ir::{Axis, Binary, DType, Dim, Graph, Unary};
-use crate::schedule::{Instr, Ix, Kernel, RedKind, Schedule};
+use crate::ir::{DType, Dim, Graph};
+use crate::schedule::{Instr, Kernel, Schedule};
 
 /// The PTX module text and, per schedule kernel, its launches with their parameter bindings.
 pub struct Ptx {
@@ -19,104 +20,23 @@ pub struct Ptx {
     pub programs: Vec<k::Program>,
 }
 
-fn dtype(d: DType) -> k::DType {
-    match d {
-        DType::F32 => k::DType::F32,
-        DType::F64 => k::DType::F64,
-    }
-}
-
-fn dim(d: Dim) -> k::Dim {
-    match d {
-        Dim::Static(n) => k::Dim::Static(n),
-        Dim::Sym(s) => k::Dim::Sym(s),
-    }
-}
-
-fn ix(i: Ix) -> k::Ix {
-    match i {
-        Ix::Outer => k::Ix::Outer,
-        Ix::Inner => k::Ix::Inner,
-        Ix::Zero => k::Ix::Zero,
-    }
-}
-
-fn unary(u: Unary) -> k::Unary {
-    match u {
-        Unary::Neg => k::Unary::Neg,
-        Unary::Exp => k::Unary::Exp,
-        Unary::Log => k::Unary::Log,
-        Unary::Log1p => k::Unary::Log1p,
-        Unary::Sqrt => k::Unary::Sqrt,
-        Unary::Tanh => k::Unary::Tanh,
-        Unary::Sigmoid => k::Unary::Sigmoid,
-        Unary::Softplus => k::Unary::Softplus,
-        Unary::Relu => k::Unary::Relu,
-        Unary::Abs => k::Unary::Abs,
-        Unary::Sign => k::Unary::Sign,
-        Unary::Step => k::Unary::Step,
-        Unary::Pow(p) => k::Unary::Pow(k::Num::new(p.get())),
-    }
-}
-
-fn binary(b: Binary) -> k::Binary {
-    match b {
-        Binary::Add => k::Binary::Add,
-        Binary::Mul => k::Binary::Mul,
-        Binary::Div => k::Binary::Div,
-        Binary::Maximum => k::Binary::Maximum,
-        Binary::Minimum => k::Binary::Minimum,
-        Binary::Ge => k::Binary::Ge,
-        Binary::Eq => k::Binary::Eq,
-    }
-}
-
-fn instr(i: &Instr) -> k::Instr {
-    match i {
-        Instr::Load { buf, index } => k::Instr::Load {
-            buf: *buf,
-            index: index.iter().map(|x| ix(*x)).collect(),
-        },
-        Instr::Arg(a) => k::Instr::Arg(*a),
-        Instr::Const(c) => k::Instr::Const(*c),
-        Instr::DimSize(d) => k::Instr::DimSize(dim(*d)),
-        Instr::Unary(u, a) => k::Instr::Unary(unary(*u), *a),
-        Instr::Binary(b, x, y) => k::Instr::Binary(binary(*b), *x, *y),
-    }
-}
-
 /// A loop kernel of the schedule in the kernel crate's IR: the same buffer ids, dim ids and
 /// SSA values, with the whole buffer table.
 pub fn loop_kernel(s: &Schedule, l: &crate::schedule::LoopKernel, dt: DType) -> k::LoopKernel {
     k::LoopKernel {
-        dtype: dtype(dt),
-        dims: l.dims.iter().map(|d| dim(*d)).collect(),
+        dtype: dt,
+        dims: l.dims.clone(),
         bufs: s
             .bufs
             .iter()
             .map(|b| k::Buffer {
-                dtype: dtype(b.ty.dtype),
-                shape: b.ty.shape.iter().map(|d| dim(*d)).collect(),
+                dtype: b.ty.dtype,
+                shape: b.ty.shape.clone(),
             })
             .collect(),
-        instrs: l.instrs.iter().map(instr).collect(),
+        instrs: l.instrs.clone(),
         stores: l.stores.clone(),
-        reductions: l
-            .reductions
-            .iter()
-            .map(|r| k::Reduction {
-                kind: match r.kind {
-                    RedKind::Sum => k::RedKind::Sum,
-                    RedKind::Max => k::RedKind::Max,
-                },
-                axis: match r.axis {
-                    Axis::All => k::Axis::All,
-                    Axis::One(a) => k::Axis::One(a),
-                },
-                value: r.value,
-                out: r.out,
-            })
-            .collect(),
+        reductions: l.reductions.clone(),
     }
 }
 
@@ -129,10 +49,10 @@ pub fn programs(s: &Schedule, dt: DType) -> Result<Vec<k::Program>, String> {
             Kernel::Gemm(m) => {
                 let spec = |kk: Dim, a: &crate::schedule::MatView, b: &crate::schedule::MatView| {
                     k::GemmSpec {
-                        dtype: dtype(dt),
-                        m: dim(m.m),
-                        n: dim(m.n),
-                        k: dim(kk),
+                        dtype: dt,
+                        m: m.m,
+                        n: m.n,
+                        k: kk,
                         trans_a: a.trans,
                         trans_b: b.trans,
                         bias: k::Bias::None,

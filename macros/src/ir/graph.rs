@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use proc_macro2::Span;
+pub use tensor_fn_kernels::op::{Binary, Num, Unary};
 
 use super::shape::infer;
 use crate::syntax::{DType, Options};
@@ -20,13 +21,7 @@ impl NodeId {
     }
 }
 
-/// One dim of a type. Symbolic dims are indices into `Graph::syms`; two different symbols are
-/// different dims (they never broadcast against each other).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Dim {
-    Static(u64),
-    Sym(u32),
-}
+pub use tensor_fn_kernels::ir::Dim;
 
 /// Element type and shape. Rank 0 to 2.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,12 +42,7 @@ impl Type {
     }
 }
 
-/// Which axes a reduction folds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Axis {
-    All,
-    One(u8),
-}
+pub use tensor_fn_kernels::ir::Axis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
@@ -201,6 +191,8 @@ impl Graph {
     }
 
     pub fn constant(&mut self, v: f64, ty: Type, span: Span) -> NodeId {
+        // One zero: -0.0 and 0.0 are the same constant for hash-consing.
+        let v = if v == 0.0 { 0.0 } else { v };
         self.add(Op::Const(Num::new(v)), Vec::new(), ty, span)
     }
 
@@ -339,8 +331,8 @@ pub(super) fn op_name(op: Op) -> &'static str {
         Op::Var(_) => "input",
         Op::Const(_) => "const",
         Op::DimSize(_) => "dim",
-        Op::Unary(u) => unary_name(u),
-        Op::Binary(b) => binary_name(b),
+        Op::Unary(u) => u.name(),
+        Op::Binary(b) => b.name(),
         Op::Transpose => "transpose",
         Op::ExpandDims(_) => "expand_dims",
         Op::Broadcast => "broadcast",
@@ -402,86 +394,8 @@ impl Function {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Elementwise ops: their names and scalar semantics.
+// Scalar semantics of the elementwise ops (the ops themselves are the kernel crate's).
 
-/// A float constant, hashable by its bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Num(pub u64);
-
-impl Num {
-    pub fn new(v: f64) -> Num {
-        // One zero: -0.0 and 0.0 are the same constant for hash-consing.
-        Num(if v == 0.0 { 0.0f64 } else { v }.to_bits())
-    }
-    pub fn get(self) -> f64 {
-        f64::from_bits(self.0)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Unary {
-    Neg,
-    Exp,
-    Log,
-    Log1p,
-    Sqrt,
-    Tanh,
-    Sigmoid,
-    Softplus,
-    Relu,
-    Abs,
-    /// -1, 0 or 1 (the derivative of `abs`).
-    Sign,
-    /// 1 where x > 0, else 0 (the derivative of `relu`).
-    Step,
-    /// x^k for a constant k.
-    Pow(Num),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Binary {
-    Add,
-    Mul,
-    Div,
-    Maximum,
-    Minimum,
-    /// 1 where a >= b, else 0 (masks for the derivatives of maximum/minimum).
-    Ge,
-    /// 1 where a == b, else 0 (the mask for the derivative of `max`).
-    Eq,
-}
-
-pub fn unary_name(u: Unary) -> &'static str {
-    match u {
-        Unary::Neg => "neg",
-        Unary::Exp => "exp",
-        Unary::Log => "log",
-        Unary::Log1p => "log1p",
-        Unary::Sqrt => "sqrt",
-        Unary::Tanh => "tanh",
-        Unary::Sigmoid => "sigmoid",
-        Unary::Softplus => "softplus",
-        Unary::Relu => "relu",
-        Unary::Abs => "abs",
-        Unary::Sign => "sign",
-        Unary::Step => "step",
-        Unary::Pow(_) => "pow",
-    }
-}
-
-pub fn binary_name(b: Binary) -> &'static str {
-    match b {
-        Binary::Add => "add",
-        Binary::Mul => "mul",
-        Binary::Div => "div",
-        Binary::Maximum => "maximum",
-        Binary::Minimum => "minimum",
-        Binary::Ge => "ge",
-        Binary::Eq => "eq",
-    }
-}
-
-/// Scalar semantics of each unary op in f64 (constant folding of literals).
 pub fn eval_unary(u: Unary, x: f64) -> f64 {
     match u {
         Unary::Neg => -x,
