@@ -37,6 +37,8 @@ pub struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __private {
     pub use ndarray;
+    /// Every elementwise op's one definition, which the generated loops call.
+    pub use tensor_fn_kernels::scalar;
     pub use tensor_fn_runtime::cpu::{
         array2, contiguous, gemm, gemm_pair, has_avx512, loop_chunks, run_chunks, Compiled,
         Disjoint, Real,

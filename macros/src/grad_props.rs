@@ -13,10 +13,10 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use proc_macro2::TokenStream;
+use tensor_fn_kernels::scalar;
 
 use crate::expand::compile;
-use crate::ir::{eval_unary, Axis, Binary, Dim, Graph, NodeId, Op, Unary};
-use crate::simplify::eval_binary;
+use crate::ir::{Axis, Binary, Dim, Graph, NodeId, Op, Unary};
 use crate::syntax;
 use crate::testgen::{decl, Gen, Knobs, Rng};
 use crate::text;
@@ -124,7 +124,7 @@ pub fn eval(
                 }
                 T {
                     shape,
-                    data: a.data.iter().map(|&x| eval_unary(u, x)).collect(),
+                    data: a.data.iter().map(|&x| scalar::unary(u, x)).collect(),
                 }
             }
             Op::Binary(b) => {
@@ -138,7 +138,7 @@ pub fn eval(
                             Binary::Div => margin.see(y),
                             _ => {}
                         }
-                        eval_binary(b, x, y)
+                        scalar::binary(b, x, y)
                     })
                     .collect();
                 T { shape, data }
@@ -216,7 +216,7 @@ pub fn eval(
                         if sorted.len() > 1 {
                             margin.see(sorted[0] - sorted[1]);
                         }
-                        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+                        xs.iter().copied().fold(f64::NEG_INFINITY, scalar::maximum)
                     } else {
                         xs.iter().sum()
                     };

@@ -3,12 +3,13 @@
 //! typed by their context, shapes inferred, and user errors collected with spans.
 
 use proc_macro2::Span;
+use tensor_fn_kernels::scalar;
 
 use crate::builtins::ALL_FUNCS;
 use crate::diag::{closest, Diagnostics};
 use crate::ir::{
-    binary_type, dot_type, eval_unary, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op,
-    Ret, Type, TypeError, Unary, Var, VarKind, MAX_NODES,
+    binary_type, dot_type, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op, Ret, Type,
+    TypeError, Unary, Var, VarKind, MAX_NODES,
 };
 use crate::syntax::{
     self, bare_source, expr_source, Arg, BinOp, Body, Decl, DimAst, Expr, Options, Stmt, TypeAst,
@@ -728,7 +729,7 @@ impl<'d> Lowerer<'d> {
             }
             let v = self.lower_expr(pos[0])?;
             return match v {
-                Val::Lit(x, s) => Some(Val::Lit(eval_unary(u, x), s)),
+                Val::Lit(x, s) => Some(Val::Lit(scalar::unary(u, x), s)),
                 Val::Node(n) => self.build(Op::Unary(u), vec![n], span).map(Val::Node),
             };
         }
@@ -758,7 +759,7 @@ impl<'d> Lowerer<'d> {
                     return None;
                 }
                 match base? {
-                    Val::Lit(x, s) => Some(Val::Lit(x.powf(k), s)),
+                    Val::Lit(x, s) => Some(Val::Lit(scalar::pow(x, k), s)),
                     Val::Node(n) => self
                         .build(Op::Unary(Unary::Pow(Num::new(k))), vec![n], span)
                         .map(Val::Node),
@@ -779,9 +780,9 @@ impl<'d> Lowerer<'d> {
                 if let (Val::Lit(x, s), Val::Lit(y, _)) = (a, b) {
                     if op != Op::Dot {
                         let v = if fname == "maximum" {
-                            x.max(y)
+                            scalar::maximum(x, y)
                         } else {
-                            x.min(y)
+                            scalar::minimum(x, y)
                         };
                         return Some(Val::Lit(v, s));
                     }

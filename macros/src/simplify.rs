@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 
 use proc_macro2::Span;
+use tensor_fn_kernels::scalar;
 
 use crate::ir::{
-    broadcast_shapes, eval_unary, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op, Type,
-    Unary,
+    broadcast_shapes, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op, Type, Unary,
 };
 
 /// How a rule matches and rewrites.
@@ -394,37 +394,26 @@ fn is_const(g: &Graph, id: NodeId) -> bool {
     matches!(g.op(id), Op::Const(_))
 }
 
-/// Scalar semantics of each binary op in f64.
-pub fn eval_binary(b: Binary, x: f64, y: f64) -> f64 {
-    match b {
-        Binary::Add => x + y,
-        Binary::Mul => x * y,
-        Binary::Div => x / y,
-        Binary::Maximum => x.max(y),
-        Binary::Minimum => x.min(y),
-        Binary::Ge => f64::from(u8::from(x >= y)),
-        Binary::Eq => f64::from(u8::from(x == y)),
-    }
-}
-
 fn const_fold(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
     let n = s.g.node(id).clone();
     let c = |k: usize| s.g.const_value(n.args[k]);
     let dt = n.ty.dtype;
     let v = match n.op {
         Op::DimSize(Dim::Static(k)) => k as f64,
+        // The ops' one definition, in the function's element type: the folded constant is what
+        // the running code would have computed.
         Op::Unary(u) => {
             let x = c(0)?;
             match dt {
-                DType::F32 => eval_unary_f32(u, x as f32) as f64,
-                DType::F64 => eval_unary(u, x),
+                DType::F32 => f64::from(scalar::unary(u, x as f32)),
+                DType::F64 => scalar::unary(u, x),
             }
         }
         Op::Binary(b) => {
             let (x, y) = (c(0)?, c(1)?);
             match dt {
-                DType::F32 => eval_binary(b, x as f32 as f64, y as f32 as f64) as f32 as f64,
-                DType::F64 => eval_binary(b, x, y),
+                DType::F32 => f64::from(scalar::binary(b, x as f32, y as f32)),
+                DType::F64 => scalar::binary(b, x, y),
             }
         }
         Op::Transpose | Op::ExpandDims(_) | Op::Broadcast => c(0)?,
@@ -453,19 +442,6 @@ fn const_fold(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
         | Op::Grad(_) => return None,
     };
     Some(s.konst(v, n.ty, n.span))
-}
-
-fn eval_unary_f32(u: Unary, x: f32) -> f32 {
-    match u {
-        Unary::Neg => -x,
-        Unary::Exp => x.exp(),
-        Unary::Log => x.ln(),
-        Unary::Log1p => x.ln_1p(),
-        Unary::Sqrt => x.sqrt(),
-        Unary::Tanh => x.tanh(),
-        Unary::Pow(k) => x.powf(k.get() as f32),
-        other => eval_unary(other, x as f64) as f32,
-    }
 }
 
 fn mul_neg(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
@@ -802,5 +778,112 @@ mod tests {
                 Pat::parse(rr);
             }
         }
+    }
+
+    /// NaN, infinities, signed zeros, subnormals, the edges of exp and log, ordinary values.
+    fn specials(dtype: DType) -> Vec<f64> {
+        let mut v = vec![
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -2.5,
+            3.0,
+            88.7,
+            -88.7,
+            -104.0,
+            709.8,
+            -745.0,
+            1e300,
+            -1e-300,
+        ];
+        match dtype {
+            DType::F32 => v.extend(
+                [
+                    f32::from_bits(1),
+                    -f32::from_bits(1),
+                    f32::from_bits(0x007f_ffff),
+                    f32::MIN_POSITIVE,
+                    f32::MAX,
+                ]
+                .map(f64::from),
+            ),
+            DType::F64 => v.extend([
+                f64::from_bits(1),
+                -f64::from_bits(1),
+                f64::from_bits(0x000f_ffff_ffff_ffff),
+                f64::MIN_POSITIVE,
+                f64::MAX,
+            ]),
+        }
+        // Each as the element type holds it.
+        v.into_iter().map(|x| round_to(x, dtype)).collect()
+    }
+
+    fn same(a: f64, b: f64) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    /// Folding an op of constants gives, bit for bit, what the running code computes: both are
+    /// the op's one definition (`tensor_fn_kernels::scalar`), in the function's element type.
+    #[test]
+    fn folding_agrees_with_running_on_special_values() {
+        let powers = [2.0, 0.5, 3.0, -2.0, 0.0, 1.5, -2.5, 7.0, 100.0];
+        let unaries = Unary::PLAIN
+            .iter()
+            .copied()
+            .chain(powers.map(|k| Unary::Pow(Num::new(k))));
+        let span = Span::call_site();
+        let mut checked = 0;
+        for dtype in [DType::F32, DType::F64] {
+            let ty = Type::scalar(dtype);
+            let xs = specials(dtype);
+            let run_unary = |u: Unary, x: f64| match dtype {
+                DType::F32 => f64::from(u.eval(x as f32)),
+                DType::F64 => u.eval(x),
+            };
+            let run_binary = |b: Binary, x: f64, y: f64| match dtype {
+                DType::F32 => f64::from(b.eval(x as f32, y as f32)),
+                DType::F64 => b.eval(x, y),
+            };
+            for u in unaries.clone() {
+                for &x in &xs {
+                    let mut s = Simplifier::new(true, Vec::new(), Vec::new());
+                    let c = s.add(Op::Const(Num::new(x)), Vec::new(), ty.clone(), span);
+                    let n = s.add(Op::Unary(u), vec![c], ty.clone(), span);
+                    let folded = s.g.const_value(n).expect("a unary op of a constant folds");
+                    let want = run_unary(u, x);
+                    assert!(
+                        same(folded, want),
+                        "{u} {}({x:e}): folded {folded:e}, runs {want:e}",
+                        dtype.name()
+                    );
+                    checked += 1;
+                }
+            }
+            for &b in Binary::ALL {
+                for &x in &xs {
+                    for &y in &xs {
+                        let mut s = Simplifier::new(true, Vec::new(), Vec::new());
+                        let cx = s.add(Op::Const(Num::new(x)), Vec::new(), ty.clone(), span);
+                        let cy = s.add(Op::Const(Num::new(y)), Vec::new(), ty.clone(), span);
+                        let n = s.add(Op::Binary(b), vec![cx, cy], ty.clone(), span);
+                        let folded = s.g.const_value(n).expect("a binary op of constants folds");
+                        let want = run_binary(b, x, y);
+                        assert!(
+                            same(folded, want),
+                            "{b} {}({x:e}, {y:e}): folded {folded:e}, runs {want:e}",
+                            dtype.name()
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 5000, "{checked}");
     }
 }

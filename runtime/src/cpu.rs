@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::ops::Deref;
 
 use ndarray::{Array2, ArrayBase, Data, Dimension};
-use tensor_fn_kernels::scalar;
 
 use crate::{Error, FnInfo};
 
@@ -86,30 +85,11 @@ pub fn has_avx512() -> bool {
     }
 }
 
-/// The scalar math of every op, for f32 and f64.
+/// f32 and f64 as the generated code's GEMMs need them. (The elementwise ops are the kernel
+/// crate's `scalar`, which generated code calls directly.)
 pub trait Real:
     Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
 {
-    /// e^x (vectorizable in f32).
-    fn exp(self) -> Self;
-    /// ln x (vectorizable in f32).
-    fn ln(self) -> Self;
-    /// ln(1 + x) (vectorizable in f32).
-    fn ln_1p(self) -> Self;
-    fn sigmoid(self) -> Self;
-    fn softplus(self) -> Self;
-    /// `(sigmoid(x), softplus(x))` from one exponential: a loss with the stabilized
-    /// cross-entropy needs both of the same pre-activation.
-    fn sigmoid_softplus(self) -> (Self, Self);
-    fn relu(self) -> Self;
-    fn sign(self) -> Self;
-    fn step(self) -> Self;
-    fn powf(self, k: f64) -> Self;
-    /// Maximum that propagates NaN, like numpy's `maximum`.
-    fn max_nan(self, other: Self) -> Self;
-    fn min_nan(self, other: Self) -> Self;
-    fn ge(self, other: Self) -> Self;
-    fn eq(self, other: Self) -> Self;
     /// C = alpha A B + beta C for strided matrices (`rs`/`cs`: row and column strides in
     /// elements).
     ///
@@ -153,65 +133,7 @@ pub trait Real:
 
 macro_rules! real_impl {
     ($t:ty, $gemm:path, $pair:path) => {
-        // Every op is its one definition in the kernel crate (`tensor_fn_kernels::scalar`),
-        // which constant folding and the interpreter's reference use too.
         impl Real for $t {
-            #[inline(always)]
-            fn exp(self) -> Self {
-                scalar::exp(self)
-            }
-            #[inline(always)]
-            fn ln(self) -> Self {
-                scalar::log(self)
-            }
-            #[inline(always)]
-            fn ln_1p(self) -> Self {
-                scalar::log1p(self)
-            }
-            #[inline(always)]
-            fn sigmoid(self) -> Self {
-                scalar::sigmoid(self)
-            }
-            #[inline(always)]
-            fn softplus(self) -> Self {
-                scalar::softplus(self)
-            }
-            #[inline(always)]
-            fn sigmoid_softplus(self) -> (Self, Self) {
-                scalar::sigmoid_softplus(self)
-            }
-            #[inline(always)]
-            fn relu(self) -> Self {
-                scalar::relu(self)
-            }
-            #[inline(always)]
-            fn sign(self) -> Self {
-                scalar::sign(self)
-            }
-            #[inline(always)]
-            fn step(self) -> Self {
-                scalar::step(self)
-            }
-            #[inline(always)]
-            fn powf(self, k: f64) -> Self {
-                scalar::pow(self, k)
-            }
-            #[inline(always)]
-            fn max_nan(self, other: Self) -> Self {
-                scalar::maximum(self, other)
-            }
-            #[inline(always)]
-            fn min_nan(self, other: Self) -> Self {
-                scalar::minimum(self, other)
-            }
-            #[inline(always)]
-            fn ge(self, other: Self) -> Self {
-                scalar::ge(self, other)
-            }
-            #[inline(always)]
-            fn eq(self, other: Self) -> Self {
-                scalar::eq(self, other)
-            }
             fn gemm(
                 m: usize,
                 k: usize,
@@ -588,54 +510,5 @@ mod gemm_checks {
             1,
         )
         .unwrap();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Real;
-
-    /// Error in units of f32 epsilon relative to `b`, counting differences below f32's
-    /// smallest normal number as nothing (results that underflow in f32).
-    fn rel(a: f64, b: f64) -> f64 {
-        let d = (a - b).abs();
-        if a == b || d < f32::MIN_POSITIVE as f64 {
-            0.0
-        } else {
-            d / b.abs() / f32::EPSILON as f64
-        }
-    }
-
-    #[test]
-    fn sigmoid_softplus_matches_the_separate_functions() {
-        let mut worst = (0.0f64, 0.0f64);
-        let n = 200_000;
-        for i in 0..=n {
-            let x = -110.0 + 220.0 * i as f64 / n as f64;
-            let (s, sp) = (x as f32).sigmoid_softplus();
-            // References in f64 at the f32 input.
-            let xf = x as f32 as f64;
-            let s_ref = 1.0 / (1.0 + (-xf).exp());
-            let sp_ref = xf.max(0.0) + (-xf.abs()).exp().ln_1p();
-            worst.0 = worst.0.max(rel(s as f64, s_ref));
-            worst.1 = worst.1.max(rel(sp as f64, sp_ref));
-            // f64 against f64's own separate functions.
-            let (s64, sp64) = xf.sigmoid_softplus();
-            assert!((s64 - xf.sigmoid()).abs() <= 4.0 * f64::EPSILON * s64.abs().max(1e-300));
-            assert!((sp64 - xf.softplus()).abs() <= 4.0 * f64::EPSILON * sp64.abs().max(1e-300));
-        }
-        assert!(
-            worst.0 <= 4.0 && worst.1 <= 4.0,
-            "worst (sigmoid, softplus): {worst:?} eps"
-        );
-        for (x, s, sp) in [
-            (f32::INFINITY, 1.0, f32::INFINITY),
-            (f32::NEG_INFINITY, 0.0, 0.0),
-            (0.0, 0.5, std::f32::consts::LN_2),
-        ] {
-            assert_eq!(x.sigmoid_softplus(), (s, sp), "at {x}");
-        }
-        let (s, sp) = f32::NAN.sigmoid_softplus();
-        assert!(s.is_nan() && sp.is_nan());
     }
 }

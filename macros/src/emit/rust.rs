@@ -9,6 +9,8 @@
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
+use tensor_fn_kernels::op::PowCall;
+
 use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, Ret, Unary, VarKind};
 use crate::schedule::{
     BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule, ValId,
@@ -852,40 +854,17 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
 /// into the workspace count nothing: its rows are already spread over the cores by the split
 /// GEMMs around the kernel. `loop_chunks` splits a kernel when the saving covers the
 /// fork-join's fixed cost; 0 means never, and the emitter then leaves the split out.
-/// Measured single-threaded: a load costs about 2 units, an add 1, a division 4, `exp` or
-/// `log` 20, `sigmoid` 60, `tanh` (a library call) 300; a store into a fresh array 15.
+/// Measured single-threaded: a load costs about 2 units, an op what its row in the op table
+/// says (`Unary::cpu_cost`: an add 1, a division 4, `exp` 20, `tanh` 300), a store into a
+/// fresh array 15.
 fn split_saving(s: &Schedule, l: &LoopKernel) -> usize {
     let lv = levels(l);
     let cost = |ins: &Instr| -> usize {
         match ins {
             Instr::Load { .. } => 2,
             Instr::Arg(_) | Instr::Const(_) | Instr::DimSize(_) => 0,
-            Instr::Unary(u, _) => match u {
-                Unary::Neg | Unary::Relu | Unary::Abs | Unary::Sign | Unary::Step => 1,
-                Unary::Sqrt => 4,
-                Unary::Exp | Unary::Log | Unary::Log1p => 20,
-                Unary::Sigmoid | Unary::Softplus => 60,
-                Unary::Tanh => 300,
-                // As `unary_expr` emits it: a square, a square root or `powi` are a few
-                // multiplies; any other power is a library call.
-                Unary::Pow(k) => {
-                    let k = k.get();
-                    if k == 2.0 || k == 0.5 || (k.fract() == 0.0 && k.abs() <= 64.0) {
-                        4
-                    } else {
-                        300
-                    }
-                }
-            },
-            Instr::Binary(b, ..) => match b {
-                Binary::Add
-                | Binary::Mul
-                | Binary::Maximum
-                | Binary::Minimum
-                | Binary::Ge
-                | Binary::Eq => 1,
-                Binary::Div => 4,
-            },
+            Instr::Unary(u, _) => u.cpu_cost(),
+            Instr::Binary(b, ..) => b.cpu_cost(),
         }
     };
     // Only what runs at every point counts: values of one row are computed once per row.
@@ -948,7 +927,7 @@ fn chunked_call(
                 let combine = match kind {
                     RedKind::Sum => quote!(*__o += *__p;),
                     RedKind::Max => {
-                        quote!(*__o = ::tensor_fn::__private::Real::max_nan(*__o, *__p);)
+                        quote!(*__o = ::tensor_fn::__private::scalar::maximum(*__o, *__p);)
                     }
                 };
                 folds.push(quote! {
@@ -1069,7 +1048,7 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
                 };
                 let a = format_ident!("__v{}", a);
                 pre[lv[vi] as usize].push(quote! {
-                    let (#sid, #pid): (#t, #t) = ::tensor_fn::__private::Real::sigmoid_softplus(#a);
+                    let (#sid, #pid): (#t, #t) = ::tensor_fn::__private::scalar::sigmoid_softplus(#a);
                 });
                 continue;
             }
@@ -1111,7 +1090,9 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
         };
         let combine = |target: TokenStream| match r.kind {
             RedKind::Sum => quote!(#target += #val;),
-            RedKind::Max => quote!(#target = ::tensor_fn::__private::Real::max_nan(#target, #val);),
+            RedKind::Max => {
+                quote!(#target = ::tensor_fn::__private::scalar::maximum(#target, #val);)
+            }
         };
         // Which iteration axis is folded: with rank 2, axis 0 = outer, 1 = inner; rank 1: inner.
         let folds_outer_only = rank == 2 && r.axis == Axis::One(0);
@@ -1219,49 +1200,36 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     }
 }
 
-/// The Rust of each unary op.
+/// The Rust of a unary op: a call of its one definition in the kernel crate's `scalar`
+/// (inlined into the loop), a power by the case of its exponent.
 fn unary_expr(u: Unary, a: Ident) -> TokenStream {
-    let r = quote!(::tensor_fn::__private::Real);
-    match u {
-        Unary::Neg => quote!(-#a),
-        Unary::Exp => quote!(#r::exp(#a)),
-        Unary::Log => quote!(#r::ln(#a)),
-        Unary::Log1p => quote!(#r::ln_1p(#a)),
-        Unary::Sqrt => quote!(#a.sqrt()),
-        Unary::Tanh => quote!(#a.tanh()),
-        Unary::Sigmoid => quote!(#r::sigmoid(#a)),
-        Unary::Softplus => quote!(#r::softplus(#a)),
-        Unary::Relu => quote!(#r::relu(#a)),
-        Unary::Abs => quote!(#a.abs()),
-        Unary::Sign => quote!(#r::sign(#a)),
-        Unary::Step => quote!(#r::step(#a)),
-        Unary::Pow(k) => {
-            let k = k.get();
-            if k == 2.0 {
-                quote!(#a * #a)
-            } else if k == 0.5 {
-                quote!(#a.sqrt())
-            } else if k.fract() == 0.0 && k.abs() <= 64.0 {
-                let ki = Literal::i32_unsuffixed(k as i32);
-                quote!(#a.powi(#ki))
-            } else {
-                let k = num_lit(k, DType::F64);
-                quote!(#r::powf(#a, #k))
-            }
+    let s = quote!(::tensor_fn::__private::scalar);
+    match u.pow_call() {
+        Some(PowCall::Sqrt) => quote!(#s::sqrt(#a)),
+        Some(PowCall::Integer(k)) => {
+            let k = Literal::i32_unsuffixed(k);
+            quote!(#s::powi(#a, #k))
+        }
+        Some(PowCall::Float(k)) => {
+            let k = num_lit(k, DType::F64);
+            quote!(#s::pow(#a, #k))
+        }
+        None => {
+            let f = Ident::new(u.scalar_fn(), Span::call_site());
+            quote!(#s::#f(#a))
         }
     }
 }
 
-/// The Rust of each binary op.
+/// The Rust of a binary op: the arithmetic operators, or a call of its definition.
 fn binary_expr(b: Binary, x: Ident, y: Ident) -> TokenStream {
-    let r = quote!(::tensor_fn::__private::Real);
     match b {
         Binary::Add => quote!(#x + #y),
         Binary::Mul => quote!(#x * #y),
         Binary::Div => quote!(#x / #y),
-        Binary::Maximum => quote!(#r::max_nan(#x, #y)),
-        Binary::Minimum => quote!(#r::min_nan(#x, #y)),
-        Binary::Ge => quote!(#r::ge(#x, #y)),
-        Binary::Eq => quote!(#r::eq(#x, #y)),
+        Binary::Maximum | Binary::Minimum | Binary::Ge | Binary::Eq => {
+            let f = Ident::new(b.scalar_fn(), Span::call_site());
+            quote!(::tensor_fn::__private::scalar::#f(#x, #y))
+        }
     }
 }

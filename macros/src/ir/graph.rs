@@ -191,8 +191,6 @@ impl Graph {
     }
 
     pub fn constant(&mut self, v: f64, ty: Type, span: Span) -> NodeId {
-        // One zero: -0.0 and 0.0 are the same constant for hash-consing.
-        let v = if v == 0.0 { 0.0 } else { v };
         self.add(Op::Const(Num::new(v)), Vec::new(), ty, span)
     }
 
@@ -390,40 +388,5 @@ impl Function {
             gr.1 = it.next().unwrap();
         }
         self.graph = graph;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Scalar semantics of the elementwise ops (the ops themselves are the kernel crate's).
-
-pub fn eval_unary(u: Unary, x: f64) -> f64 {
-    match u {
-        Unary::Neg => -x,
-        Unary::Exp => x.exp(),
-        Unary::Log => x.ln(),
-        Unary::Log1p => x.ln_1p(),
-        Unary::Sqrt => x.sqrt(),
-        Unary::Tanh => x.tanh(),
-        Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Unary::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-        Unary::Relu => x.max(0.0),
-        Unary::Abs => x.abs(),
-        Unary::Sign => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        }
-        Unary::Step => {
-            if x > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Unary::Pow(k) => x.powf(k.get()),
     }
 }

@@ -6,7 +6,7 @@ mod shape;
 
 pub use crate::syntax::DType;
 pub use graph::{
-    eval_unary, Axis, Binary, Dim, Function, Graph, NodeId, Num, Op, Ret, Type, TypeError, Unary,
-    Var, VarKind, MAX_DEPTH, MAX_NODES,
+    Axis, Binary, Dim, Function, Graph, NodeId, Num, Op, Ret, Type, TypeError, Unary, Var, VarKind,
+    MAX_DEPTH, MAX_NODES,
 };
 pub use shape::{binary_type, broadcast_shapes, dot_type, infer};
