@@ -30,6 +30,9 @@ impl Num {
 pub enum Domain {
     /// Every real number.
     All,
+    /// Every real number, but it overflows for moderately large ones: random programs feed it
+    /// bounded values.
+    Bounded,
     /// x > 0 (x >= 0 for the square root, with an infinite slope at 0).
     Positive,
     /// x > -1.
@@ -125,7 +128,7 @@ macro_rules! unary_ops {
 
 unary_ops! {
     Neg = "neg", neg, cost 1, All;
-    Exp = "exp", exp, cost 20, All;
+    Exp = "exp", exp, cost 20, Bounded;
     Log = "log", log, cost 20, Positive;
     Log1p = "log1p", log1p, cost 20, AboveMinusOne;
     Sqrt = "sqrt", sqrt, cost 4, Positive;
@@ -250,5 +253,180 @@ impl fmt::Display for Unary {
 impl fmt::Display for Binary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// What the reductions compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    Sum,
+    /// The sum times 1 / count.
+    Mean,
+    Max,
+}
+
+/// How a builtin function is lowered into the compiler's graph; this also decides its shape
+/// rule ([`Lowering::shape_rule`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lowering {
+    /// An elementwise op of one tensor.
+    Unary(Unary),
+    /// An elementwise op of two tensors, broadcast against each other.
+    Binary(Binary),
+    /// `pow(x, k)`: `Unary::Pow(k)`, k a numeric literal.
+    Pow,
+    /// numpy's `dot` for ranks 1 and 2.
+    Dot,
+    /// A reduction over everything or `axis = k`.
+    Reduce(Reduce),
+    /// `grad(cost, x)`.
+    Grad,
+    /// Another expression of its arguments, in the compiler's rewrite-pattern language (`?x`
+    /// the first argument, `?y` the second): no op, shape rule or derivative of its own. The
+    /// domain is that of the expression (see [`Unary::domain`]).
+    Composite(&'static str, Domain),
+}
+
+/// How a builtin's result type follows from its arguments'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShapeRule {
+    /// The argument's type.
+    Same,
+    /// numpy broadcasting of the two arguments.
+    Broadcast,
+    /// numpy's `dot`.
+    Dot,
+    /// The argument's type without the folded axis (a scalar for all of them).
+    Reduce,
+    /// The type of the variable differentiated by.
+    Grad,
+    /// That of the expression it stands for.
+    Composite,
+}
+
+impl Lowering {
+    pub fn shape_rule(self) -> ShapeRule {
+        match self {
+            Lowering::Unary(_) | Lowering::Pow => ShapeRule::Same,
+            Lowering::Binary(_) => ShapeRule::Broadcast,
+            Lowering::Dot => ShapeRule::Dot,
+            Lowering::Reduce(_) => ShapeRule::Reduce,
+            Lowering::Grad => ShapeRule::Grad,
+            Lowering::Composite(..) => ShapeRule::Composite,
+        }
+    }
+}
+
+/// A function of the language: one row per name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Builtin {
+    pub name: &'static str,
+    /// Positional arguments.
+    pub args: usize,
+    /// Named arguments it accepts (`axis = k`).
+    pub keywords: &'static [&'static str],
+    pub lowering: Lowering,
+}
+
+const fn unary(name: &'static str, u: Unary) -> Builtin {
+    Builtin {
+        name,
+        args: 1,
+        keywords: &[],
+        lowering: Lowering::Unary(u),
+    }
+}
+
+const fn reduce(name: &'static str, r: Reduce) -> Builtin {
+    Builtin {
+        name,
+        args: 1,
+        keywords: &["axis"],
+        lowering: Lowering::Reduce(r),
+    }
+}
+
+/// The language's functions, in the order users see them listed.
+pub const BUILTINS: &[Builtin] = &[
+    unary("exp", Unary::Exp),
+    unary("log", Unary::Log),
+    unary("log1p", Unary::Log1p),
+    unary("sqrt", Unary::Sqrt),
+    unary("tanh", Unary::Tanh),
+    unary("sigmoid", Unary::Sigmoid),
+    unary("softplus", Unary::Softplus),
+    unary("relu", Unary::Relu),
+    unary("abs", Unary::Abs),
+    Builtin {
+        name: "pow",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Pow,
+    },
+    Builtin {
+        name: "maximum",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Binary(Binary::Maximum),
+    },
+    Builtin {
+        name: "minimum",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Binary(Binary::Minimum),
+    },
+    Builtin {
+        name: "dot",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Dot,
+    },
+    reduce("sum", Reduce::Sum),
+    reduce("mean", Reduce::Mean),
+    reduce("max", Reduce::Max),
+    Builtin {
+        name: "grad",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Grad,
+    },
+];
+
+impl Builtin {
+    /// For a function of one tensor, where it is defined (what random programs feed it).
+    pub fn domain(&self) -> Option<Domain> {
+        match self.lowering {
+            Lowering::Unary(u) => Some(u.domain()),
+            Lowering::Composite(_, d) if self.args == 1 => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The builtin function of a name.
+pub fn builtin(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_ops_round_trip() {
+        for (i, b) in BUILTINS.iter().enumerate() {
+            assert!(
+                BUILTINS[..i].iter().all(|o| o.name != b.name),
+                "{} twice",
+                b.name
+            );
+        }
+        for &u in Unary::PLAIN {
+            assert_eq!(Unary::from_name(u.name()), Some(u));
+        }
+        for &b in Binary::ALL {
+            assert_eq!(Binary::from_name(b.name()), Some(b));
+        }
+        assert_eq!(Unary::Pow(Num::new(2.0)).to_string(), "pow[2]");
     }
 }

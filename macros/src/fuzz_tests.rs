@@ -177,12 +177,18 @@ fn assert_clean(t: &Tally) {
 // ---------------------------------------------------------------------------------------------
 // (a) Random token streams over the language's vocabulary.
 
-const IDENTS: &[&str] = &[
+/// The words of the language around its functions; the functions' names come from the table.
+const WORDS: &[&str] = &[
     "x", "y", "w", "b", "n", "m", "k", "b1", "cost", "lr", "f32", "f64", "f16", "u8", "T", "t",
-    "exp", "log", "log1p", "sqrt", "tanh", "sigmoid", "softplus", "relu", "abs", "pow", "maximum",
-    "minimum", "dot", "sum", "mean", "max", "grad", "axis", "self", "Self", "NaN", "inf", "_",
-    "struct", "impl", "fn", "let", "pub", "mut", "crate", "M", "Model",
+    "axis", "self", "Self", "NaN", "inf", "_", "struct", "impl", "fn", "let", "pub", "mut",
+    "crate", "M", "Model",
 ];
+
+fn idents() -> Vec<&'static str> {
+    let mut v = WORDS.to_vec();
+    v.extend(tensor_fn_kernels::op::BUILTINS.iter().map(|b| b.name));
+    v
+}
 
 const LITERALS: &[&str] = &[
     "0",
@@ -251,7 +257,7 @@ const PUNCTS: &[&str] = &[
 
 fn token(rng: &mut Rng) -> String {
     match rng.below(10) {
-        0..=3 => rng.pick(IDENTS).to_string(),
+        0..=3 => rng.pick(&idents()).to_string(),
         4 | 5 => rng.pick(LITERALS).to_string(),
         _ => rng.pick(PUNCTS).to_string(),
     }
@@ -422,7 +428,7 @@ fn mutated_program(rng: &mut Rng) -> String {
                     rng.pick(LITERALS).to_string()
                 } else if first.is_alphabetic() || first == '_' {
                     if rng.chance(0.5) {
-                        rng.pick(IDENTS).to_string()
+                        rng.pick(&idents()).to_string()
                     } else {
                         toks[rng.below(toks.len())].clone()
                     }

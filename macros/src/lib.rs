@@ -1,7 +1,6 @@
 //! The `tensor_fn!` compiler. This file is a shim: parsing, every stage and code generation live
 //! in the other modules, on `proc_macro2` types, so they can be tested without a compiler.
 
-mod builtins;
 mod check;
 mod diag;
 mod emit;
@@ -9,6 +8,7 @@ mod expand;
 mod grad;
 mod ir;
 mod lower;
+mod pattern;
 mod schedule;
 mod simplify;
 mod syntax;

@@ -3,14 +3,15 @@
 //! typed by their context, shapes inferred, and user errors collected with spans.
 
 use proc_macro2::Span;
+use tensor_fn_kernels::op::{builtin, Builtin, Lowering, Reduce, BUILTINS};
 use tensor_fn_kernels::scalar;
 
-use crate::builtins::ALL_FUNCS;
 use crate::diag::{closest, Diagnostics};
 use crate::ir::{
     binary_type, dot_type, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op, Ret, Type,
     TypeError, Unary, Var, VarKind, MAX_NODES,
 };
+use crate::pattern::Pat;
 use crate::syntax::{
     self, bare_source, expr_source, Arg, BinOp, Body, Decl, DimAst, Expr, Options, Stmt, TypeAst,
     UpdateOp,
@@ -34,18 +35,14 @@ struct Lowerer<'d> {
     default_dtype: DType,
 }
 
-/// The elementwise built-ins and their ops (each name is also in `builtins::ALL_FUNCS`).
-const UNARY_FUNCS: &[(&str, Unary)] = &[
-    ("exp", Unary::Exp),
-    ("log", Unary::Log),
-    ("log1p", Unary::Log1p),
-    ("sqrt", Unary::Sqrt),
-    ("tanh", Unary::Tanh),
-    ("sigmoid", Unary::Sigmoid),
-    ("softplus", Unary::Softplus),
-    ("relu", Unary::Relu),
-    ("abs", Unary::Abs),
-];
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
 
 /// Lowers a parsed program into one `Function` per compiled function.
 pub fn lower(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function> {
@@ -539,7 +536,7 @@ impl<'d> Lowerer<'d> {
                     None => {
                         let names: Vec<String> = self.env.iter().map(|(n, _)| n.clone()).collect();
                         let msg = format!("unknown name `{name}`");
-                        let help = if ALL_FUNCS.contains(&name.as_str()) {
+                        let help = if builtin(&name).is_some() {
                             Some(format!(
                                 "`{name}` is a function: call it, as in `{name}(...)`"
                             ))
@@ -659,8 +656,14 @@ impl<'d> Lowerer<'d> {
         n.map(Val::Node)
     }
 
+    /// A call of a builtin function: its row of the table says what it takes and how it
+    /// lowers (`tensor_fn_kernels::op::BUILTINS`).
     fn lower_call(&mut self, func: &syn::Ident, args: &[Arg], span: Span) -> Option<Val> {
         let fname = func.to_string();
+        let Some(b) = builtin(&fname) else {
+            return self.unknown_function(func, args);
+        };
+        let takes_axis = b.keywords.contains(&"axis");
         let mut pos = Vec::new();
         // (value, span of the value, span of the `axis` name)
         let mut axis: Option<(i64, Span, Span)> = None;
@@ -683,10 +686,11 @@ impl<'d> Lowerer<'d> {
                 },
                 Arg::Named(n, _) => {
                     let msg = format!("unknown argument `{n}` of `{fname}`");
-                    let reduces = matches!(fname.as_str(), "sum" | "mean" | "max");
-                    if reduces && closest(&n.to_string(), ["axis"].into_iter()).is_some() {
-                        self.diags.error_help(n.span(), msg, "did you mean `axis`?");
-                    } else if reduces {
+                    let close = closest(&n.to_string(), b.keywords.iter().copied());
+                    if let Some(k) = close {
+                        self.diags
+                            .error_help(n.span(), msg, format!("did you mean `{k}`?"));
+                    } else if takes_axis {
                         self.diags.error_help(
                             n.span(),
                             msg,
@@ -715,179 +719,228 @@ impl<'d> Lowerer<'d> {
             }
             true
         };
-        if let (Some(ax), false) = (axis, matches!(fname.as_str(), "sum" | "mean" | "max")) {
+        if let (Some(ax), false) = (axis, takes_axis) {
+            let reductions: Vec<String> = BUILTINS
+                .iter()
+                .filter(|b| b.keywords.contains(&"axis"))
+                .map(|b| format!("`{}`", b.name))
+                .collect();
             self.diags.error_help(
                 ax.2,
                 format!("`{fname}` takes no `axis`"),
-                "only the reductions `sum`, `mean` and `max` take `axis = k`",
+                format!(
+                    "only the reductions {} take `axis = k`",
+                    and_list(&reductions)
+                ),
             );
             return None;
         }
-        if let Some(&(_, u)) = UNARY_FUNCS.iter().find(|(n, _)| *n == fname) {
-            if !expect(self, 1) || bad {
-                return None;
-            }
-            let v = self.lower_expr(pos[0])?;
-            return match v {
+        if b.lowering != Lowering::Grad && (!expect(self, b.args) || bad) {
+            return None;
+        }
+        match b.lowering {
+            Lowering::Unary(u) => match self.lower_expr(pos[0])? {
                 Val::Lit(x, s) => Some(Val::Lit(scalar::unary(u, x), s)),
                 Val::Node(n) => self.build(Op::Unary(u), vec![n], span).map(Val::Node),
-            };
+            },
+            Lowering::Pow => self.lower_pow(&pos, span),
+            Lowering::Binary(op) => self.lower_pair(b, Op::Binary(op), &pos, span),
+            Lowering::Dot => self.lower_pair(b, Op::Dot, &pos, span),
+            Lowering::Reduce(r) => self.lower_reduce(r, pos[0], axis, span),
+            Lowering::Grad => self.lower_grad(&pos, span).map(Val::Node),
+            Lowering::Composite(pattern, _) => self.lower_composite(pattern, &pos, span),
         }
-        match fname.as_str() {
-            "pow" => {
-                if !expect(self, 2) {
-                    return None;
-                }
-                let base = self.lower_expr(pos[0]);
-                let Some(k) = literal_num(pos[1]) else {
-                    self.diags.error_help(
-                        pos[1].full_span(),
-                        "the exponent of `pow` must be a numeric literal",
-                        format!(
-                            "for a variable exponent write `exp({} * log({}))`",
-                            expr_source(pos[1]),
-                            bare_source(pos[0])
-                        ),
-                    );
-                    return None;
-                };
-                if !k.is_finite() {
-                    self.diags.error(
-                        pos[1].full_span(),
-                        format!("literal `{}` is out of range for f64", expr_source(pos[1])),
-                    );
-                    return None;
-                }
-                match base? {
-                    Val::Lit(x, s) => Some(Val::Lit(scalar::pow(x, k), s)),
-                    Val::Node(n) => self
-                        .build(Op::Unary(Unary::Pow(Num::new(k))), vec![n], span)
-                        .map(Val::Node),
-                }
-            }
-            "maximum" | "minimum" | "dot" => {
-                if !expect(self, 2) {
-                    return None;
-                }
-                let a = self.lower_expr(pos[0]);
-                let b = self.lower_expr(pos[1]);
-                let (a, b) = (a?, b?);
-                let op = match fname.as_str() {
-                    "maximum" => Op::Binary(Binary::Maximum),
-                    "minimum" => Op::Binary(Binary::Minimum),
-                    _ => Op::Dot,
-                };
-                if let (Val::Lit(x, s), Val::Lit(y, _)) = (a, b) {
-                    if op != Op::Dot {
-                        let v = if fname == "maximum" {
-                            scalar::maximum(x, y)
-                        } else {
-                            scalar::minimum(x, y)
-                        };
-                        return Some(Val::Lit(v, s));
-                    }
-                }
-                let like = match (a, b) {
-                    (Val::Node(n), _) | (_, Val::Node(n)) => Some(n),
-                    _ => None,
-                };
-                let a = self.node_of(a, like);
-                let b = self.node_of(b, like);
-                // Check here, where the arguments' source is known, so a hint can quote the fix.
-                let (l, r) = (expr_source(pos[0]), expr_source(pos[1]));
-                let (ta, tb) = (self.g.ty(a).clone(), self.g.ty(b).clone());
-                let checked = match op {
-                    Op::Dot => dot_type(&self.g, &ta, &tb, Some((&l, &r))),
-                    _ => binary_type(&self.g, &fname, &ta, &tb, Some((&l, &r))),
-                };
-                if let Err(e) = checked {
-                    self.report(span, e);
-                    return None;
-                }
-                self.build(op, vec![a, b], span).map(Val::Node)
-            }
-            "sum" | "mean" | "max" => {
-                if !expect(self, 1) || bad {
-                    return None;
-                }
-                let v = self.lower_expr(pos[0])?;
-                let x = self.node_of(v, None);
-                let rank = self.g.ty(x).rank() as i64;
-                let ax = match axis {
-                    None => Axis::All,
-                    Some((k, s, _)) => {
-                        let kk = if k < 0 { k + rank } else { k };
-                        if kk < 0 || kk >= rank {
-                            let help = match rank {
-                                0 => "a scalar has no axes: drop `axis = ...`".to_string(),
-                                1 => "the only axis is 0 (or -1)".to_string(),
-                                _ => "the axes are 0 and 1 (or -2 and -1, counting from the end)"
-                                    .to_string(),
-                            };
-                            self.diags.error_help(
-                                s,
-                                format!(
-                                    "axis {k} is out of range for {}, which has rank {rank}",
-                                    self.g.type_str(self.g.ty(x))
-                                ),
-                                help,
-                            );
-                            return None;
+    }
+
+    /// A name that is not a builtin: the closest one, or the list.
+    fn unknown_function(&mut self, func: &syn::Ident, args: &[Arg]) -> Option<Val> {
+        let fname = func.to_string();
+        let msg = format!("unknown function `{fname}`");
+        let names = BUILTINS.iter().map(|b| b.name);
+        match closest(&fname, names.clone()) {
+            Some(c) => self
+                .diags
+                .error_help(func.span(), msg, format!("did you mean `{c}`?")),
+            None => self.diags.error_help(
+                func.span(),
+                msg,
+                format!(
+                    "the functions are: {}",
+                    names.collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        }
+        // Still look inside, so errors in the arguments are reported in the same run.
+        for a in args {
+            let (Arg::Pos(e) | Arg::Named(_, e)) = a;
+            let _ = self.lower_expr(e);
+        }
+        None
+    }
+
+    /// `pow(x, k)` with a numeric literal k.
+    fn lower_pow(&mut self, pos: &[&Expr], span: Span) -> Option<Val> {
+        let base = self.lower_expr(pos[0]);
+        let Some(k) = literal_num(pos[1]) else {
+            self.diags.error_help(
+                pos[1].full_span(),
+                "the exponent of `pow` must be a numeric literal",
+                format!(
+                    "for a variable exponent write `exp({} * log({}))`",
+                    expr_source(pos[1]),
+                    bare_source(pos[0])
+                ),
+            );
+            return None;
+        };
+        if !k.is_finite() {
+            self.diags.error(
+                pos[1].full_span(),
+                format!("literal `{}` is out of range for f64", expr_source(pos[1])),
+            );
+            return None;
+        }
+        match base? {
+            Val::Lit(x, s) => Some(Val::Lit(scalar::pow(x, k), s)),
+            Val::Node(n) => self
+                .build(Op::Unary(Unary::Pow(Num::new(k))), vec![n], span)
+                .map(Val::Node),
+        }
+    }
+
+    /// A function of two tensors: an elementwise op with broadcasting, or `dot`.
+    fn lower_pair(&mut self, b: &Builtin, op: Op, pos: &[&Expr], span: Span) -> Option<Val> {
+        let x = self.lower_expr(pos[0]);
+        let y = self.lower_expr(pos[1]);
+        let (x, y) = (x?, y?);
+        if let (Op::Binary(bin), Val::Lit(u, s), Val::Lit(v, _)) = (op, x, y) {
+            return Some(Val::Lit(scalar::binary(bin, u, v), s));
+        }
+        let like = match (x, y) {
+            (Val::Node(n), _) | (_, Val::Node(n)) => Some(n),
+            _ => None,
+        };
+        let x = self.node_of(x, like);
+        let y = self.node_of(y, like);
+        // Check here, where the arguments' source is known, so a hint can quote the fix.
+        let (l, r) = (expr_source(pos[0]), expr_source(pos[1]));
+        let (tx, ty) = (self.g.ty(x).clone(), self.g.ty(y).clone());
+        let checked = match op {
+            Op::Dot => dot_type(&self.g, &tx, &ty, Some((&l, &r))),
+            _ => binary_type(&self.g, b.name, &tx, &ty, Some((&l, &r))),
+        };
+        if let Err(e) = checked {
+            self.report(span, e);
+            return None;
+        }
+        self.build(op, vec![x, y], span).map(Val::Node)
+    }
+
+    /// `sum`, `mean` or `max`, over everything or `axis = k`.
+    fn lower_reduce(
+        &mut self,
+        r: Reduce,
+        arg: &Expr,
+        axis: Option<(i64, Span, Span)>,
+        span: Span,
+    ) -> Option<Val> {
+        let v = self.lower_expr(arg)?;
+        let x = self.node_of(v, None);
+        let rank = self.g.ty(x).rank() as i64;
+        let ax = match axis {
+            None => Axis::All,
+            Some((k, s, _)) => {
+                let kk = if k < 0 { k + rank } else { k };
+                if kk < 0 || kk >= rank {
+                    let help = match rank {
+                        0 => "a scalar has no axes: drop `axis = ...`".to_string(),
+                        1 => "the only axis is 0 (or -1)".to_string(),
+                        _ => {
+                            "the axes are 0 and 1 (or -2 and -1, counting from the end)".to_string()
                         }
-                        Axis::One(kk as u8)
-                    }
-                };
-                if rank == 0 {
-                    return Some(Val::Node(x)); // reducing a scalar is the scalar
+                    };
+                    self.diags.error_help(
+                        s,
+                        format!(
+                            "axis {k} is out of range for {}, which has rank {rank}",
+                            self.g.type_str(self.g.ty(x))
+                        ),
+                        help,
+                    );
+                    return None;
                 }
-                let op = if fname == "max" {
-                    Op::Max(ax)
-                } else {
-                    Op::Sum(ax)
-                };
-                let r = self.build(op, vec![x], span)?;
-                if fname != "mean" {
-                    return Some(Val::Node(r));
-                }
-                // mean = sum * (1 / count); count is a product of dims, symbolic ones bound at run time.
-                let t = self.g.ty(x).clone();
-                let dims: Vec<Dim> = match ax {
-                    Axis::All => t.shape.clone(),
-                    Axis::One(k) => vec![t.shape[k as usize]],
-                };
-                let st = Type::scalar(t.dtype);
-                let mut count = None;
-                for d in dims {
-                    let dn = self.g.add(Op::DimSize(d), Vec::new(), st.clone(), span);
-                    count = Some(match count {
-                        None => dn,
-                        Some(c) => self.build(Op::Binary(Binary::Mul), vec![c, dn], span)?,
-                    });
-                }
-                let one = self.g.scalar_const(1.0, t.dtype, span);
-                let inv = self.build(Op::Binary(Binary::Div), vec![one, count?], span)?;
-                self.build(Op::Binary(Binary::Mul), vec![r, inv], span)
-                    .map(Val::Node)
+                Axis::One(kk as u8)
             }
-            "grad" => self.lower_grad(&pos, span).map(Val::Node),
-            _ => {
-                let msg = format!("unknown function `{fname}`");
-                match closest(&fname, ALL_FUNCS.iter().copied()) {
-                    Some(c) => {
-                        self.diags
-                            .error_help(func.span(), msg, format!("did you mean `{c}`?"))
-                    }
-                    None => self.diags.error_help(
-                        func.span(),
-                        msg,
-                        format!("the functions are: {}", ALL_FUNCS.join(", ")),
-                    ),
+        };
+        if rank == 0 {
+            return Some(Val::Node(x)); // reducing a scalar is the scalar
+        }
+        let op = match r {
+            Reduce::Max => Op::Max(ax),
+            Reduce::Sum | Reduce::Mean => Op::Sum(ax),
+        };
+        let total = self.build(op, vec![x], span)?;
+        if r != Reduce::Mean {
+            return Some(Val::Node(total));
+        }
+        // mean = sum * (1 / count); count is a product of dims, symbolic ones bound at run time.
+        let t = self.g.ty(x).clone();
+        let dims: Vec<Dim> = match ax {
+            Axis::All => t.shape.clone(),
+            Axis::One(k) => vec![t.shape[k as usize]],
+        };
+        let st = Type::scalar(t.dtype);
+        let mut count = None;
+        for d in dims {
+            let dn = self.g.add(Op::DimSize(d), Vec::new(), st.clone(), span);
+            count = Some(match count {
+                None => dn,
+                Some(c) => self.build(Op::Binary(Binary::Mul), vec![c, dn], span)?,
+            });
+        }
+        let one = self.g.scalar_const(1.0, t.dtype, span);
+        let inv = self.build(Op::Binary(Binary::Div), vec![one, count?], span)?;
+        self.build(Op::Binary(Binary::Mul), vec![total, inv], span)
+            .map(Val::Node)
+    }
+
+    /// A composite builtin: its pattern, with `?x` and `?y` the arguments. Constants take the
+    /// element type of the first argument, and broadcast as literals do.
+    fn lower_composite(&mut self, pattern: &str, pos: &[&Expr], span: Span) -> Option<Val> {
+        let mut vals = Vec::new();
+        for p in pos {
+            vals.push(self.lower_expr(p));
+        }
+        let vals: Vec<Val> = vals.into_iter().collect::<Option<_>>()?;
+        let like = vals.iter().find_map(|v| match v {
+            Val::Node(n) => Some(*n),
+            Val::Lit(..) => None,
+        });
+        let args: Vec<NodeId> = vals.into_iter().map(|v| self.node_of(v, like)).collect();
+        let dtype = self.g.ty(args[0]).dtype;
+        let p = Pat::parse(pattern);
+        self.instantiate(&p, &args, dtype, span).map(Val::Node)
+    }
+
+    fn instantiate(
+        &mut self,
+        p: &Pat,
+        args: &[NodeId],
+        dtype: DType,
+        span: Span,
+    ) -> Option<NodeId> {
+        match p {
+            Pat::Var(v) => {
+                let i = ["x", "y"].iter().position(|n| n == v);
+                Some(args[i.expect("a composite uses ?x and ?y")])
+            }
+            Pat::Num(c) => Some(self.g.scalar_const(*c, dtype, span)),
+            Pat::Op(op, ps) => {
+                let mut a = Vec::with_capacity(ps.len());
+                for q in ps {
+                    a.push(self.instantiate(q, args, dtype, span)?);
                 }
-                // Still look inside, so errors in the arguments are reported in the same run.
-                for p in pos {
-                    let _ = self.lower_expr(p);
-                }
-                None
+                self.build(*op, a, span)
             }
         }
     }

@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use proc_macro2::Span;
 use tensor_fn_kernels::scalar;
 
+use crate::pattern::Pat;
+
 use crate::ir::{
-    broadcast_shapes, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op, Type, Unary,
+    broadcast_shapes, Axis, Binary, DType, Dim, Function, Graph, NodeId, Op, Type, Unary,
 };
 
 /// How a rule matches and rewrites.
@@ -300,90 +302,6 @@ fn round_to(v: f64, dtype: DType) -> f64 {
     match dtype {
         DType::F32 => v as f32 as f64,
         DType::F64 => v,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Patterns.
-
-#[derive(Debug, Clone)]
-pub enum Pat {
-    Var(String),
-    Num(f64),
-    Op(Op, Vec<Pat>),
-}
-
-impl Pat {
-    /// Parses the tiny s-expression language of the rule table. The table is ours, so a
-    /// malformed pattern is a bug caught by the unit test that parses every rule.
-    pub fn parse(s: &str) -> Pat {
-        let toks: Vec<String> = s
-            .replace('(', " ( ")
-            .replace(')', " ) ")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        let mut pos = 0;
-        let p = Pat::parse_at(&toks, &mut pos);
-        assert_eq!(pos, toks.len(), "trailing tokens in pattern {s}");
-        p
-    }
-
-    fn parse_at(t: &[String], pos: &mut usize) -> Pat {
-        let tok = &t[*pos];
-        *pos += 1;
-        if tok == "(" {
-            let name = t[*pos].clone();
-            *pos += 1;
-            let mut args = Vec::new();
-            while t[*pos] != ")" {
-                args.push(Pat::parse_at(t, pos));
-            }
-            *pos += 1;
-            Pat::Op(op_by_name(&name), args)
-        } else if let Some(v) = tok.strip_prefix('?') {
-            Pat::Var(v.to_string())
-        } else {
-            Pat::Num(tok.parse().expect("number in pattern"))
-        }
-    }
-
-    fn matches(&self, g: &Graph, id: NodeId, b: &mut Vec<(String, NodeId)>) -> bool {
-        match self {
-            Pat::Var(v) => match b.iter().find(|(n, _)| n == v) {
-                Some(&(_, bound)) => bound == id,
-                None => {
-                    b.push((v.clone(), id));
-                    true
-                }
-            },
-            Pat::Num(x) => g.const_value(id) == Some(*x),
-            Pat::Op(op, args) => {
-                g.op(id) == *op
-                    && g.args(id).len() == args.len()
-                    && args
-                        .iter()
-                        .zip(g.args(id).to_vec())
-                        .all(|(p, a)| p.matches(g, a, b))
-            }
-        }
-    }
-}
-
-/// The op a rewrite pattern names: an elementwise op by its name (the kernel crate's table),
-/// `pow1` for x^1, or a structural op.
-fn op_by_name(name: &str) -> Op {
-    if let Some(u) = Unary::from_name(name) {
-        return Op::Unary(u);
-    }
-    if let Some(b) = Binary::from_name(name) {
-        return Op::Binary(b);
-    }
-    match name {
-        "pow1" => Op::Unary(Unary::Pow(Num::new(1.0))),
-        "transpose" => Op::Transpose,
-        "dot" => Op::Dot,
-        other => panic!("unknown op `{other}` in a rewrite pattern"),
     }
 }
 
@@ -769,6 +687,7 @@ pub fn report_text(s: &Simplifier) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Num;
 
     #[test]
     fn every_pattern_parses() {

@@ -18,7 +18,7 @@ use syn::parse::{Parse, ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{braced, bracketed, parenthesized, Attribute, Ident, Token, Visibility};
 
-use crate::builtins::ALL_FUNCS;
+use tensor_fn_kernels::op::builtin;
 
 /// Element type of a tensor (the kernel crate's: the IR and the kernels share it).
 pub use tensor_fn_kernels::ir::DType;
@@ -801,7 +801,7 @@ fn parse_postfix(input: ParseStream) -> syn::Result<Expr> {
         } else {
             let help = if id == "t" {
                 "did you mean `.T`?".to_string()
-            } else if ALL_FUNCS.contains(&id.to_string().as_str()) {
+            } else if builtin(&id.to_string()).is_some() {
                 format!(
                     "`{id}` is a function: call it as `{id}({})`",
                     bare_source(&e)

@@ -11,6 +11,17 @@
 
 use std::collections::BTreeSet;
 
+use tensor_fn_kernels::op::{Domain, BUILTINS};
+
+/// The builtin functions of one tensor defined on `domains`, in the table's order.
+fn unary_builtins(domains: &[Domain]) -> Vec<&'static str> {
+    BUILTINS
+        .iter()
+        .filter(|b| b.domain().is_some_and(|d| domains.contains(&d)))
+        .map(|b| b.name)
+        .collect()
+}
+
 /// splitmix64: deterministic and dependency-free.
 pub struct Rng(u64);
 
@@ -280,9 +291,10 @@ impl<'r> Gen<'r> {
         let choice = self.rng.below(if self.knobs.bait { 15 } else { 12 });
         match choice {
             0 => {
-                let u = *self
-                    .rng
-                    .pick(&["tanh", "sigmoid", "softplus", "relu", "abs", "-"]);
+                // A function defined on every real number (the op table says which), or `-`.
+                let mut fs = unary_builtins(&[Domain::All, Domain::KinkAtZero]);
+                fs.push("-");
+                let u = *self.rng.pick(&fs);
                 let a = self.expr(shape, d, false);
                 if u == "-" {
                     format!("-{a}")
@@ -291,7 +303,9 @@ impl<'r> Gen<'r> {
                 }
             }
             1 => {
-                let u = *self.rng.pick(&["log", "sqrt", "log1p"]);
+                let u = *self
+                    .rng
+                    .pick(&unary_builtins(&[Domain::Positive, Domain::AboveMinusOne]));
                 let a = self.expr(shape, d, true);
                 format!("{u}({a})")
             }
@@ -315,7 +329,11 @@ impl<'r> Gen<'r> {
                 format!("({}).T", self.expr(&t, d, false))
             }
             8 | 9 => self.reduce(shape, d, false),
-            10 => format!("exp(tanh({}))", self.expr(shape, d, false)),
+            10 => {
+                // One that overflows: of a bounded value.
+                let u = *self.rng.pick(&unary_builtins(&[Domain::Bounded]));
+                format!("{u}(tanh({}))", self.expr(shape, d, false))
+            }
             11 if self.knobs.nested_grad => self.nested_grad(shape, d),
             11 => format!(
                 "({} / {})",
