@@ -12,41 +12,19 @@ use crate::reduce::reduction_kernel;
 
 pub const DTYPES: [DType; 2] = [DType::F32, DType::F64];
 
-/// Every unary op, with the `pow` exponents that take different code paths.
+/// Every unary op of the op table, with the `pow` exponents that take different code paths.
 pub fn unary_ops() -> Vec<Unary> {
-    vec![
-        Unary::Neg,
-        Unary::Exp,
-        Unary::Log,
-        Unary::Log1p,
-        Unary::Sqrt,
-        Unary::Tanh,
-        Unary::Sigmoid,
-        Unary::Softplus,
-        Unary::Relu,
-        Unary::Abs,
-        Unary::Sign,
-        Unary::Step,
-        Unary::Pow(Num::new(2.0)),
-        Unary::Pow(Num::new(0.5)),
-        Unary::Pow(Num::new(3.0)),
-        Unary::Pow(Num::new(-2.0)),
-        Unary::Pow(Num::new(0.0)),
-        Unary::Pow(Num::new(1.5)),
-        Unary::Pow(Num::new(-2.5)),
-    ]
+    let powers = [2.0, 0.5, 3.0, -2.0, 0.0, 1.5, -2.5];
+    Unary::PLAIN
+        .iter()
+        .copied()
+        .chain(powers.map(|k| Unary::Pow(Num::new(k))))
+        .collect()
 }
 
+/// Every binary op of the op table.
 pub fn binary_ops() -> Vec<Binary> {
-    vec![
-        Binary::Add,
-        Binary::Mul,
-        Binary::Div,
-        Binary::Maximum,
-        Binary::Minimum,
-        Binary::Ge,
-        Binary::Eq,
-    ]
+    Binary::ALL.to_vec()
 }
 
 /// GEMM specs covering every layout, epilogue and dtype, with static and symbolic sizes.
