@@ -71,7 +71,7 @@ tensor_fn! {
                 sigmoid(x - p) + softplus(3 * x * p),
                 relu(x - p) + abs(x + q),
                 pow(x, 3) * p + pow(abs(p) + 1, 0.5) + pow(x + 2, -2),
-                -x / (abs(p) + 1),
+                -x / (abs(p) + 1) + erf(x * p) + gelu(x - p),
             )
         }
 

@@ -5,16 +5,16 @@
 //! of the compiled cost, in f64. A mismatch panics with the op, the variable, the FIRST
 //! mismatching index and both values.
 //!
-//! Covered: `+ - * /` (both sides, literals on either side), unary `-`, `pow` (integer,
-//! fractional, negative, 1 and 0 exponents), `exp log log1p sqrt tanh sigmoid softplus relu abs`,
+//! Covered: `+ - * /` (both sides, literals on either side), unary `-`, `pow` (integer, fractional,
+//! negative, 1 and 0 exponents), `exp log log1p sqrt tanh erf sigmoid softplus relu abs gelu`,
 //! `maximum minimum` (incl. broadcast and literal operands), `dot` for vv/mv/vm/mm (both operands,
 //! shared and transposed operands), `.T`, `sum/mean/max` over all and over `axis = 0`/`axis = 1`,
 //! numpy broadcasting (vector rows, static `[1, m]` and `[3, 1]`, scalars, literals), square
 //! `x`/`x.T` mixes, scalar inputs, a cost that simplifies to not depending on `x`, a 2-layer net
 //! with a cross-entropy, the seed's tied-weights autoencoder loss (gradients, the derived text
-//! holds no `log`/`div`, finite values at pre-activations of +-100, the same in f32, and the
-//! model form's `p -= lr * grad(cost, p)` step), `#[strict]` programs, and second derivatives
-//! (`grad` of an expression holding `grad`: Hessian-vector and mixed products).
+//! holds no `log`/`div`, finite values at pre-activations of +-100, the same in f32, and the model
+//! form's `p -= lr * grad(cost, p)` step), `#[strict]` programs, and second derivatives (`grad` of
+//! an expression holding `grad`: Hessian-vector and mixed products).
 //! `coverage` prints the count.
 //!
 //! Costs are weighted by fixed random arrays `c`, so a gradient with swapped or transposed
@@ -456,6 +456,10 @@ mod unary {
         g_relu = grad(c_relu, x);
         c_abs = sum(abs(x) * c) + sum(pow(abs(x), 3) * c);
         g_abs = grad(c_abs, x);
+        c_erf = sum(erf(x) * c);
+        g_erf = grad(c_erf, x);
+        c_gelu = sum(gelu(x) * c);
+        g_gelu = grad(c_gelu, x);
         c_chain = sum(exp(tanh(sigmoid(x))) * c);
         g_chain = grad(c_chain, x);
     }
@@ -531,6 +535,14 @@ mod unary {
     #[test]
     fn abs() {
         run("abs", c_abs, g_abs, |r| r.signed(&[3, 4], 0.2, 2.), 39);
+    }
+    #[test]
+    fn erf() {
+        run("erf", c_erf, g_erf, |r| r.uniform(&[3, 4], -3., 3.), 41);
+    }
+    #[test]
+    fn gelu() {
+        run("gelu", c_gelu, g_gelu, |r| r.uniform(&[3, 4], -4., 4.), 42);
     }
     #[test]
     fn chain() {

@@ -17,6 +17,7 @@ macro_rules! ops_block {
             pub log1p_ = log1p(x);
             pub sqrt_ = sqrt(x);
             pub tanh_ = tanh(x);
+            pub erf_ = erf(x);
             pub sigmoid_ = sigmoid(x);
             pub softplus_ = softplus(x);
             pub both = sigmoid(x) * 0 + softplus(x);
@@ -154,6 +155,7 @@ macro_rules! check_dtype {
         unary(Unary::Log1p, $m::log1p_(x).unwrap());
         unary(Unary::Sqrt, $m::sqrt_(x).unwrap());
         unary(Unary::Tanh, $m::tanh_(x).unwrap());
+        unary(Unary::Erf, $m::erf_(x).unwrap());
         unary(Unary::Sigmoid, $m::sigmoid_(x).unwrap());
         unary(Unary::Softplus, $m::softplus_(x).unwrap());
         unary(Unary::Relu, $m::relu_(x).unwrap());

@@ -17,7 +17,7 @@ mod theano_intro;
 
 tensor_fn! {
     x: f32[n, m], y: f32[m], c: f32;
-    pub elementwise = exp(x) + log1p(y) * sqrt(abs(x)) - tanh(x) / (1 + softplus(-x)) + relu(x - c) + pow(x, 3) + pow(y, 0.5);
+    pub elementwise = exp(x) + log1p(y) * sqrt(abs(x)) - tanh(x) / (1 + softplus(-x)) + relu(x - c) + pow(x, 3) + pow(y, 0.5) + erf(x) + gelu(y);
     pub reductions = sum(maximum(x, y), axis = 0) + max(minimum(x, c), axis = 0) + mean(x);
     pub row_stats = max(x, axis = 1) - mean(sigmoid(x), axis = 1);
     pub gradient = grad(sum(tanh(dot(x, y)) * c), x);

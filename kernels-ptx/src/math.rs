@@ -20,10 +20,11 @@
 //!   (f32), <= 3 ulp (f64).
 //! - `tanh(x) = sign(x) e/(e + 2)`, e = expm1(2|x|) (|x| clamped at 20, where tanh is 1), and x
 //!   itself for |x| < 2^-12 / 2^-27: <= 6 ulp (f32), <= 4 ulp (f64).
-//! - `sigmoid(x)`: `1 / (1 + e)` for x >= 0, `e / (1 + e)` for x < 0, with e = exp(-|x|):
-//!   <= 4 ulp everywhere. (The CPU's `1 / (1 + exp(-x))` agrees except below -88.7 (f32), where
-//!   it flushes to 0 and this keeps the subnormal result.)
-//! - `softplus(x) = max(x, 0) + log1p(exp(-|x|))`, the CPU's formula: <= 5 ulp.
+//! - `sigmoid(x)`: `1 / (1 + e)` for x >= 0, `e / (1 + e)` for x < 0, with e = exp(-|x|), the
+//!   ops' definition (`scalar::sigmoid`): <= 4 ulp everywhere.
+//! - `softplus(x) = max(x, 0) + log1p(exp(-|x|))`: <= 5 ulp.
+//! - `erf`: the polynomials and regions of `scalar::erf`, evaluated with fused multiply-adds
+//!   (f32 in f64 arithmetic with the f32 `exp`, as on the CPU): <= 2 ulp.
 //! - `pow(x, k)`: integers by repeated squaring (the CPU's `powi`; one rounding per multiply),
 //!   0.5 by `sqrt.rn`, others as `exp(k log|x|)` with `k log|x|` carried as a hi + lo pair, so
 //!   that its rounding is not magnified by the exp: <= 4 ulp + ~|k| ulp (the error of log m).
@@ -34,6 +35,7 @@
 
 use crate::ir::{Binary, DType, RedKind, Unary};
 use crate::ptx::{BinOp, Cmp, CvtRound, KernelBuilder, Operand, Reg, RegClass, Type, UnOp};
+use crate::scalar::erf::{self, Poly};
 
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 
@@ -469,6 +471,83 @@ impl Fx<'_> {
         self.select(bad, self.c(f64::NAN), r)
     }
 
+    /// A polynomial of `scalar::erf` at `v` (in this dtype): t = (v - c) / h, then Horner.
+    fn erf_poly(&mut self, p: &Poly, v: Reg) -> Reg {
+        let d = self.sub(v, self.c(p.c));
+        let t = self.div(d, self.c(p.h));
+        let high_to_low: Vec<f64> = p.coef.iter().rev().copied().collect();
+        self.horner(t, &high_to_low)
+    }
+
+    /// erf, as `scalar::erf` computes it (same polynomials, same regions), without branches.
+    /// f32 works in f64 with the f32 exponential, like the CPU.
+    pub fn erf(&mut self, x: Reg) -> Reg {
+        match self.dt {
+            DType::F32 => {
+                let xd = self.k.cvt(CvtRound::None, Type::F64, Type::F32, x);
+                let mut d = Fx::new(self.k, DType::F64);
+                // Small |x|: s + s R(s^2), odd in s, so the sign (and -0) come out right.
+                let s = d.max(xd, d.c(-2.0));
+                let s = d.min(s, d.c(2.0));
+                let z = d.mul(s, s);
+                let r = d.erf_poly(&erf::F32_SMALL, z);
+                let small = d.fma(s, r, s);
+                // Large |x|: 1 - e^(-x^2) G(1/x), with the f32 exponential.
+                let a = d.un(UnOp::Abs, xd);
+                let l = d.max(a, d.c(2.0));
+                let l = d.min(l, d.c(4.0));
+                let l2 = d.mul(l, l);
+                let nl2 = d.un(UnOp::Neg, l2);
+                let nl2 = d.k.cvt(CvtRound::Rn, Type::F32, Type::F64, nl2);
+                let e = Fx::new(d.k, DType::F32).exp(nl2);
+                let mut d = Fx::new(self.k, DType::F64);
+                let e = d.k.cvt(CvtRound::None, Type::F64, Type::F32, e);
+                let u = d.div(d.c(1.0), l);
+                let g = d.erf_poly(&erf::F32_LARGE, u);
+                let ne = d.un(UnOp::Neg, e);
+                let large = d.fma(ne, g, d.c(1.0));
+                let far = d.setp(Cmp::Lt, a, d.c(4.0));
+                let large = d.select(far, large, d.c(1.0));
+                let neg = d.setp(Cmp::Lt, xd, d.c(0.0));
+                let nlarge = d.un(UnOp::Neg, large);
+                let large = d.select(neg, nlarge, large);
+                let near = d.setp(Cmp::Le, a, d.c(2.0));
+                let y = d.select(near, small, large);
+                let y = d.k.cvt(CvtRound::Rn, Type::F32, Type::F64, y);
+                self.nan_passthrough(x, y)
+            }
+            DType::F64 => {
+                let s = self.max(x, self.c(-1.0));
+                let s = self.min(s, self.c(1.0));
+                let z = self.mul(s, s);
+                let r = self.erf_poly(&erf::F64_SMALL, z);
+                let small = self.fma(s, r, s);
+                // 1 < |x| < 6: 1 - e^(-x^2) G, G by x below 2 and by 1/x above.
+                let a = self.un(UnOp::Abs, x);
+                let t = self.max(a, self.c(1.0));
+                let t = self.min(t, self.c(6.0));
+                let t2 = self.mul(t, t);
+                let nt2 = self.un(UnOp::Neg, t2);
+                let e = self.exp(nt2);
+                let mid = self.erf_poly(&erf::F64_MID, t);
+                let u = self.div(self.c(1.0), t);
+                let far = self.erf_poly(&erf::F64_LARGE, u);
+                let two = self.setp(Cmp::Le, a, self.c(2.0));
+                let g = self.select(two, mid, far);
+                let ne = self.un(UnOp::Neg, e);
+                let large = self.fma(ne, g, self.c(1.0));
+                let six = self.setp(Cmp::Lt, a, self.c(6.0));
+                let large = self.select(six, large, self.c(1.0));
+                let neg = self.setp(Cmp::Lt, x, self.c(0.0));
+                let nlarge = self.un(UnOp::Neg, large);
+                let large = self.select(neg, nlarge, large);
+                let one = self.setp(Cmp::Le, a, self.c(1.0));
+                let y = self.select(one, small, large);
+                self.nan_passthrough(x, y)
+            }
+        }
+    }
+
     pub fn unary(&mut self, u: Unary, x: Reg) -> Reg {
         match u {
             Unary::Neg => self.un(UnOp::Neg, x),
@@ -477,6 +556,7 @@ impl Fx<'_> {
             Unary::Log1p => self.log1p(x),
             Unary::Sqrt => self.un(UnOp::Sqrt, x),
             Unary::Tanh => self.tanh(x),
+            Unary::Erf => self.erf(x),
             Unary::Sigmoid => self.sigmoid(x),
             Unary::Softplus => self.softplus(x),
             Unary::Relu => {

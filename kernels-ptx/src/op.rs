@@ -133,6 +133,8 @@ unary_ops! {
     Log1p = "log1p", log1p, cost 20, AboveMinusOne;
     Sqrt = "sqrt", sqrt, cost 4, Positive;
     Tanh = "tanh", tanh, cost 300, All;
+    /// The error function.
+    Erf = "erf", erf, cost 60, All;
     Sigmoid = "sigmoid", sigmoid, cost 60, All;
     Softplus = "softplus", softplus, cost 60, All;
     /// x where x > 0 (or NaN), else 0.
@@ -357,6 +359,17 @@ pub const BUILTINS: &[Builtin] = &[
     unary("softplus", Unary::Softplus),
     unary("relu", Unary::Relu),
     unary("abs", Unary::Abs),
+    unary("erf", Unary::Erf),
+    // gelu(x) = x/2 (1 + erf(x / sqrt 2)), the Gaussian error linear unit.
+    Builtin {
+        name: "gelu",
+        args: 1,
+        keywords: &[],
+        lowering: Lowering::Composite(
+            "(mul (mul 0.5 ?x) (add 1 (erf (mul 0.7071067811865476 ?x))))",
+            Domain::All,
+        ),
+    },
     Builtin {
         name: "pow",
         args: 2,

@@ -13,10 +13,12 @@
 //! constant equals the run-time value where the compiler's host and the target share a libm
 //! (native builds).
 
+pub(crate) mod erf;
 mod f32_math;
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
+pub use erf::{erf_f32, erf_f64};
 pub use f32_math::{exp_f32, ln_1p_f32, ln_f32};
 
 use crate::op::{Binary, Unary};
@@ -55,10 +57,11 @@ pub trait Float:
     fn ln_1p_(self) -> Self;
     fn tanh_(self) -> Self;
     fn powf_(self, k: Self) -> Self;
+    fn erf_(self) -> Self;
 }
 
 macro_rules! float_impl {
-    ($t:ty, $exp:path, $ln:path, $ln_1p:path) => {
+    ($t:ty, $exp:path, $ln:path, $ln_1p:path, $erf:path) => {
         impl Float for $t {
             const ZERO: $t = 0.0;
             const ONE: $t = 1.0;
@@ -103,12 +106,16 @@ macro_rules! float_impl {
             fn powf_(self, k: $t) -> $t {
                 self.powf(k)
             }
+            #[inline(always)]
+            fn erf_(self) -> $t {
+                $erf(self)
+            }
         }
     };
 }
 
-float_impl!(f32, exp_f32, ln_f32, ln_1p_f32);
-float_impl!(f64, f64::exp, f64::ln, f64::ln_1p);
+float_impl!(f32, exp_f32, ln_f32, ln_1p_f32, erf_f32);
+float_impl!(f64, f64::exp, f64::ln, f64::ln_1p, erf_f64);
 
 // ---------------------------------------------------------------------------------------------
 // Unary ops.
@@ -143,6 +150,13 @@ pub fn sqrt<T: Float>(x: T) -> T {
 #[inline(always)]
 pub fn tanh<T: Float>(x: T) -> T {
     x.tanh_()
+}
+
+/// The error function, 2/sqrt(pi) times the integral of e^(-t^2) from 0 to x ([`erf_f32`],
+/// [`erf_f64`]).
+#[inline(always)]
+pub fn erf<T: Float>(x: T) -> T {
+    x.erf_()
 }
 
 /// `(sigmoid(x), softplus(x))` from one exponential, the definition of both: with

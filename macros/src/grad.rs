@@ -204,6 +204,15 @@ fn vjp(g: &mut Graph, id: NodeId, k: usize, gout: NodeId) -> Result<NodeId, Type
                 let d = b.bin(Binary::Add, one, nt2)?;
                 b.mul(gout, d)?
             }
+            // d erf(x) = g * 2/sqrt(pi) * e^(-x^2)
+            Unary::Erf => {
+                let x2 = b.mul(x, x)?;
+                let nx2 = b.un(Unary::Neg, x2)?;
+                let e = b.un(Unary::Exp, nx2)?;
+                let c = b.konst(std::f64::consts::FRAC_2_SQRT_PI, x);
+                let d = b.mul(c, e)?;
+                b.mul(gout, d)?
+            }
             // d sigmoid(x) = g * s * (1 - s) with s the forward node
             Unary::Sigmoid => {
                 let ns = b.un(Unary::Neg, id)?;
