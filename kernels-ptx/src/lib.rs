@@ -9,6 +9,7 @@
 //!   column reductions, two-pass full reductions.
 //! - [`mod@gemm`]: tiled SGEMM/DGEMM with layouts, alpha/beta and a bias + activation epilogue.
 //! - [`reduce`]: library sum/max reductions.
+//! - [`rng`]: counter-based random numbers (Philox4x32-10), bit-identical in Rust and in PTX.
 //! - [`meta`]: launch metadata as data ([`meta::KernelMeta`], [`meta::Program`]).
 //! - [`vm`]: an interpreter of the emitted instruction lists with GPU semantics (blocks,
 //!   barriers, warp shuffles, shared memory with race checks), for tests without a GPU.
@@ -53,6 +54,7 @@ pub mod op;
 pub mod parse;
 pub mod ptx;
 pub mod reduce;
+pub mod rng;
 pub mod samples;
 pub mod scalar;
 pub mod vm;
