@@ -249,6 +249,91 @@ fn training_steps_and_simultaneous_updates_match() {
     }
 }
 
+tensor_fn! {
+    /// A softmax classifier: every classifier op (log_softmax, picking, argmax, comparisons,
+    /// softmax, where, keepdims) in a training step, a metric and a prediction.
+    struct Classifier { w: f64[m, k], b: f64[k] }
+
+    impl Classifier {
+        fn train(&mut self, x: f64[n, m], y: i64[n], lr: f64) -> f64 {
+            let cost = -mean(log_softmax(dot(x, w) + b)[arange(n), y]);
+            w -= lr * grad(cost, w);
+            b -= lr * grad(cost, b);
+            cost
+        }
+        fn errors(&self, x: f64[n, m], y: i64[n]) -> f64 {
+            mean(neq(argmax(dot(x, w) + b, axis = 1), y))
+        }
+        fn predict(&self, x: f64[n, m]) -> (i64[n], i64[k], f64[n, k], f64[n, k]) {
+            let z = dot(x, w) + b;
+            (
+                argmax(z, axis = 1),
+                argmax(z, axis = 0),
+                softmax(z),
+                where(gt(z, 0), z, 0) - max(z, axis = 1, keepdims = true),
+            )
+        }
+    }
+}
+
+fn classifier(m: usize, k: usize) -> Classifier {
+    Classifier::new(mat(m, k, 12), vec1(k, 13)).expect("shapes agree")
+}
+
+#[test]
+fn a_classifier_trains_and_predicts_alike() {
+    for (n, m) in SIZES {
+        let k = 10;
+        let x = mat(n, m, 14);
+        let y: Array1<i64> = (0..n as i64).map(|i| (i * 7) % k as i64).collect();
+        let mut cpu = classifier(m, k);
+        let cpu_costs: Vec<f64> = (0..3)
+            .map(|_| cpu.train(x.view(), y.view(), 0.1).expect("cpu"))
+            .collect();
+        let cpu_err = cpu.errors(x.view(), y.view()).expect("cpu");
+        let cpu_pred = cpu.predict(x.view()).expect("cpu");
+        for dev in devices() {
+            let mut g = classifier(m, k);
+            g.to_device(dev).expect("to device");
+            let costs: Vec<f64> = (0..3)
+                .map(|_| g.train(x.view(), y.view(), 0.1).expect("gpu"))
+                .collect();
+            close("nll", dev, &cpu_costs, &costs, 1e-10);
+            close(
+                "w",
+                dev,
+                &flat(&cpu.w.get_value().unwrap()),
+                &flat(&g.w.get_value().unwrap()),
+                1e-10,
+            );
+            assert_eq!(
+                g.errors(x.view(), y.view()).expect("gpu"),
+                cpu_err,
+                "errors on {dev}"
+            );
+            let p = g.predict(x.view()).expect("gpu");
+            assert_eq!(p.0, cpu_pred.0, "argmax rows on {dev}");
+            assert_eq!(p.1, cpu_pred.1, "argmax columns on {dev}");
+            close("softmax", dev, &flat(&cpu_pred.2), &flat(&p.2), 1e-12);
+            close(
+                "where/keepdims",
+                dev,
+                &flat(&cpu_pred.3),
+                &flat(&p.3),
+                1e-12,
+            );
+            // A label outside 0..k is an error before anything runs, on every device.
+            let mut bad = y.clone();
+            bad[n - 1] = k as i64;
+            let e = g.train(x.view(), bad.view(), 0.1).expect_err("label k");
+            assert!(
+                e.to_string().contains("outside the classes 0..10"),
+                "{dev}: {e}"
+            );
+        }
+    }
+}
+
 /// The main job's model, exactly as it is defined there.
 #[allow(dead_code)]
 #[path = "../examples/autoencoder.rs"]

@@ -1898,6 +1898,327 @@ mod second_autoencoder {
 // ---------------------------------------------------------------------------------------------
 // The checker itself, and the count.
 
+// ---------------------------------------------------------------------------------------------
+// Classifier functions: softmax, log_softmax, picking, one-hot, comparisons, argmax, where.
+
+fn labels(r: &mut Rng, n: usize, k: usize) -> ndarray::Array1<i64> {
+    (0..n).map(|_| (r.unit() * k as f64) as i64).collect()
+}
+
+mod softmax {
+    use super::*;
+    tensor_fn! {
+        x: f64[n, m], v: f64[m], c: f64[n, m], cm: f64[m];
+        rows = sum(softmax(x) * c);
+        g_rows = grad(rows, x);
+        cols = sum(softmax(x, axis = 0) * c);
+        g_cols = grad(cols, x);
+        vec = sum(softmax(v) * cm);
+        g_vec = grad(vec, v);
+    }
+    #[test]
+    fn over_rows_columns_and_a_vector() {
+        let mut r = Rng::new(301);
+        let ins = [r.uniform(&[3, 4], -2., 2.), r.uniform(&[3, 4], -1., 1.)];
+        let (x, c) = (v2(&ins[0]), v2(&ins[1]));
+        check(
+            "softmax",
+            &ins,
+            |a: &[In]| rows(v2(&a[0]), v2(&a[1])).unwrap(),
+            &[("x", 0, g_rows(x, c).unwrap().dy())],
+        );
+        check(
+            "softmax axis=0",
+            &ins,
+            |a: &[In]| cols(v2(&a[0]), v2(&a[1])).unwrap(),
+            &[("x", 0, g_cols(x, c).unwrap().dy())],
+        );
+        let ins = [r.uniform(&[5], -2., 2.), r.uniform(&[5], -1., 1.)];
+        check(
+            "softmax vector",
+            &ins,
+            |a: &[In]| vec(v1(&a[0]), v1(&a[1])).unwrap(),
+            &[("v", 0, g_vec(v1(&ins[0]), v1(&ins[1])).unwrap().dy())],
+        );
+    }
+}
+
+mod log_softmax {
+    use super::*;
+    tensor_fn! {
+        x: f64[n, m], v: f64[m], c: f64[n, m], cm: f64[m];
+        rows = sum(log_softmax(x) * c);
+        g_rows = grad(rows, x);
+        cols = sum(tanh(log_softmax(x, axis = 0)) * c);
+        g_cols = grad(cols, x);
+        vec = sum(log_softmax(v) * cm);
+        g_vec = grad(vec, v);
+        // Written out by hand: the compiler rewrites it to log_softmax.
+        by_hand = sum(log(softmax(x)) * c);
+        g_by_hand = grad(by_hand, x);
+    }
+    #[test]
+    fn over_rows_columns_and_a_vector() {
+        let mut r = Rng::new(311);
+        let ins = [r.uniform(&[3, 4], -2., 2.), r.uniform(&[3, 4], -1., 1.)];
+        let (x, c) = (v2(&ins[0]), v2(&ins[1]));
+        check(
+            "log_softmax",
+            &ins,
+            |a: &[In]| rows(v2(&a[0]), v2(&a[1])).unwrap(),
+            &[("x", 0, g_rows(x, c).unwrap().dy())],
+        );
+        check(
+            "log_softmax axis=0",
+            &ins,
+            |a: &[In]| cols(v2(&a[0]), v2(&a[1])).unwrap(),
+            &[("x", 0, g_cols(x, c).unwrap().dy())],
+        );
+        check(
+            "log(softmax)",
+            &ins,
+            |a: &[In]| by_hand(v2(&a[0]), v2(&a[1])).unwrap(),
+            &[("x", 0, g_by_hand(x, c).unwrap().dy())],
+        );
+        let ins = [r.uniform(&[5], -2., 2.), r.uniform(&[5], -1., 1.)];
+        check(
+            "log_softmax vector",
+            &ins,
+            |a: &[In]| vec(v1(&a[0]), v1(&a[1])).unwrap(),
+            &[("v", 0, g_vec(v1(&ins[0]), v1(&ins[1])).unwrap().dy())],
+        );
+    }
+}
+
+/// The tutorials' negative log-likelihood, `-mean(log_softmax(z)[arange(n), y])`, through a
+/// linear layer: gradients in the weights and the bias.
+mod arange {
+    use super::*;
+    tensor_fn! {
+        x: f64[n, m], w: f64[m, k], b: f64[k], y: i64[n];
+        nll = -mean(log_softmax(dot(x, w) + b)[arange(n), y]);
+        gw = grad(nll, w);
+        gb = grad(nll, b);
+        // The same picked from probabilities, as the tutorials first write it.
+        nll_p = -mean(log(softmax(dot(x, w) + b))[arange(n), y]);
+        gw_p = grad(nll_p, w);
+    }
+    #[test]
+    fn picking_loss() {
+        let mut r = Rng::new(321);
+        let y = labels(&mut r, 6, 3);
+        let ins = [
+            r.uniform(&[6, 4], -1., 1.),
+            r.uniform(&[4, 3], -1., 1.),
+            r.uniform(&[3], -1., 1.),
+        ];
+        let (x, w, b) = (v2(&ins[0]), v2(&ins[1]), v1(&ins[2]));
+        check(
+            "x[arange(n), y]",
+            &ins,
+            |a: &[In]| nll(v2(&a[0]), v2(&a[1]), v1(&a[2]), y.view()).unwrap(),
+            &[
+                ("w", 1, gw(x, w, b, y.view()).unwrap().dy()),
+                ("b", 2, gb(x, w, b, y.view()).unwrap().dy()),
+            ],
+        );
+        check(
+            "log(softmax)[arange(n), y]",
+            &ins,
+            |a: &[In]| nll_p(v2(&a[0]), v2(&a[1]), v1(&a[2]), y.view()).unwrap(),
+            &[("w", 1, gw_p(x, w, b, y.view()).unwrap().dy())],
+        );
+    }
+}
+
+mod onehot {
+    use super::*;
+    tensor_fn! {
+        z: f64[n, k], y: i64[n], c: f64[n, k];
+        xent = -sum(onehot(y, k) * log_softmax(z) * c);
+        g = grad(xent, z);
+    }
+    #[test]
+    fn weighted_cross_entropy() {
+        let mut r = Rng::new(331);
+        let y = labels(&mut r, 5, 4);
+        let ins = [r.uniform(&[5, 4], -2., 2.), r.uniform(&[5, 4], 0.5, 1.5)];
+        let (z, c) = (v2(&ins[0]), v2(&ins[1]));
+        check(
+            "onehot",
+            &ins,
+            |a: &[In]| xent(v2(&a[0]), y.view(), v2(&a[1])).unwrap(),
+            &[("z", 0, g(z, y.view(), c).unwrap().dy())],
+        );
+    }
+}
+
+/// A mask from a comparison passes no gradient itself; the smooth factor beside it does.
+mod comparisons {
+    use super::*;
+    tensor_fn! {
+        x: f64[n], y: f64[n], c: f64[n];
+        c_eq = sum(x * eq(x, y) * c + x * c);
+        g_eq = grad(c_eq, x);
+        c_neq = sum(tanh(x) * neq(x, y) * c);
+        g_neq = grad(c_neq, x);
+        c_lt = sum(x * x * lt(x, y) * c);
+        g_lt = grad(c_lt, x);
+        c_le = sum(exp(x) * le(x, y) * c);
+        g_le = grad(c_le, x);
+        c_gt = sum(x * gt(y, x) * c);
+        g_gt = grad(c_gt, x);
+        c_ge = sum(sigmoid(x) * ge(y, x) * c);
+        g_ge = grad(c_ge, x);
+    }
+    type V<'a> = ArrayView1<'a, f64>;
+    type Cost = fn(V, V, V) -> Result<f64, tensor_fn::Error>;
+    type Grad = fn(V, V, V) -> Result<ndarray::Array1<f64>, tensor_fn::Error>;
+    fn run(name: &str, seed: u64, cost: Cost, grad: Grad) {
+        let mut r = Rng::new(seed);
+        // Away from y, so no difference step crosses a comparison; for `eq`, y equals x at
+        // every third entry so the mask has ones.
+        let x = r.signed(&[9], 0.2, 1.0);
+        let mut y = r.apart(&x, 0.05);
+        if name == "eq" {
+            for i in (0..9).step_by(3) {
+                y[[i]] = x[[i]];
+            }
+        }
+        let ins = [x, y, r.uniform(&[9], -1., 1.)];
+        let (xv, yv, cv) = (v1(&ins[0]), v1(&ins[1]), v1(&ins[2]));
+        let g = grad(xv, yv, cv).unwrap().dy();
+        if name == "eq" {
+            // x moves off y under a difference step, so eq is checked from its value.
+            let want = ndarray::Zip::from(&ins[0])
+                .and(&ins[1])
+                .and(&ins[2])
+                .map_collect(|&x, &y, &c| if x == y { 2.0 * c } else { c });
+            assert_eq!(g, want.into_dyn(), "eq");
+            return;
+        }
+        check(
+            name,
+            &ins,
+            |a: &[In]| cost(v1(&a[0]), v1(&a[1]), v1(&a[2])).unwrap(),
+            &[("x", 0, g)],
+        );
+    }
+    #[test]
+    fn eq() {
+        run("eq", 341, c_eq, g_eq);
+    }
+    #[test]
+    fn neq() {
+        run("neq", 342, c_neq, g_neq);
+    }
+    #[test]
+    fn lt() {
+        run("lt", 343, c_lt, g_lt);
+    }
+    #[test]
+    fn le() {
+        run("le", 344, c_le, g_le);
+    }
+    #[test]
+    fn gt() {
+        run("gt", 345, c_gt, g_gt);
+    }
+    #[test]
+    fn ge() {
+        run("ge", 346, c_ge, g_ge);
+    }
+}
+
+/// `sum(x * onehot(argmax(x)))` is the row maximum: its gradient is the one-hot of the argmax.
+mod argmax {
+    use super::*;
+    tensor_fn! {
+        x: f64[n, k], c: f64[n];
+        top = sum(sum(x * onehot(argmax(x, axis = 1), k), axis = 1) * c);
+        g = grad(top, x);
+    }
+    #[test]
+    fn picks_the_maximum() {
+        let mut r = Rng::new(351);
+        let ins = [r.distinct(&[4, 5], 0.1), r.uniform(&[4], -1., 1.)];
+        let (x, c) = (v2(&ins[0]), v1(&ins[1]));
+        check(
+            "argmax",
+            &ins,
+            |a: &[In]| top(v2(&a[0]), v1(&a[1])).unwrap(),
+            &[("x", 0, g(x, c).unwrap().dy())],
+        );
+    }
+}
+
+mod r#where {
+    use super::*;
+    tensor_fn! {
+        x: f64[n], y: f64[n], c: f64[n];
+        // A hand-written relu, and a select between two smooth branches.
+        relu_ = sum(where(gt(x, 0), x, 0) * c);
+        g_relu = grad(relu_, x);
+        both = sum(where(lt(x, y), tanh(x), x * y) * c);
+        g_x = grad(both, x);
+        g_y = grad(both, y);
+    }
+    #[test]
+    fn both_branches() {
+        let mut r = Rng::new(361);
+        let x = r.signed(&[8], 0.2, 1.0);
+        let y = r.apart(&x, 0.1);
+        let ins = [x, y, r.uniform(&[8], -1., 1.)];
+        let (x, y, c) = (v1(&ins[0]), v1(&ins[1]), v1(&ins[2]));
+        check(
+            "where relu",
+            &ins,
+            |a: &[In]| relu_(v1(&a[0]), v1(&a[2])).unwrap(),
+            &[("x", 0, g_relu(x, c).unwrap().dy())],
+        );
+        check(
+            "where",
+            &ins,
+            |a: &[In]| both(v1(&a[0]), v1(&a[1]), v1(&a[2])).unwrap(),
+            &[
+                ("x", 0, g_x(x, y, c).unwrap().dy()),
+                ("y", 1, g_y(x, y, c).unwrap().dy()),
+            ],
+        );
+    }
+}
+
+/// `keepdims = true` keeps the reduced axis as 1, so the result broadcasts back.
+mod keepdims {
+    use super::*;
+    tensor_fn! {
+        x: f64[n, m], c: f64[n, m];
+        centred = sum(tanh(x - mean(x, axis = 1, keepdims = true)) * c);
+        g_centred = grad(centred, x);
+        shifted = sum(exp(x - max(x, axis = 0, keepdims = true)) * c)
+            + sum(x / sum(x * x, axis = 1, keepdims = true) * c);
+        g_shifted = grad(shifted, x);
+    }
+    #[test]
+    fn broadcast_back() {
+        let mut r = Rng::new(371);
+        let ins = [r.distinct(&[3, 4], 0.2), r.uniform(&[3, 4], -1., 1.)];
+        let (x, c) = (v2(&ins[0]), v2(&ins[1]));
+        check(
+            "mean keepdims",
+            &ins,
+            |a: &[In]| centred(v2(&a[0]), v2(&a[1])).unwrap(),
+            &[("x", 0, g_centred(x, c).unwrap().dy())],
+        );
+        check(
+            "max/sum keepdims",
+            &ins,
+            |a: &[In]| shifted(v2(&a[0]), v2(&a[1])).unwrap(),
+            &[("x", 0, g_shifted(x, c).unwrap().dy())],
+        );
+    }
+}
+
 #[test]
 fn checker_reports_first_mismatch() {
     let ins = [ndarray::arr1(&[1.0, 2.0, 3.0]).into_dyn()];
@@ -1945,13 +2266,17 @@ const FORMS: &[&str] = &[
     "model_form",
     "strict",
     "second",
+    "keepdims",
 ];
 
 #[test]
 fn coverage() {
     let src = include_str!("grad_check.rs");
-    let has =
-        |o: &str| src.contains(&format!("mod {o} {{")) || src.contains(&format!("fn {o}() {{"));
+    let has = |o: &str| {
+        src.contains(&format!("mod {o} {{"))
+            || src.contains(&format!("mod r#{o} {{"))
+            || src.contains(&format!("fn {o}() {{"))
+    };
     // Every function of the language (`grad` is what every test here calls).
     let covered: Vec<&str> = FORMS
         .iter()

@@ -41,6 +41,14 @@ macro_rules! ops_block {
             pub div = x / y;
             pub maximum_ = maximum(x, y);
             pub minimum_ = minimum(x, y);
+            pub eq2 = eq(x, y);
+            pub neq_ = neq(x, y);
+            pub lt_ = lt(x, y);
+            pub le_ = le(x, y);
+            pub gt_ = gt(x, y);
+            pub ge2 = ge(x, y);
+            // A select on a condition that is any number: NaN and -0 included.
+            pub where_ = where(x, y, x);
         }
     };
 }
@@ -207,6 +215,32 @@ macro_rules! check_dtype {
         binary(Binary::Maximum, $m::maximum_(x, y).unwrap());
         binary(Binary::Minimum, $m::minimum_(x, y).unwrap());
         binary(Binary::Ge, $m::ge_(x, y).unwrap());
+        binary(Binary::Gt, $m::gt_(x, y).unwrap());
+        binary(Binary::Lt, $m::lt_(x, y).unwrap());
+        binary(Binary::Le, $m::le_(x, y).unwrap());
+        binary(Binary::Ne, $m::neq_(x, y).unwrap());
+        // The comparison functions compute the same as the derivatives' masks.
+        same(
+            &format!("eq {name}"),
+            &xs,
+            &ys,
+            &wide($m::eq2(x, y).unwrap()),
+            bin(Binary::Eq),
+        );
+        same(
+            &format!("ge {name}"),
+            &xs,
+            &ys,
+            &wide($m::ge2(x, y).unwrap()),
+            bin(Binary::Ge),
+        );
+        same(
+            &format!("where {name}"),
+            &xs,
+            &ys,
+            &wide($m::where_(x, y).unwrap()),
+            |a, b| tensor_fn::kernels::scalar::select(a as $t, b as $t, a as $t) as f64,
+        );
         // grad(max(x), x) = eq(x, max(x)): the mask of where the maximum is.
         let top = xs.iter().fold(f64::NEG_INFINITY, |m, &v| {
             Binary::Maximum.eval(m as $t, v as $t) as f64

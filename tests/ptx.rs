@@ -33,6 +33,35 @@ tensor_fn! {
     pub dloss = grad(loss, b);
 }
 
+tensor_fn! {
+    /// Classifiers: integer labels in and out, argmax along both axes, picking, softmax.
+    pub struct Softmax { w: f32[m, k], b: f32[k] }
+    impl Softmax {
+        pub fn train(&mut self, x: f32[n, m], y: i32[n], lr: f32) -> f32 {
+            let cost = -mean(log_softmax(dot(x, w) + b)[arange(n), y]);
+            w -= lr * grad(cost, w);
+            b -= lr * grad(cost, b);
+            cost
+        }
+        pub fn predict(&self, x: f32[n, m], y: i64[n]) -> (i64[n], i64[k], f32, f32[n, k]) {
+            let z = dot(x, w) + b;
+            (
+                argmax(z, axis = 1),
+                argmax(z, axis = 0),
+                mean(neq(argmax(softmax(z), axis = 1), y)),
+                where(ge(z, 0), z, 0) * onehot(y, k) - max(z, axis = 1, keepdims = true),
+            )
+        }
+    }
+}
+
+tensor_fn! {
+    z: f64[n, k], y: i64[n];
+    pub nll64 = -mean(log_softmax(z)[arange(n), y]);
+    pub dnll64 = grad(nll64, z);
+    pub top_all = argmax(sum(z, axis = 1));
+}
+
 fn functions() -> Vec<(&'static str, FnInfo)> {
     vec![
         ("autoencoder train", autoencoder::Autoencoder::TRAIN_INFO),
@@ -64,6 +93,11 @@ fn functions() -> Vec<(&'static str, FnInfo)> {
         ("hvp", hvp::INFO),
         ("loss", loss::INFO),
         ("dloss", dloss::INFO),
+        ("softmax train", Softmax::TRAIN_INFO),
+        ("softmax predict", Softmax::PREDICT_INFO),
+        ("nll64", nll64::INFO),
+        ("dnll64", dnll64::INFO),
+        ("top_all", top_all::INFO),
     ]
 }
 

@@ -5,7 +5,7 @@
 
 use crate::gemm::{gemm, Activation, Bias, GemmSpec};
 use crate::ir::{
-    Axis, Binary, Buffer, DType, Dim, Instr, Ix, LoopKernel, Num, RedKind, Reduction, Unary,
+    Axis, Binary, Buffer, DType, Dim, Instr, IntTy, Ix, LoopKernel, Num, RedKind, Reduction, Unary,
 };
 use crate::meta::Program;
 use crate::reduce::reduction_kernel;
@@ -83,6 +83,15 @@ fn buf(dtype: DType, shape: &[Dim]) -> Buffer {
     Buffer {
         dtype,
         shape: shape.to_vec(),
+        int: None,
+    }
+}
+
+fn int_buf(dtype: DType, int: IntTy, shape: &[Dim]) -> Buffer {
+    Buffer {
+        dtype,
+        shape: shape.to_vec(),
+        int: Some(int),
     }
 }
 
@@ -200,6 +209,136 @@ pub fn mixed_kernel(dtype: DType, m: Dim, n: Dim) -> LoopKernel {
     }
 }
 
+/// What a classifier's step compiles to, over scores `x [m, n]` (`b0`) and integer labels
+/// `y [m]` (`b1`, i64), with every grouping: the one-hot `eq(y[i], j)` -> `b2`; the picked score
+/// `sum_j x * eq(y[i], j)` -> `b3` (rows); `argmax_j x` -> `b4` (rows, i64); `where(x, j, y[i])`
+/// -> `b5`; `argmax_i x` -> `b6` (columns, i32); `argmax x` -> `b7` (all, i64, flat);
+/// `y[i] + j` -> `b8` (an i32 store).
+pub fn classifier_kernel(dtype: DType, m: Dim, n: Dim) -> LoopKernel {
+    use crate::ir::Binary as B;
+    use Instr::*;
+    LoopKernel {
+        dtype,
+        dims: vec![m, n],
+        bufs: vec![
+            buf(dtype, &[m, n]),
+            int_buf(dtype, IntTy::I64, &[m]),
+            buf(dtype, &[m, n]),
+            buf(dtype, &[m]),
+            int_buf(dtype, IntTy::I64, &[m]),
+            buf(dtype, &[m, n]),
+            int_buf(dtype, IntTy::I32, &[n]),
+            int_buf(dtype, IntTy::I64, &[]),
+            int_buf(dtype, IntTy::I32, &[m, n]),
+        ],
+        instrs: vec![
+            Load {
+                buf: 0,
+                index: vec![Ix::Outer, Ix::Inner],
+            }, // %0 x
+            Load {
+                buf: 1,
+                index: vec![Ix::Outer],
+            }, // %1 y
+            Index(Ix::Inner),     // %2 j
+            Binary(B::Eq, 1, 2),  // %3 one-hot
+            Binary(B::Mul, 0, 3), // %4 x * one-hot
+            Select(0, 2, 1),      // %5 where(x, j, y)
+            Binary(B::Add, 1, 2), // %6 y + j
+        ],
+        stores: vec![(3, 2), (5, 5), (6, 8)],
+        reductions: vec![
+            Reduction {
+                kind: RedKind::Sum,
+                axis: Axis::One(1),
+                value: 4,
+                out: 3,
+            },
+            Reduction {
+                kind: RedKind::ArgMax,
+                axis: Axis::One(1),
+                value: 0,
+                out: 4,
+            },
+            Reduction {
+                kind: RedKind::ArgMax,
+                axis: Axis::One(0),
+                value: 0,
+                out: 6,
+            },
+            Reduction {
+                kind: RedKind::ArgMax,
+                axis: Axis::All,
+                value: 0,
+                out: 7,
+            },
+        ],
+    }
+}
+
+/// A rank-1 kernel `[n]` over predictions and labels (`b0`, `b1`, i64) and scores `b2`: the
+/// error rate `sum(ne(p, y)) / n` -> `b3`, the count `sum(eq(p, y))` -> `b4` (i64), the
+/// position of the best score `argmax(s * i)`, with `i` the index value, -> `b5` (a float
+/// buffer), and `where(ne(p, y), i, -1)` -> `b6` (i64).
+pub fn labels_kernel(dtype: DType, n: Dim) -> LoopKernel {
+    use crate::ir::Binary as B;
+    use Instr::*;
+    let ix = vec![Ix::Inner];
+    LoopKernel {
+        dtype,
+        dims: vec![n],
+        bufs: vec![
+            int_buf(dtype, IntTy::I64, &[n]),
+            int_buf(dtype, IntTy::I64, &[n]),
+            buf(dtype, &[n]),
+            buf(dtype, &[]),
+            int_buf(dtype, IntTy::I64, &[]),
+            buf(dtype, &[]),
+            int_buf(dtype, IntTy::I64, &[n]),
+        ],
+        instrs: vec![
+            Load {
+                buf: 0,
+                index: ix.clone(),
+            }, // %0 p
+            Load {
+                buf: 1,
+                index: ix.clone(),
+            }, // %1 y
+            Binary(B::Ne, 0, 1),        // %2
+            DimSize(n),                 // %3
+            Binary(B::Div, 2, 3),       // %4
+            Binary(B::Eq, 0, 1),        // %5
+            Load { buf: 2, index: ix }, // %6 s
+            Index(Ix::Inner),           // %7 i
+            Binary(B::Mul, 6, 7),       // %8
+            Const(-1.0),                // %9
+            Select(2, 7, 9),            // %10
+        ],
+        stores: vec![(10, 6)],
+        reductions: vec![
+            Reduction {
+                kind: RedKind::Sum,
+                axis: Axis::All,
+                value: 4,
+                out: 3,
+            },
+            Reduction {
+                kind: RedKind::Sum,
+                axis: Axis::All,
+                value: 5,
+                out: 4,
+            },
+            Reduction {
+                kind: RedKind::ArgMax,
+                axis: Axis::All,
+                value: 8,
+                out: 5,
+            },
+        ],
+    }
+}
+
 /// `b2 [m, n] = b0^T + b1[i]`, reading `b0 [n, m]` transposed and `b1 [m]` by the outer index.
 pub fn transpose_kernel(dtype: DType, m: Dim, n: Dim) -> LoopKernel {
     LoopKernel {
@@ -262,7 +401,7 @@ pub fn reduction_kernels() -> Vec<(String, LoopKernel)> {
         vec![Dim::Sym(0), Dim::Sym(1)],
     ];
     for dtype in DTYPES {
-        for kind in [RedKind::Sum, RedKind::Max] {
+        for kind in [RedKind::Sum, RedKind::Max, RedKind::ArgMax] {
             for dims in &shapes {
                 let axes: &[Axis] = if dims.len() == 2 {
                     &[Axis::All, Axis::One(0), Axis::One(1)]
@@ -316,6 +455,26 @@ pub fn loop_kernels() -> Vec<(String, LoopKernel)> {
             transpose_kernel(dtype, Dim::Sym(0), Dim::Sym(1)),
         ));
         v.push((format!("scalar {d}"), scalar_kernel(dtype)));
+        v.push((
+            format!("classifier {d} [20, 10]"),
+            classifier_kernel(dtype, Dim::Static(20), Dim::Static(10)),
+        ));
+        v.push((
+            format!("classifier {d} [d0, d1]"),
+            classifier_kernel(dtype, Dim::Sym(0), Dim::Sym(1)),
+        ));
+        v.push((
+            format!("classifier {d} [d0, 784]"),
+            classifier_kernel(dtype, Dim::Sym(0), Dim::Static(784)),
+        ));
+        v.push((
+            format!("labels {d} [d0]"),
+            labels_kernel(dtype, Dim::Sym(0)),
+        ));
+        v.push((
+            format!("labels {d} [1000]"),
+            labels_kernel(dtype, Dim::Static(1000)),
+        ));
     }
     v.extend(reduction_kernels());
     v

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::ir::{Axis, Binary, BufId, DType, Dim, Instr, Ix, LoopKernel, RedKind, Unary};
+use crate::ir::{Axis, Binary, BufId, DType, Dim, Instr, IntTy, Ix, LoopKernel, RedKind, Unary};
 use crate::meta::{Program, Role};
 use crate::scalar;
 use crate::vm::{self, Memory, Stats, Value};
@@ -44,6 +44,15 @@ pub fn round_to(dtype: DType, v: f64) -> f64 {
     match dtype {
         DType::F32 => v as f32 as f64,
         DType::F64 => v,
+    }
+}
+
+/// What an integer buffer holds for the float `v`: `v` rounded toward zero, saturated to the
+/// type's range, NaN as 0 (PTX's `cvt.rzi`, and Rust's `as`).
+pub fn to_int(t: IntTy, v: f64) -> f64 {
+    match t {
+        IntTy::I32 => v as i32 as f64,
+        IntTy::I64 => v as i64 as f64,
     }
 }
 
@@ -86,7 +95,9 @@ pub fn inputs(k: &LoopKernel) -> Vec<BufId> {
             | Instr::Const(_)
             | Instr::DimSize(_)
             | Instr::Unary(..)
-            | Instr::Binary(..) => None,
+            | Instr::Binary(..)
+            | Instr::Index(_)
+            | Instr::Select(..) => None,
         })
         .collect();
     v.sort_unstable();
@@ -120,14 +131,39 @@ pub fn binary_ref(b: Binary, x: f64, y: f64) -> f64 {
     scalar::binary(b, x, y)
 }
 
-/// What the reference computes for one output: values, and per element the scale that bounds
-/// its rounding error (|value| for elementwise outputs, the sum of |terms| for sums).
+/// What the reference computes for one output.
 pub struct RefOut {
+    /// What the buffer holds: for integer buffers, the values converted as stores convert
+    /// them ([`to_int`]); for argmax, the positions.
     pub values: Vec<f64>,
+    /// Per element, the scale that bounds its rounding error (|value| for elementwise outputs,
+    /// the sum of |terms| for sums; 0 for argmax, whose positions are exact).
     pub scale: Vec<f64>,
+    /// Integer outputs: the float values before the conversion (empty for float outputs).
+    pub floats: Vec<f64>,
+    /// Argmax outputs: per element, the values along the folded axis in position order, for
+    /// telling near ties apart (empty for other outputs).
+    pub folded: Vec<Vec<f64>>,
 }
 
-/// Evaluates a loop kernel point by point in f64, reductions in sequential order.
+/// The position of the first NaN of `xs`, else of the first maximum; 0 when empty (numpy's
+/// `argmax`).
+pub fn argmax_ref(xs: &[f64]) -> usize {
+    if let Some(p) = xs.iter().position(|x| x.is_nan()) {
+        return p;
+    }
+    let mut best = 0;
+    for (p, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = p;
+        }
+    }
+    best
+}
+
+/// Evaluates a loop kernel point by point in f64, reductions in sequential order. Loads see
+/// what the device buffers hold: float inputs rounded to the dtype, integer inputs converted to
+/// integers ([`to_int`]) and then to the dtype.
 pub fn reference(
     k: &LoopKernel,
     syms: &HashMap<u32, u64>,
@@ -152,20 +188,25 @@ pub fn reference(
             RefOut {
                 values: vec![f64::NAN; n],
                 scale: vec![0.0; n],
+                floats: Vec::new(),
+                folded: Vec::new(),
             },
         );
     }
     for r in &k.reductions {
         let n = elems(&k.bufs[r.out].shape, syms).max(1);
-        let init = match r.kind {
-            RedKind::Sum => 0.0,
-            RedKind::Max => f64::NEG_INFINITY,
+        let (init, folded) = match r.kind {
+            RedKind::Sum => (0.0, Vec::new()),
+            RedKind::Max => (f64::NEG_INFINITY, Vec::new()),
+            RedKind::ArgMax => (0.0, vec![Vec::new(); n]),
         };
         out.insert(
             r.out,
             RefOut {
                 values: vec![init; n],
                 scale: vec![0.0; n],
+                floats: Vec::new(),
+                folded,
             },
         );
     }
@@ -185,13 +226,23 @@ pub fn reference(
                             };
                             flat = flat * dim_value(shape[axis], syms) as usize + x;
                         }
-                        data[buf][flat]
+                        let x = data[buf][flat];
+                        match k.bufs[*buf].int {
+                            Some(t) => round_to(k.dtype, to_int(t, x)),
+                            None => round_to(k.dtype, x),
+                        }
                     }
                     Instr::Arg(a) => args[a],
                     Instr::Const(c) => round_to(k.dtype, *c),
                     Instr::DimSize(d) => dim_value(*d, syms) as f64,
                     Instr::Unary(u, a) => unary_ref(*u, vals[*a]),
                     Instr::Binary(b, x, y) => binary_ref(*b, vals[*x], vals[*y]),
+                    Instr::Index(ix) => match ix {
+                        Ix::Outer => i as f64,
+                        Ix::Inner => j as f64,
+                        Ix::Zero => 0.0,
+                    },
+                    Instr::Select(c, a, b) => scalar::select(vals[*c], vals[*a], vals[*b]),
                 };
             }
             let flat = i * inner + j;
@@ -217,7 +268,26 @@ pub fn reference(
                         o.values[at] = max_nan(o.values[at], x);
                         o.scale[at] = o.values[at].abs();
                     }
+                    // Points arrive in position order along the folded axis (the flat order
+                    // for full reductions); the position is taken at the end.
+                    RedKind::ArgMax => o.folded[at].push(x),
                 }
+            }
+        }
+    }
+    for r in &k.reductions {
+        if r.kind == RedKind::ArgMax {
+            let o = out.get_mut(&r.out).unwrap();
+            for (at, xs) in o.folded.iter().enumerate() {
+                o.values[at] = argmax_ref(xs) as f64;
+            }
+        }
+    }
+    for (&b, o) in out.iter_mut() {
+        if let Some(t) = k.bufs[b].int {
+            o.floats = o.values.clone();
+            for v in o.values.iter_mut() {
+                *v = to_int(t, *v);
             }
         }
     }
@@ -225,7 +295,8 @@ pub fn reference(
 }
 
 /// Uploads `data`, runs `program` on the interpreter through its metadata (binding buffers by
-/// id, dims and args by id), and reads back every buffer in `read`.
+/// id, dims and args by id), and reads back every buffer in `read`. Every buffer holds floats
+/// of `dtype`; see [`run_program_typed`] for integer buffers.
 pub fn run_program(
     program: &Program,
     dtype: DType,
@@ -234,15 +305,40 @@ pub fn run_program(
     syms: &HashMap<u32, u64>,
     args: &HashMap<u32, f64>,
 ) -> (HashMap<BufId, Vec<f64>>, Stats) {
+    let typed: Vec<(BufId, usize, Option<IntTy>)> =
+        bufs.iter().map(|&(b, n)| (b, n, None)).collect();
+    run_program_typed(program, dtype, &typed, data, syms, args)
+}
+
+/// [`run_program`] with buffers `(id, elements, integer type)`: integer buffers are uploaded
+/// from `data` as [`to_int`] converts, and read back as integers (as f64).
+pub fn run_program_typed(
+    program: &Program,
+    dtype: DType,
+    bufs: &[(BufId, usize, Option<IntTy>)],
+    data: &HashMap<BufId, Vec<f64>>,
+    syms: &HashMap<u32, u64>,
+    args: &HashMap<u32, f64>,
+) -> (HashMap<BufId, Vec<f64>>, Stats) {
     let mut mem = Memory::new();
     let mut ptrs: HashMap<BufId, u64> = HashMap::new();
-    for &(b, n) in bufs {
-        let p = match (data.get(&b), dtype) {
-            (Some(d), DType::F32) => {
+    for &(b, n, int) in bufs {
+        let bytes = match int {
+            Some(t) => t.bytes(),
+            None => dtype.bytes(),
+        };
+        let p = match (data.get(&b), int, dtype) {
+            (Some(d), None, DType::F32) => {
                 mem.upload_f32(&d.iter().map(|x| *x as f32).collect::<Vec<_>>())
             }
-            (Some(d), DType::F64) => mem.upload_f64(d),
-            (None, _) => mem.alloc(n * dtype.bytes() as usize),
+            (Some(d), None, DType::F64) => mem.upload_f64(d),
+            (Some(d), Some(IntTy::I32), _) => {
+                mem.upload_i32(&d.iter().map(|x| *x as i32).collect::<Vec<_>>())
+            }
+            (Some(d), Some(IntTy::I64), _) => {
+                mem.upload_i64(&d.iter().map(|x| *x as i64).collect::<Vec<_>>())
+            }
+            (None, _, _) => mem.alloc(n * bytes as usize),
         };
         ptrs.insert(b, p);
     }
@@ -265,14 +361,24 @@ pub fn run_program(
     };
     let stats = vm::run(program, &mut mem, &bind).unwrap_or_else(|e| panic!("interpreter: {e}"));
     let mut out = HashMap::new();
-    for &(b, n) in bufs {
-        let v = match dtype {
-            DType::F32 => mem
+    for &(b, n, int) in bufs {
+        let v = match (int, dtype) {
+            (None, DType::F32) => mem
                 .read_f32(ptrs[&b], n)
                 .into_iter()
                 .map(|x| x as f64)
                 .collect(),
-            DType::F64 => mem.read_f64(ptrs[&b], n),
+            (None, DType::F64) => mem.read_f64(ptrs[&b], n),
+            (Some(IntTy::I32), _) => mem
+                .read_i32(ptrs[&b], n)
+                .into_iter()
+                .map(|x| x as f64)
+                .collect(),
+            (Some(IntTy::I64), _) => mem
+                .read_i64(ptrs[&b], n)
+                .into_iter()
+                .map(|x| x as f64)
+                .collect(),
         };
         out.insert(b, v);
     }
@@ -301,8 +407,8 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: impl Fn(usize) -
 }
 
 /// Runs a loop kernel on the interpreter with random inputs in `[lo, hi)` and compares every
-/// output with the reference. `chain` bounds the relative error of one point's computation in
-/// units of the dtype's roundoff.
+/// output with the reference (see [`check_loop_data`]). Integer inputs get random integers,
+/// `floor` of the same uniform draws.
 #[allow(clippy::too_many_arguments)]
 pub fn check_loop(
     name: &str,
@@ -314,29 +420,56 @@ pub fn check_loop(
     chain: f64,
     seed: u64,
 ) -> Stats {
-    let program = crate::lower_loop(k).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut rng = Rng::new(seed);
     let mut data = HashMap::new();
-    let mut bufs = Vec::new();
     for b in inputs(k) {
         let n = elems(&k.bufs[b].shape, syms);
         let d: Vec<f64> = rng
             .vec(n, lo, hi)
             .into_iter()
-            .map(|x| round_to(k.dtype, x))
+            .map(|x| match k.bufs[b].int {
+                Some(_) => x.floor(),
+                None => round_to(k.dtype, x),
+            })
             .collect();
         data.insert(b, d);
-        bufs.push((b, n));
+    }
+    check_loop_data(name, k, syms, args, &data, chain)
+}
+
+/// Runs a loop kernel on the interpreter with the inputs `data` (by buffer id; floats are
+/// rounded to the dtype, integer buffers converted as [`to_int`] says) and compares every
+/// output with the reference. `chain` bounds the relative error of one point's computation in
+/// units of the dtype's roundoff.
+///
+/// Float outputs match within that bound (sums: plus one unit per term, relative to the sum of
+/// |terms|); integer outputs must be what the store converts a float within that bound to.
+/// Argmax positions must be the reference's exactly, unless the reference's maximum and the
+/// value at the position found are different numbers within `chain` units of each other: such
+/// a near tie may order either way once the device rounds. Equal values never do, so ties
+/// must go to the first position.
+pub fn check_loop_data(
+    name: &str,
+    k: &LoopKernel,
+    syms: &HashMap<u32, u64>,
+    args: &HashMap<u32, f64>,
+    data: &HashMap<BufId, Vec<f64>>,
+    chain: f64,
+) -> Stats {
+    let program = crate::lower_loop(k).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut bufs = Vec::new();
+    for b in inputs(k) {
+        bufs.push((b, elems(&k.bufs[b].shape, syms), k.bufs[b].int));
     }
     for b in outputs(k) {
-        bufs.push((b, elems(&k.bufs[b].shape, syms).max(1)));
+        bufs.push((b, elems(&k.bufs[b].shape, syms).max(1), k.bufs[b].int));
     }
     let args: HashMap<u32, f64> = args
         .iter()
         .map(|(a, v)| (*a, round_to(k.dtype, *v)))
         .collect();
-    let (got, stats) = run_program(&program, k.dtype, &bufs, &data, syms, &args);
-    let want = reference(k, syms, &args, &data);
+    let (got, stats) = run_program_typed(&program, k.dtype, &bufs, data, syms, &args);
+    let want = reference(k, syms, &args, data);
     let u = unit(k.dtype);
     let tiny = match k.dtype {
         DType::F32 => 1e-30,
@@ -344,22 +477,74 @@ pub fn check_loop(
     };
     for b in outputs(k) {
         let w = &want[&b];
-        let is_sum = k
-            .reductions
-            .iter()
-            .any(|r| r.out == b && r.kind == RedKind::Sum);
-        let terms = if is_sum {
+        let g = &got[&b];
+        let what = format!("{name}: b{b}");
+        let kind = k.reductions.iter().find(|r| r.out == b).map(|r| r.kind);
+        if kind == Some(RedKind::ArgMax) {
+            assert_positions(&what, g, w, |x, y| chain * u * (x.abs() + y.abs()) + tiny);
+            continue;
+        }
+        let terms = if kind == Some(RedKind::Sum) {
             elems(&k.dims, syms) as f64
         } else {
             1.0
         };
-        assert_close(&format!("{name}: b{b}"), &got[&b], &w.values, |i| {
-            // A sum of n terms, each with relative error `chain`: the rounding of the sum adds
-            // at most n units of roundoff (in any order), all relative to the sum of |terms|.
-            (chain + terms) * u * w.scale[i] + tiny
-        });
+        // A sum of n terms, each with relative error `chain`: the rounding of the sum adds at
+        // most n units of roundoff (in any order), all relative to the sum of |terms|.
+        let tol = |i: usize| (chain + terms) * u * w.scale[i] + tiny;
+        match k.bufs[b].int {
+            None => assert_close(&what, g, &w.values, tol),
+            Some(t) => {
+                for (i, (&gi, &f)) in g.iter().zip(&w.floats).enumerate() {
+                    // NaN and infinities convert to one integer (0, or saturated).
+                    let ok = if f.is_finite() {
+                        to_int(t, f - tol(i)) <= gi && gi <= to_int(t, f + tol(i))
+                    } else {
+                        gi == w.values[i]
+                    };
+                    assert!(
+                        ok,
+                        "{what}: first mismatch at index {i}: got {gi}, want {} (from {f:e}, \
+                         tolerance {:e}; {} elements)",
+                        w.values[i],
+                        tol(i),
+                        g.len()
+                    );
+                }
+            }
+        }
     }
     stats
+}
+
+/// Asserts argmax positions: `got[i]` is the reference's, or a near tie of it (different
+/// values within `near(max, value)`), as [`check_loop_data`] explains.
+fn assert_positions(what: &str, got: &[f64], want: &RefOut, near: impl Fn(f64, f64) -> f64) {
+    assert_eq!(got.len(), want.values.len(), "{what}: lengths differ");
+    for (i, (&g, xs)) in got.iter().zip(&want.folded).enumerate() {
+        let w = want.values[i];
+        if g == w {
+            continue;
+        }
+        let best = xs.get(w as usize).copied().unwrap_or(f64::NAN);
+        let at = (g >= 0.0 && g.fract() == 0.0)
+            .then(|| xs.get(g as usize))
+            .flatten()
+            .copied();
+        let near_tie = match at {
+            Some(x) => {
+                !x.is_nan() && !best.is_nan() && x != best && (x - best).abs() <= near(best, x)
+            }
+            None => false,
+        };
+        assert!(
+            near_tie,
+            "{what}: first mismatch at index {i}: got position {g}, want {w} (values there: \
+             {:?} and {best:e}; {} elements)",
+            at,
+            got.len()
+        );
+    }
 }
 
 pub fn syms(pairs: &[(u32, u64)]) -> HashMap<u32, u64> {

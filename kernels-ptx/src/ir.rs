@@ -66,11 +66,48 @@ impl fmt::Display for Dim {
     }
 }
 
-/// A contiguous row-major buffer.
+/// An integer element type. Integer tensors (labels, indices) are computed as floats of the
+/// kernel's dtype, exactly (their values stay below 2^24 in f32, 2^53 in f64); only their
+/// buffers hold integers: a load converts, a store rounds toward zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IntTy {
+    I32,
+    I64,
+}
+
+impl IntTy {
+    pub fn bytes(self) -> u32 {
+        match self {
+            IntTy::I32 => 4,
+            IntTy::I64 => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IntTy::I32 => "i32",
+            IntTy::I64 => "i64",
+        }
+    }
+
+    /// The PTX type of an element in memory.
+    pub fn ptx(self) -> crate::ptx::Type {
+        match self {
+            IntTy::I32 => crate::ptx::Type::S32,
+            IntTy::I64 => crate::ptx::Type::S64,
+        }
+    }
+}
+
+/// A contiguous row-major buffer: of the kernel's float dtype, or of an integer type
+/// (`int`), whose elements loads convert to that dtype and stores convert from it (rounding
+/// toward zero; NaN becomes 0, out-of-range values saturate, as PTX's `cvt.rzi` does). For an
+/// integer buffer `dtype` is not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Buffer {
     pub dtype: DType,
     pub shape: Vec<Dim>,
+    pub int: Option<IntTy>,
 }
 
 /// A loop index: rank-2 spaces have an outer and an inner index, rank-1 spaces only the inner
@@ -100,6 +137,10 @@ pub enum Instr {
     DimSize(Dim),
     Unary(Unary, ValId),
     Binary(Binary, ValId, ValId),
+    /// The value of a loop index, as a float (`Outer` the row, `Inner` the column or element).
+    Index(Ix),
+    /// `a` where the condition `c` is not 0 (NaN counts as not 0), else `b`.
+    Select(ValId, ValId, ValId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,6 +148,9 @@ pub enum RedKind {
     Sum,
     /// NaN-propagating; the maximum of nothing is -inf.
     Max,
+    /// The index of the first maximum along the folded axis, as a float (the first NaN, if
+    /// any: numpy's `argmax`); 0 for nothing.
+    ArgMax,
 }
 
 /// Which axes of the iteration space a reduction folds.
@@ -128,8 +172,13 @@ pub struct Reduction {
 /// A fused loop kernel.
 ///
 /// Invariant (checked by [`LoopKernel::validate`]): every operand of instruction `v` is below
-/// `v`; every buffer the kernel touches has the kernel's dtype; stores write buffers shaped like
-/// the iteration space; no buffer is both written and read.
+/// `v`; every float buffer the kernel touches has the kernel's dtype (integer buffers may have
+/// any `dtype`: their elements are `int`, and the kernel computes them as its own dtype); stores
+/// write buffers shaped like the iteration space; no buffer is both written and read.
+///
+/// Integer values are exact only while they fit the dtype's mantissa (2^24 in f32, 2^53 in
+/// f64); so are [`Instr::Index`] values. Argmax positions are carried as integers and stored
+/// exactly into integer buffers, whatever the dtype.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopKernel {
     pub dtype: DType,
@@ -212,7 +261,9 @@ impl LoopKernel {
                 .bufs
                 .get(b)
                 .ok_or_else(|| IrError(format!("buffer b{b} is not in the table")))?;
-            if x.dtype != self.dtype {
+            // An integer buffer's elements are `int`, computed as the kernel's dtype: its
+            // `dtype` says nothing about them.
+            if x.int.is_none() && x.dtype != self.dtype {
                 return Err(IrError(format!(
                     "buffer b{b} is {}, the kernel is {}",
                     x.dtype.name(),
@@ -265,6 +316,21 @@ impl LoopKernel {
                 }
                 Instr::Unary(_, a) => operand(*a)?,
                 Instr::Binary(_, a, b) => {
+                    operand(*a)?;
+                    operand(*b)?;
+                }
+                Instr::Index(ix) => {
+                    let ok = match ix {
+                        Ix::Outer => rank == 2,
+                        Ix::Inner => rank >= 1,
+                        Ix::Zero => true,
+                    };
+                    if !ok {
+                        return err(format!("%{v} uses {ix:?} in a rank-{rank} space"));
+                    }
+                }
+                Instr::Select(c, a, b) => {
+                    operand(*c)?;
                     operand(*a)?;
                     operand(*b)?;
                 }
@@ -346,6 +412,8 @@ impl fmt::Display for LoopKernel {
                 Instr::DimSize(d) => writeln!(f, "%{v} = size {d}")?,
                 Instr::Unary(u, a) => writeln!(f, "%{v} = {u} %{a}")?,
                 Instr::Binary(b, x, y) => writeln!(f, "%{v} = {b} %{x} %{y}")?,
+                Instr::Index(ix) => writeln!(f, "%{v} = index {ix:?}")?,
+                Instr::Select(c, a, b) => writeln!(f, "%{v} = select %{c} %{a} %{b}")?,
             }
         }
         for (v, b) in &self.stores {
@@ -355,6 +423,7 @@ impl fmt::Display for LoopKernel {
             let k = match r.kind {
                 RedKind::Sum => "sum",
                 RedKind::Max => "max",
+                RedKind::ArgMax => "argmax",
             };
             match r.axis {
                 Axis::All => writeln!(f, "{k} %{} -> b{}", r.value, r.out)?,

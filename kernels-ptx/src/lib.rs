@@ -8,7 +8,7 @@
 //!   its lowering to launches: grid-stride elementwise loops, row reductions by block or warp,
 //!   column reductions, two-pass full reductions.
 //! - [`mod@gemm`]: tiled SGEMM/DGEMM with layouts, alpha/beta and a bias + activation epilogue.
-//! - [`reduce`]: library sum/max reductions.
+//! - [`reduce`]: library sum/max/argmax reductions.
 //! - [`rng`]: counter-based random numbers (Philox4x32-10), bit-identical in Rust and in PTX.
 //! - [`meta`]: launch metadata as data ([`meta::KernelMeta`], [`meta::Program`]).
 //! - [`vm`]: an interpreter of the emitted instruction lists with GPU semantics (blocks,
@@ -24,10 +24,11 @@
 //!
 //! For each schedule kernel, in plan order:
 //!
-//! - a loop kernel becomes an [`ir::LoopKernel`]: its dtype, its `dims`, the buffer table (dtype
-//!   and shape of every schedule buffer, indexed by the schedule's `BufId`), and its `instrs`,
-//!   `stores` and `reductions` one to one (the op enums are shared with the macro: [`op`]; symbolic
-//!   dims keep their ids). [`lower_loop`] gives a [`Program`];
+//! - a loop kernel becomes an [`ir::LoopKernel`]: its dtype, its `dims`, the buffer table (dtype,
+//!   shape and integer type of every schedule buffer, indexed by the schedule's `BufId`), and its
+//!   `instrs`, `stores` and `reductions` one to one (the op enums are shared with the macro:
+//!   [`op`]; symbolic dims keep their ids). [`lower_loop`] gives a [`Program`]. Integer buffers
+//!   (labels, argmax positions) hold `i32`/`i64` elements; the kernel computes them as floats;
 //! - a GEMM becomes a [`GemmSpec`] (`m`, `n`, `k`, the two `trans` flags, and an epilogue when
 //!   the schedule absorbed one; plain products use `Bias::None`, `Activation::Identity`, and
 //!   are launched with alpha = 1, beta = 0). [`gemm()`] gives a [`Program`].
@@ -61,8 +62,8 @@ pub mod vm;
 
 pub use gemm::{gemm, Activation, Bias, GemmSpec};
 pub use ir::{
-    Axis, Binary, Buffer, DType, Dim, Instr, IrError, Ix, LoopKernel, Num, RedKind, Reduction,
-    Unary,
+    Axis, Binary, Buffer, DType, Dim, Instr, IntTy, IrError, Ix, LoopKernel, Num, RedKind,
+    Reduction, Unary,
 };
 pub use lower::lower_loop;
 pub use meta::{KernelMeta, Launch, Param, ParamTy, Program, Role, Scratch, Size};

@@ -26,9 +26,25 @@
 //!
 //! Every launch uses blocks of 256 threads. Values that do not depend on a loop index are
 //! computed outside that loop.
+//!
+//! Values are floats of the kernel's dtype, whatever they stand for:
+//!
+//! - an **integer buffer** is read as `ld.global.s64` (or `.s32`, with its own element size in
+//!   the address) and `cvt.rn.f32.s64`, and written with `cvt.rzi.s64.f32` and `st.global.s64`;
+//! - an **index value** converts the loop's u32 index register (`cvt.rn.f32.u32`); the flat
+//!   mapping derives i and j from the flat index first, like its loads do;
+//! - a **select** is `setp.neu` of the condition against 0 (NaN selects `a`) and `selp`.
+//!
+//! An **argmax** carries (value, u32 position) pairs: each thread folds its points in increasing
+//! position order (a later point wins if it is greater or the first NaN), and the warp, block
+//! and partials reductions fold pairs with [`Fx::combine`]: NaN above every number, then the
+//! value, then the lower position. That order is total, so the result does not depend on which
+//! thread holds what. Shared slots and scratch partials hold the values, then the positions.
+//! Positions are the column (rows), the row (columns) or the flat index (full reductions), and
+//! are stored exactly: `cvt.s64.u32` into an integer buffer, `cvt.rn` into a float one.
 
-use crate::ir::{Axis, BufId, DType, Dim, Instr, IrError, Ix, LoopKernel, RedKind, ValId};
-use crate::math::Fx;
+use crate::ir::{Axis, BufId, DType, Dim, Instr, IntTy, IrError, Ix, LoopKernel, RedKind, ValId};
+use crate::math::{Fx, Partial};
 use crate::meta::{KernelMeta, Launch, Param, ParamTy, Program, Role, Scratch, Size};
 use crate::ptx::{
     Address, Axis3, BinOp, Cmp, CvtRound, Inst, KernelBuilder, Operand, Reg, RegClass, SharedId,
@@ -77,8 +93,10 @@ pub fn lower_loop(lk: &LoopKernel) -> Result<Program, IrError> {
         let item = (r.kind, r.value, r.out);
         match (rank, r.axis) {
             // Reducing a single point leaves it as it is (the sum of x is x; the NaN-propagating
-            // max of -inf and x is x).
-            (0, Axis::All | Axis::One(_)) => stores.push((r.value, r.out)),
+            // max of -inf and x is x). Its argmax is 0: the one-point flat loop gives that.
+            (0, Axis::All | Axis::One(_)) if r.kind != RedKind::ArgMax => {
+                stores.push((r.value, r.out))
+            }
             (2, Axis::One(1)) => row.push(item),
             (2, Axis::One(0)) => col.push(item),
             (_, Axis::All | Axis::One(_)) => all.push(item),
@@ -129,9 +147,9 @@ pub fn lower_loop(lk: &LoopKernel) -> Result<Program, IrError> {
         let one_block = matches!(total, Size::Const(n) if n <= ONE_BLOCK_MAX);
         if g.mapping == Mapping::Flat && !g.reds.is_empty() && !one_block {
             let first = prog.scratch.len();
-            for _ in &g.reds {
+            for r in &g.reds {
                 prog.scratch.push(Scratch {
-                    bytes: Size::Const(PARTIALS * lk.dtype.bytes() as u64),
+                    bytes: Size::Const(PARTIALS * partial_bytes(lk.dtype, r.0) as u64),
                 });
             }
             prog.launches.push(Gen::new(lk).pass(g, Some(first)));
@@ -141,6 +159,15 @@ pub fn lower_loop(lk: &LoopKernel) -> Result<Program, IrError> {
         }
     }
     Ok(prog)
+}
+
+/// Bytes of one partial in memory: the value, and for argmax its u32 position. Partials in
+/// scratch and in shared memory are laid out as all values, then all positions.
+fn partial_bytes(dt: DType, kind: RedKind) -> u32 {
+    match kind {
+        RedKind::Sum | RedKind::Max => dt.bytes(),
+        RedKind::ArgMax => dt.bytes() + 4,
+    }
 }
 
 /// The number of points of an iteration space.
@@ -187,6 +214,12 @@ impl<'a> Gen<'a> {
                 Instr::Arg(_) | Instr::Const(_) | Instr::DimSize(_) => 0,
                 Instr::Unary(_, a) => mask[*a],
                 Instr::Binary(_, a, b) => mask[*a] | mask[*b],
+                Instr::Index(ix) => match ix {
+                    Ix::Outer => OUTER,
+                    Ix::Inner => INNER,
+                    Ix::Zero => 0,
+                },
+                Instr::Select(c, a, b) => mask[*c] | mask[*a] | mask[*b],
             };
         }
         Gen {
@@ -216,6 +249,22 @@ impl<'a> Gen<'a> {
         self.lk.dtype.bytes() as i64
     }
 
+    /// Bytes of one element of `buf` in memory: the dtype's, or its integer type's.
+    fn elem_bytes(&self, buf: BufId) -> i64 {
+        match self.lk.bufs[buf].int {
+            Some(t) => t.bytes() as i64,
+            None => self.es(),
+        }
+    }
+
+    /// The PTX type of one element of `buf` in memory.
+    fn elem_ty(&self, buf: BufId) -> Type {
+        match self.lk.bufs[buf].int {
+            Some(t) => t.ptx(),
+            None => self.ty(),
+        }
+    }
+
     /// Marks the values the outputs need and declares and loads every parameter they use:
     /// buffers, arguments, symbolic dims (in that order, each sorted by id).
     fn prologue(&mut self, roots: &[ValId], written: &[BufId], extra_dims: &[Dim]) {
@@ -232,7 +281,16 @@ impl<'a> Gen<'a> {
                     self.needed[*a] = true;
                     self.needed[*b] = true;
                 }
-                Instr::Load { .. } | Instr::Arg(_) | Instr::Const(_) | Instr::DimSize(_) => {}
+                Instr::Select(c, a, b) => {
+                    self.needed[*c] = true;
+                    self.needed[*a] = true;
+                    self.needed[*b] = true;
+                }
+                Instr::Load { .. }
+                | Instr::Arg(_)
+                | Instr::Const(_)
+                | Instr::DimSize(_)
+                | Instr::Index(_) => {}
             }
         }
         let mut bufs: Vec<BufId> = written.to_vec();
@@ -254,7 +312,11 @@ impl<'a> Gen<'a> {
                 Instr::Load { buf, .. } => bufs.push(*buf),
                 Instr::Arg(a) => args.push(*a),
                 Instr::DimSize(d) => add_dim(d, &mut dims),
-                Instr::Const(_) | Instr::Unary(..) | Instr::Binary(..) => {}
+                Instr::Const(_)
+                | Instr::Unary(..)
+                | Instr::Binary(..)
+                | Instr::Index(_)
+                | Instr::Select(..) => {}
             }
         }
         bufs.sort_unstable();
@@ -332,10 +394,8 @@ impl<'a> Gen<'a> {
         let base = self.ptr[buf].expect("buffer loaded in the prologue");
         let mut flat: Option<Reg> = None;
         for (axis, ix) in index.iter().enumerate() {
-            let idx = match ix {
-                Ix::Outer => self.i.expect("outer index in scope"),
-                Ix::Inner => self.j.expect("inner index in scope"),
-                Ix::Zero => continue,
+            let Some(idx) = self.index_reg(*ix) else {
+                continue;
             };
             // Row-major: the stride of an axis is the product of the dims after it (rank <= 2).
             let stride = match shape.get(axis + 1) {
@@ -358,7 +418,7 @@ impl<'a> Gen<'a> {
         match flat {
             None => base,
             Some(f) => {
-                let es = self.es();
+                let es = self.elem_bytes(buf);
                 self.k.mad_wide(f, Operand::Imm(es), base)
             }
         }
@@ -387,9 +447,31 @@ impl<'a> Gen<'a> {
         match flat {
             None => base,
             Some(f) => {
-                let es = self.es();
+                let es = self.elem_bytes(buf);
                 self.k.mad_wide(f, Operand::Imm(es), base)
             }
+        }
+    }
+
+    /// Reads `buf` at `a` as a value of the dtype: integers are read as such and converted
+    /// (exactly, below 2^24 in f32 and 2^53 in f64).
+    fn load(&mut self, buf: BufId, a: Reg) -> Reg {
+        let ty = self.ty();
+        let mem = self.elem_ty(buf);
+        let x = self.k.ld(Space::Global, mem, Address::reg(a));
+        if mem == ty {
+            x
+        } else {
+            self.k.cvt(CvtRound::Rn, ty, mem, x)
+        }
+    }
+
+    /// The loop index `ix` as a u32 register (`None` for `Zero`).
+    fn index_reg(&self, ix: Ix) -> Option<Reg> {
+        match ix {
+            Ix::Outer => Some(self.i.expect("outer index in scope")),
+            Ix::Inner => Some(self.j.expect("inner index in scope")),
+            Ix::Zero => None,
         }
     }
 
@@ -403,7 +485,7 @@ impl<'a> Gen<'a> {
             let r = match self.lk.instrs[v].clone() {
                 Instr::Load { buf, index } => {
                     let a = self.addr(buf, &index);
-                    self.k.ld(Space::Global, ty, Address::reg(a))
+                    self.load(buf, a)
                 }
                 Instr::Arg(a) => {
                     self.args
@@ -430,6 +512,21 @@ impl<'a> Gen<'a> {
                     let x = self.vals[x].expect("operand emitted first");
                     let y = self.vals[y].expect("operand emitted first");
                     self.fx().binary(b, x, y)
+                }
+                // The index registers of every mapping: a flat loop derives i and j from the
+                // flat index before any value is emitted.
+                Instr::Index(ix) => match self.index_reg(ix) {
+                    Some(r) => self.k.cvt(CvtRound::Rn, ty, Type::U32, r),
+                    None => self.fx().konst(0.0),
+                },
+                Instr::Select(c, a, b) => {
+                    let c = self.vals[c].expect("operand emitted first");
+                    let a = self.vals[a].expect("operand emitted first");
+                    let b = self.vals[b].expect("operand emitted first");
+                    // Unordered: NaN is not 0, so it selects `a`.
+                    let zero = self.fx().c(0.0);
+                    let p = self.fx().setp(Cmp::Neu, c, zero);
+                    self.fx().select(p, a, b)
                 }
             };
             self.vals[v] = Some(r);
@@ -466,51 +563,127 @@ impl<'a> Gen<'a> {
         for &(v, b) in stores {
             let a = self.root_addr(b);
             let x = self.vals[v].expect("stored value emitted");
-            let ty = self.ty();
-            self.k.st(Space::Global, ty, Address::reg(a), x);
+            self.store(None, b, a, Out::Value(x));
         }
     }
 
-    fn init_accs(&mut self, reds: &[(RedKind, ValId, BufId)]) -> Vec<Reg> {
-        let ty = self.ty();
+    fn init_accs(&mut self, reds: &[(RedKind, ValId, BufId)]) -> Vec<Partial> {
         reds.iter()
-            .map(|(kind, _, _)| {
-                let id = self.fx().identity(*kind);
-                self.k.mov(ty, id)
-            })
+            .map(|(kind, _, _)| self.fx().identity(*kind))
             .collect()
     }
 
-    fn accumulate(&mut self, reds: &[(RedKind, ValId, BufId)], accs: &[Reg]) {
-        let ty = self.ty();
+    /// Folds the current point, at position `at` along the folded axes (the flat index for
+    /// full reductions), into the accumulators.
+    fn accumulate(&mut self, reds: &[(RedKind, ValId, BufId)], accs: &[Partial], at: Reg) {
         for (&(kind, v, _), &acc) in reds.iter().zip(accs) {
             let x = self.vals[v].expect("reduced value emitted");
-            let r = self.fx().combine(kind, acc, x);
-            self.k.push(Inst::Mov {
-                ty,
-                dst: acc,
-                src: Operand::Reg(r),
-            });
+            let r = self.fx().step(kind, acc, x, at);
+            assign(&mut self.k, self.lk.dtype, acc, r);
         }
     }
 
-    /// Stores `x` at `buf[at]` (an element index), only where `p` holds if given.
-    fn store_at(&mut self, p: Option<Reg>, buf_base: Reg, at: Operand, x: Reg) {
-        let es = self.es();
-        let a = match at {
-            Operand::Imm(0) => buf_base,
-            at => self.k.mad_wide(at, Operand::Imm(es), buf_base),
-        };
+    /// The address of element `at` of `buf`.
+    fn out_addr(&mut self, buf: BufId, at: Operand) -> Reg {
+        let base = self.ptr[buf].expect("output loaded");
+        let es = self.elem_bytes(buf);
+        match at {
+            Operand::Imm(0) => base,
+            at => self.k.mad_wide(at, Operand::Imm(es), base),
+        }
+    }
+
+    /// Stores `x` into the element of `buf` at address `a`, only where `p` holds if given.
+    /// Integer buffers get values rounded toward zero (they are integral: labels, counts), and
+    /// argmax positions exactly.
+    fn store(&mut self, p: Option<Reg>, buf: BufId, a: Reg, x: Out) {
         let ty = self.ty();
+        let int = self.lk.bufs[buf].int;
+        let (mem, src) = match (x, int) {
+            (Out::Value(v), None) => (ty, v),
+            (Out::Value(v), Some(t)) => (t.ptx(), self.k.cvt(CvtRound::Rzi, t.ptx(), ty, v)),
+            (Out::Position(at), None) => (ty, self.k.cvt(CvtRound::Rn, ty, Type::U32, at)),
+            // Positions are below 2^31: the same bits as an s32.
+            (Out::Position(at), Some(IntTy::I32)) => (Type::S32, at),
+            (Out::Position(at), Some(IntTy::I64)) => (
+                Type::S64,
+                self.k.cvt(CvtRound::None, Type::S64, Type::U32, at),
+            ),
+        };
         let st = Inst::St {
             space: Space::Global,
-            ty,
+            ty: mem,
             addr: Address::reg(a),
-            src: Operand::Reg(x),
+            src: Operand::Reg(src),
         };
         match p {
             Some(p) => self.k.push_if(p, false, st),
             None => self.k.push(st),
+        }
+    }
+
+    /// Stores the results of reductions: the reduction `r` of `reds` into element `at` of its
+    /// output, where `p` holds.
+    fn store_results(
+        &mut self,
+        p: Option<Reg>,
+        reds: &[(RedKind, ValId, BufId)],
+        res: &[Partial],
+        at: Operand,
+    ) {
+        for (&(kind, _, buf), &x) in reds.iter().zip(res) {
+            let a = self.out_addr(buf, at);
+            self.store(p, buf, a, Out::result(kind, x));
+        }
+    }
+
+    /// Writes partial number `at` of a two-pass reduction into its scratch region `base` (values
+    /// first, then positions), where `p` holds.
+    fn store_partial(&mut self, p: Reg, kind: RedKind, base: Reg, at: Reg, x: Partial) {
+        let es = self.es();
+        let ty = self.ty();
+        let a = self.k.mad_wide(at, Operand::Imm(es), base);
+        self.k.push_if(
+            p,
+            false,
+            Inst::St {
+                space: Space::Global,
+                ty,
+                addr: Address::reg(a),
+                src: Operand::Reg(x.v),
+            },
+        );
+        if kind == RedKind::ArgMax {
+            let a = self.k.mad_wide(at, Operand::Imm(4), base);
+            self.k.push_if(
+                p,
+                false,
+                Inst::St {
+                    space: Space::Global,
+                    ty: Type::U32,
+                    addr: Address::reg_off(a, PARTIALS as i32 * es as i32),
+                    src: Operand::Reg(x.index()),
+                },
+            );
+        }
+    }
+
+    /// Reads partial number `at` of a two-pass reduction from its scratch region `base`.
+    fn load_partial(&mut self, kind: RedKind, base: Reg, at: Reg) -> Partial {
+        let es = self.es();
+        let ty = self.ty();
+        let a = self.k.mad_wide(at, Operand::Imm(es), base);
+        let v = self.k.ld(Space::Global, ty, Address::reg(a));
+        match kind {
+            RedKind::Sum | RedKind::Max => Partial::value(v),
+            RedKind::ArgMax => {
+                let a = self.k.mad_wide(at, Operand::Imm(4), base);
+                let off = PARTIALS as i32 * es as i32;
+                let i = self
+                    .k
+                    .ld(Space::Global, Type::U32, Address::reg_off(a, off));
+                Partial { v, at: Some(i) }
+            }
         }
     }
 
@@ -545,14 +718,12 @@ impl<'a> Gen<'a> {
         let tid = self.k.special(Special::Tid(Axis3::X));
         let cta = self.k.special(Special::Ctaid(Axis3::X));
         let ncta = self.k.special(Special::Nctaid(Axis3::X));
+        let kinds: Vec<RedKind> = g.reds.iter().map(|r| r.0).collect();
         let smem =
             if g.reds.is_empty() || g.mapping == Mapping::RowWarp || g.mapping == Mapping::Column {
                 None
             } else {
-                Some(
-                    self.k
-                        .shared(8, g.reds.len() as u32 * WARPS * lk.dtype.bytes()),
-                )
+                Some(self.k.shared(8, slots_bytes(lk.dtype, &kinds)))
             };
         self.emit_values(|m| m == 0);
         let total = total_size(&lk.dims);
@@ -584,28 +755,26 @@ impl<'a> Gen<'a> {
                     }
                     s.emit_values(|m| m != 0);
                     s.stores(&g.stores);
-                    s.accumulate(&g.reds, &accs);
+                    // Positions of full reductions are flat row-major indices (numpy's).
+                    s.accumulate(&g.reds, &accs, t);
                 });
                 if !g.reds.is_empty() {
-                    let kinds: Vec<(RedKind, Reg)> = g.reds.iter().map(|r| r.0).zip(accs).collect();
                     let res = block_reduce(
                         &mut self.k,
                         lk.dtype,
                         &kinds,
+                        &accs,
                         smem.expect("shared slots"),
                         tid,
                     );
                     let p0 = self.k.setp(Cmp::Eq, Type::U32, tid, Operand::Imm(0));
-                    for (r, x) in res.into_iter().enumerate() {
-                        match scratch {
-                            Some(_) => {
-                                self.store_at(Some(p0), scratch_ptrs[r], Operand::Reg(cta), x)
-                            }
-                            None => {
-                                let base = self.ptr[g.reds[r].2].expect("output loaded");
-                                self.store_at(Some(p0), base, Operand::Imm(0), x)
+                    match scratch {
+                        Some(_) => {
+                            for (r, &x) in res.iter().enumerate() {
+                                self.store_partial(p0, kinds[r], scratch_ptrs[r], cta, x);
                             }
                         }
+                        None => self.store_results(Some(p0), &g.reds, &res, Operand::Imm(0)),
                     }
                 }
                 if one_block {
@@ -638,17 +807,19 @@ impl<'a> Gen<'a> {
                             s.j = Some(col);
                             s.emit_values(|m| m & INNER != 0);
                             s.stores(&g.stores);
-                            s.accumulate(&g.reds, &accs);
+                            s.accumulate(&g.reds, &accs, col);
                         },
                     );
-                    let kinds: Vec<(RedKind, Reg)> = g.reds.iter().map(|r| r.0).zip(accs).collect();
-                    let res =
-                        block_reduce(&mut s.k, lk.dtype, &kinds, smem.expect("shared slots"), tid);
+                    let res = block_reduce(
+                        &mut s.k,
+                        lk.dtype,
+                        &kinds,
+                        &accs,
+                        smem.expect("shared slots"),
+                        tid,
+                    );
                     let p0 = s.k.setp(Cmp::Eq, Type::U32, tid, Operand::Imm(0));
-                    for (r, x) in res.into_iter().enumerate() {
-                        let base = s.ptr[g.reds[r].2].expect("output loaded");
-                        s.store_at(Some(p0), base, Operand::Reg(row), x);
-                    }
+                    s.store_results(Some(p0), &g.reds, &res, Operand::Reg(row));
                 });
                 [
                     Size::clamp(dim_size(lk.dims[0]), 1, GRID_CAP),
@@ -675,14 +846,17 @@ impl<'a> Gen<'a> {
                         s.j = Some(col);
                         s.emit_values(|m| m & INNER != 0);
                         s.stores(&g.stores);
-                        s.accumulate(&g.reds, &accs);
+                        s.accumulate(&g.reds, &accs, col);
                     });
                     let p0 = s.k.setp(Cmp::Eq, Type::U32, lane, Operand::Imm(0));
-                    for (r, &acc) in accs.iter().enumerate() {
-                        let x = warp_reduce(&mut s.k, lk.dtype, g.reds[r].0, acc, ShflMode::Down);
-                        let base = s.ptr[g.reds[r].2].expect("output loaded");
-                        s.store_at(Some(p0), base, Operand::Reg(row), x);
-                    }
+                    let res: Vec<Partial> = kinds
+                        .iter()
+                        .zip(&accs)
+                        .map(|(&kind, &acc)| {
+                            warp_reduce(&mut s.k, lk.dtype, kind, acc, ShflMode::Down)
+                        })
+                        .collect();
+                    s.store_results(Some(p0), &g.reds, &res, Operand::Reg(row));
                 });
                 [
                     Size::clamp(
@@ -709,12 +883,9 @@ impl<'a> Gen<'a> {
                         s.i = Some(row);
                         s.emit_values(|m| m & OUTER != 0);
                         s.stores(&g.stores);
-                        s.accumulate(&g.reds, &accs);
+                        s.accumulate(&g.reds, &accs, row);
                     });
-                    for (r, &acc) in accs.iter().enumerate() {
-                        let base = s.ptr[g.reds[r].2].expect("output loaded");
-                        s.store_at(None, base, Operand::Reg(col), acc);
-                    }
+                    s.store_results(None, &g.reds, &accs, Operand::Reg(col));
                 });
                 [
                     Size::clamp(
@@ -755,9 +926,8 @@ impl<'a> Gen<'a> {
             })
             .collect();
         let tid = self.k.special(Special::Tid(Axis3::X));
-        let smem = self
-            .k
-            .shared(8, reds.len() as u32 * WARPS * lk.dtype.bytes());
+        let kinds: Vec<RedKind> = reds.iter().map(|r| r.0).collect();
+        let smem = self.k.shared(8, slots_bytes(lk.dtype, &kinds));
         // The first pass's grid: clamp(ceil(n / 256), 1, PARTIALS).
         let count = match Size::clamp(
             Size::ceil_div(total_size(&lk.dims), BLOCK as u64),
@@ -780,40 +950,62 @@ impl<'a> Gen<'a> {
                 )
             }
         };
-        let reds_acc: Vec<(RedKind, ValId, BufId)> = reds.to_vec();
-        let accs = self.init_accs(&reds_acc);
-        let ty = self.ty();
-        let es = self.es();
+        let accs = self.init_accs(reds);
         self.range(
             Operand::Reg(tid),
             count,
             Operand::Imm(BLOCK as i64),
             |s, t| {
                 for (r, &acc) in accs.iter().enumerate() {
-                    let a = s.k.mad_wide(t, Operand::Imm(es), scratch[r]);
-                    let x = s.k.ld(Space::Global, ty, Address::reg(a));
-                    let c = s.fx().combine(reds[r].0, acc, x);
-                    s.k.push(Inst::Mov {
-                        ty,
-                        dst: acc,
-                        src: Operand::Reg(c),
-                    });
+                    // Partials hold positions of any order: the general combine.
+                    let x = s.load_partial(kinds[r], scratch[r], t);
+                    let c = s.fx().combine(kinds[r], acc, x);
+                    assign(&mut s.k, lk.dtype, acc, c);
                 }
             },
         );
-        let kinds: Vec<(RedKind, Reg)> = reds.iter().map(|r| r.0).zip(accs).collect();
-        let res = block_reduce(&mut self.k, lk.dtype, &kinds, smem, tid);
+        let res = block_reduce(&mut self.k, lk.dtype, &kinds, &accs, smem, tid);
         let p0 = self.k.setp(Cmp::Eq, Type::U32, tid, Operand::Imm(0));
-        for (r, x) in res.into_iter().enumerate() {
-            let base = self.ptr[reds[r].2].expect("output loaded");
-            self.store_at(Some(p0), base, Operand::Imm(0), x);
-        }
+        self.store_results(Some(p0), reds, &res, Operand::Imm(0));
         finish(
             self.k,
             self.params,
             "tf_red2",
             [Size::Const(1), Size::Const(1), Size::Const(1)],
         )
+    }
+}
+
+/// What a launch stores: a value of the dtype, or an argmax position (a u32).
+#[derive(Debug, Clone, Copy)]
+enum Out {
+    Value(Reg),
+    Position(Reg),
+}
+
+impl Out {
+    /// The result of a reduction of `kind` held in `x`.
+    fn result(kind: RedKind, x: Partial) -> Out {
+        match kind {
+            RedKind::Sum | RedKind::Max => Out::Value(x.v),
+            RedKind::ArgMax => Out::Position(x.index()),
+        }
+    }
+}
+
+/// `dst = src` for the registers of two partials of one reduction.
+fn assign(k: &mut KernelBuilder, dt: DType, dst: Partial, src: Partial) {
+    k.push(Inst::Mov {
+        ty: dt.ptx(),
+        dst: dst.v,
+        src: Operand::Reg(src.v),
+    });
+    if let (Some(d), Some(s)) = (dst.at, src.at) {
+        k.push(Inst::Mov {
+            ty: Type::U32,
+            dst: d,
+            src: Operand::Reg(s),
+        });
     }
 }
 
@@ -862,76 +1054,125 @@ pub(crate) fn shfl(k: &mut KernelBuilder, mode: ShflMode, v: Reg, lane: u32) -> 
     }
 }
 
-/// Folds a value across the 32 lanes of a warp. With `Bfly` every lane gets the result (the
-/// same bits in every lane: each step combines the same two values, in either order, and sum
-/// and max are commutative); with `Down` only lane 0 does.
+/// Folds a partial across the 32 lanes of a warp. With `Bfly` every lane gets the result (the
+/// same bits in every lane: each step combines the same two partials, in either order, and
+/// [`Fx::combine`] is commutative bit for bit); with `Down` only lane 0 does.
 pub(crate) fn warp_reduce(
     k: &mut KernelBuilder,
     dt: DType,
     kind: RedKind,
-    v: Reg,
+    x: Partial,
     mode: ShflMode,
-) -> Reg {
-    let mut acc = v;
+) -> Partial {
+    let mut acc = x;
     for off in [16, 8, 4, 2, 1] {
-        let o = shfl(k, mode, acc, off);
+        let o = Partial {
+            v: shfl(k, mode, acc.v, off),
+            at: acc.at.map(|i| shfl(k, mode, i, off)),
+        };
         acc = Fx::new(k, dt).combine(kind, acc, o);
     }
     acc
 }
 
-/// Folds per-thread values across a block of [`BLOCK`] threads; every thread gets the results.
-/// Warps reduce with shuffles, lane 0 of each writes its warp's value to `smem` (one slot per
-/// warp and reduction), and after a barrier every warp folds the slots again, so no thread waits
-/// on a branch. A second barrier lets the caller reuse `smem` (e.g. for the next row).
+/// Bytes of the shared slots of a block reduction: per reduction, one value per warp, then
+/// (argmax) one u32 position per warp. Every region is a multiple of 8 bytes, so f64 slots
+/// stay aligned.
+fn slots_bytes(dt: DType, kinds: &[RedKind]) -> u32 {
+    kinds.iter().map(|&k| WARPS * partial_bytes(dt, k)).sum()
+}
+
+/// Folds per-thread partials across a block of [`BLOCK`] threads; every thread gets the
+/// results. Warps reduce with shuffles, lane 0 of each writes its warp's partial to `smem` (one
+/// slot per warp and reduction, laid out as [`slots_bytes`] says), and after a barrier every
+/// warp folds the slots again, so no thread waits on a branch. A second barrier lets the caller
+/// reuse `smem` (e.g. for the next row).
 pub(crate) fn block_reduce(
     k: &mut KernelBuilder,
     dt: DType,
-    accs: &[(RedKind, Reg)],
+    kinds: &[RedKind],
+    accs: &[Partial],
     smem: SharedId,
     tid: Reg,
-) -> Vec<Reg> {
+) -> Vec<Partial> {
     let es = dt.bytes() as i64;
     let ty = dt.ptx();
     let lane = k.bin(BinOp::And, Type::B32, tid, Operand::Imm(31));
     let warp = k.bin(BinOp::Shr, Type::U32, tid, Operand::Imm(5));
-    let warped: Vec<Reg> = accs
+    let warped: Vec<Partial> = kinds
         .iter()
-        .map(|&(kind, v)| warp_reduce(k, dt, kind, v, ShflMode::Bfly))
+        .zip(accs)
+        .map(|(&kind, &x)| warp_reduce(k, dt, kind, x, ShflMode::Bfly))
         .collect();
+    // Region offsets: the values of reduction r, then its positions.
+    let mut regions = Vec::new();
+    let mut at = 0i64;
+    for &kind in kinds {
+        let pos = at + WARPS as i64 * es;
+        regions.push((at as i32, pos as i32));
+        at += (WARPS * partial_bytes(dt, kind)) as i64;
+    }
     let base = k.mov(Type::U32, Operand::Shared(smem));
-    let waddr = k.fma(Type::U32, warp, Operand::Imm(es), base);
+    let wval = k.fma(Type::U32, warp, Operand::Imm(es), base);
+    let wpos = k.fma(Type::U32, warp, Operand::Imm(4), base);
     let lane0 = k.setp(Cmp::Eq, Type::U32, lane, Operand::Imm(0));
-    for (r, &w) in warped.iter().enumerate() {
+    for (r, w) in warped.iter().enumerate() {
+        let (vo, po) = regions[r];
         k.push_if(
             lane0,
             false,
             Inst::St {
                 space: Space::Shared,
                 ty,
-                addr: Address::reg_off(waddr, (r as i64 * WARPS as i64 * es) as i32),
-                src: Operand::Reg(w),
+                addr: Address::reg_off(wval, vo),
+                src: Operand::Reg(w.v),
             },
         );
+        if let Some(i) = w.at {
+            k.push_if(
+                lane0,
+                false,
+                Inst::St {
+                    space: Space::Shared,
+                    ty: Type::U32,
+                    addr: Address::reg_off(wpos, po),
+                    src: Operand::Reg(i),
+                },
+            );
+        }
     }
     k.bar_sync();
-    let laddr = k.fma(Type::U32, lane, Operand::Imm(es), base);
+    let lval = k.fma(Type::U32, lane, Operand::Imm(es), base);
+    let lpos = k.fma(Type::U32, lane, Operand::Imm(4), base);
     let has = k.setp(Cmp::Lt, Type::U32, lane, Operand::Imm(WARPS as i64));
     let mut out = Vec::new();
-    for (r, &(kind, _)) in accs.iter().enumerate() {
-        let id = Fx::new(k, dt).identity(kind);
-        let v = k.mov(ty, id);
+    for (r, &kind) in kinds.iter().enumerate() {
+        let (vo, po) = regions[r];
+        // Lanes past the last warp hold the identity.
+        let x = Fx::new(k, dt).identity(kind);
         k.push_if(
             has,
             false,
             Inst::Ld {
                 space: Space::Shared,
                 ty,
-                dst: v,
-                addr: Address::reg_off(laddr, (r as i64 * WARPS as i64 * es) as i32),
+                dst: x.v,
+                addr: Address::reg_off(lval, vo),
             },
         );
-        out.push(warp_reduce(k, dt, kind, v, ShflMode::Bfly));
+        if let Some(i) = x.at {
+            k.push_if(
+                has,
+                false,
+                Inst::Ld {
+                    space: Space::Shared,
+                    ty: Type::U32,
+                    dst: i,
+                    addr: Address::reg_off(lpos, po),
+                },
+            );
+        }
+        out.push(warp_reduce(k, dt, kind, x, ShflMode::Bfly));
     }
     k.bar_sync();
     out

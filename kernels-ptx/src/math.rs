@@ -605,22 +605,109 @@ impl Fx<'_> {
                 let p = self.setp(Cmp::Eq, a, b);
                 self.select(p, self.c(1.0), self.c(0.0))
             }
+            Binary::Gt => {
+                let p = self.setp(Cmp::Gt, a, b);
+                self.select(p, self.c(1.0), self.c(0.0))
+            }
+            Binary::Lt => {
+                let p = self.setp(Cmp::Lt, a, b);
+                self.select(p, self.c(1.0), self.c(0.0))
+            }
+            Binary::Le => {
+                let p = self.setp(Cmp::Le, a, b);
+                self.select(p, self.c(1.0), self.c(0.0))
+            }
+            // Unordered: NaN differs from everything.
+            Binary::Ne => {
+                let p = self.setp(Cmp::Neu, a, b);
+                self.select(p, self.c(1.0), self.c(0.0))
+            }
         }
     }
 
-    /// The identity of a reduction.
-    pub fn identity(&self, kind: RedKind) -> Operand {
+    /// A reduction's identity: what a thread holds before it has seen any point. For argmax
+    /// it is (-inf, position 0), which every point beats but a -inf at a later position: the
+    /// tie goes to position 0, which holds -inf too when the maximum is -inf (and an empty
+    /// range gives 0, as it should).
+    pub fn identity(&mut self, kind: RedKind) -> Partial {
         match kind {
-            RedKind::Sum => self.c(0.0),
-            RedKind::Max => self.c(f64::NEG_INFINITY),
+            RedKind::Sum => Partial::value(self.konst(0.0)),
+            RedKind::Max => Partial::value(self.konst(f64::NEG_INFINITY)),
+            RedKind::ArgMax => {
+                let v = self.konst(f64::NEG_INFINITY);
+                let at = self.k.mov(Type::U32, Operand::Imm(0));
+                Partial { v, at: Some(at) }
+            }
         }
     }
 
-    pub fn combine(&mut self, kind: RedKind, acc: Reg, v: Reg) -> Reg {
+    /// Folds the point `x` at position `at` into `acc`, whose positions all come before `at`
+    /// (a thread visits its points in increasing order). For argmax the later point wins only
+    /// when it is greater or the first NaN: `x > best` or `x` NaN, unless `best` is NaN.
+    pub fn step(&mut self, kind: RedKind, acc: Partial, x: Reg, at: Reg) -> Partial {
         match kind {
-            RedKind::Sum => self.add(acc, v),
-            RedKind::Max => self.binary(Binary::Maximum, acc, v),
+            RedKind::Sum | RedKind::Max => self.combine(kind, acc, Partial::value(x)),
+            RedKind::ArgMax => {
+                let best = acc.v;
+                let gtu = self.setp(Cmp::Gtu, x, best);
+                let num = self.setp(Cmp::Num, best, best);
+                let take = self.k.bin(BinOp::And, Type::Pred, gtu, num);
+                let v = self.select(take, x, best);
+                let at = self.k.selp(Type::U32, at, acc.index(), take);
+                Partial { v, at: Some(at) }
+            }
         }
+    }
+
+    /// Folds two partials of any positions. Commutative, bit for bit (the same result whichever
+    /// comes first), so butterfly shuffles leave every lane with the same bits. For argmax the
+    /// order is: NaN above every number, then by value, and among equal values (all NaNs
+    /// being equal) the lower position first.
+    pub fn combine(&mut self, kind: RedKind, a: Partial, b: Partial) -> Partial {
+        match kind {
+            RedKind::Sum => Partial::value(self.add(a.v, b.v)),
+            RedKind::Max => Partial::value(self.binary(Binary::Maximum, a.v, b.v)),
+            RedKind::ArgMax => {
+                let (ai, bi) = (a.index(), b.index());
+                let na = self.setp(Cmp::Nan, a.v, a.v);
+                let nb = self.setp(Cmp::Nan, b.v, b.v);
+                let gt = self.setp(Cmp::Gt, b.v, a.v);
+                let eq = self.setp(Cmp::Eq, b.v, a.v);
+                let before = self.k.setp(Cmp::Lt, Type::U32, bi, ai);
+                // b above a: b NaN and a not, or b > a.
+                let num_a = self.k.un(UnOp::Not, Type::Pred, na);
+                let nan_b = self.k.bin(BinOp::And, Type::Pred, nb, num_a);
+                let above = self.k.bin(BinOp::Or, Type::Pred, gt, nan_b);
+                // b level with a: equal numbers, or both NaN.
+                let nans = self.k.bin(BinOp::And, Type::Pred, na, nb);
+                let level = self.k.bin(BinOp::Or, Type::Pred, eq, nans);
+                let first = self.k.bin(BinOp::And, Type::Pred, level, before);
+                let take = self.k.bin(BinOp::Or, Type::Pred, above, first);
+                let v = self.select(take, b.v, a.v);
+                let at = self.k.selp(Type::U32, bi, ai, take);
+                Partial { v, at: Some(at) }
+            }
+        }
+    }
+}
+
+/// A reduction's partial result in registers: its value (of the dtype) and, for argmax, the
+/// position (a u32 along the folded axis, or the flat index) where that value is. The position
+/// stays an integer until it is stored, so indices are exact in f32 kernels too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Partial {
+    pub v: Reg,
+    pub at: Option<Reg>,
+}
+
+impl Partial {
+    pub fn value(v: Reg) -> Partial {
+        Partial { v, at: None }
+    }
+
+    /// The position register of an argmax partial.
+    pub fn index(&self) -> Reg {
+        self.at.expect("an argmax partial carries its position")
     }
 }
 

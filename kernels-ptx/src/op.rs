@@ -237,10 +237,16 @@ binary_ops! {
     /// NaN-propagating maximum (numpy's `maximum`).
     Maximum = "maximum", maximum, cost 1;
     Minimum = "minimum", minimum, cost 1;
-    /// 1 where a >= b, else 0.
+    /// 1 where a >= b, else 0 (the comparisons give 1 or 0, and 0 whenever NaN is involved,
+    /// but for `ne`).
     Ge = "ge", ge, cost 1;
     /// 1 where a == b, else 0.
     Eq = "eq", eq, cost 1;
+    Gt = "gt", gt, cost 1;
+    Lt = "lt", lt, cost 1;
+    Le = "le", le, cost 1;
+    /// 1 where a != b (or either is NaN), else 0.
+    Ne = "ne", ne, cost 1;
 }
 
 impl fmt::Display for Unary {
@@ -279,8 +285,22 @@ pub enum Lowering {
     Pow,
     /// numpy's `dot` for ranks 1 and 2.
     Dot,
-    /// A reduction over everything or `axis = k`.
+    /// A reduction over everything or `axis = k` (`keepdims = true` keeps the folded axis as a
+    /// dim of 1).
     Reduce(Reduce),
+    /// `softmax(x)` (`log`: `log_softmax(x)`) over the last axis or `axis = k`.
+    Softmax { log: bool },
+    /// `argmax(x, axis = k)`: integer indices.
+    ArgMax,
+    /// A comparison of numbers or of integers (`eq`, `neq`, ...): 1 or 0 as a float, without
+    /// a gradient.
+    Compare(Binary),
+    /// `where(c, a, b)`: `a` where `c` is not 0, else `b`.
+    Where,
+    /// `onehot(y, k)`: `[n, k]` floats from `n` integer labels.
+    OneHot,
+    /// `arange(n)`: the row numbers, only as the first index of `x[arange(n), y]`.
+    Arange,
     /// `grad(cost, x)`.
     Grad,
     /// Another expression of its arguments, in the compiler's rewrite-pattern language (`?x`
@@ -304,17 +324,23 @@ pub enum ShapeRule {
     Grad,
     /// That of the expression it stands for.
     Composite,
+    /// `[n, k]` from `n` labels and `k` classes.
+    OneHot,
+    /// Only inside an index.
+    Index,
 }
 
 impl Lowering {
     pub fn shape_rule(self) -> ShapeRule {
         match self {
-            Lowering::Unary(_) | Lowering::Pow => ShapeRule::Same,
-            Lowering::Binary(_) => ShapeRule::Broadcast,
+            Lowering::Unary(_) | Lowering::Pow | Lowering::Softmax { .. } => ShapeRule::Same,
+            Lowering::Binary(_) | Lowering::Compare(_) | Lowering::Where => ShapeRule::Broadcast,
             Lowering::Dot => ShapeRule::Dot,
-            Lowering::Reduce(_) => ShapeRule::Reduce,
+            Lowering::Reduce(_) | Lowering::ArgMax => ShapeRule::Reduce,
             Lowering::Grad => ShapeRule::Grad,
             Lowering::Composite(..) => ShapeRule::Composite,
+            Lowering::OneHot => ShapeRule::OneHot,
+            Lowering::Arange => ShapeRule::Index,
         }
     }
 }
@@ -343,8 +369,17 @@ const fn reduce(name: &'static str, r: Reduce) -> Builtin {
     Builtin {
         name,
         args: 1,
-        keywords: &["axis"],
+        keywords: &["axis", "keepdims"],
         lowering: Lowering::Reduce(r),
+    }
+}
+
+const fn compare(name: &'static str, b: Binary) -> Builtin {
+    Builtin {
+        name,
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Compare(b),
     }
 }
 
@@ -397,6 +432,48 @@ pub const BUILTINS: &[Builtin] = &[
     reduce("sum", Reduce::Sum),
     reduce("mean", Reduce::Mean),
     reduce("max", Reduce::Max),
+    Builtin {
+        name: "softmax",
+        args: 1,
+        keywords: &["axis"],
+        lowering: Lowering::Softmax { log: false },
+    },
+    Builtin {
+        name: "log_softmax",
+        args: 1,
+        keywords: &["axis"],
+        lowering: Lowering::Softmax { log: true },
+    },
+    Builtin {
+        name: "argmax",
+        args: 1,
+        keywords: &["axis"],
+        lowering: Lowering::ArgMax,
+    },
+    compare("eq", Binary::Eq),
+    compare("neq", Binary::Ne),
+    compare("lt", Binary::Lt),
+    compare("le", Binary::Le),
+    compare("gt", Binary::Gt),
+    compare("ge", Binary::Ge),
+    Builtin {
+        name: "where",
+        args: 3,
+        keywords: &[],
+        lowering: Lowering::Where,
+    },
+    Builtin {
+        name: "onehot",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::OneHot,
+    },
+    Builtin {
+        name: "arange",
+        args: 1,
+        keywords: &[],
+        lowering: Lowering::Arange,
+    },
     Builtin {
         name: "grad",
         args: 2,

@@ -331,6 +331,56 @@ pub fn eq<T: Float>(a: T, b: T) -> T {
     }
 }
 
+/// 1 where a > b, else 0.
+#[inline(always)]
+pub fn gt<T: Float>(a: T, b: T) -> T {
+    if a > b {
+        T::ONE
+    } else {
+        T::ZERO
+    }
+}
+
+/// 1 where a < b, else 0.
+#[inline(always)]
+pub fn lt<T: Float>(a: T, b: T) -> T {
+    if a < b {
+        T::ONE
+    } else {
+        T::ZERO
+    }
+}
+
+/// 1 where a <= b, else 0.
+#[inline(always)]
+pub fn le<T: Float>(a: T, b: T) -> T {
+    if a <= b {
+        T::ONE
+    } else {
+        T::ZERO
+    }
+}
+
+/// 1 where a != b (NaN is different from everything, itself included), else 0.
+#[inline(always)]
+pub fn ne<T: Float>(a: T, b: T) -> T {
+    if a != b {
+        T::ONE
+    } else {
+        T::ZERO
+    }
+}
+
+/// `a` where `c` is not 0 (NaN is not 0), else `b`: the language's `where`.
+#[inline(always)]
+pub fn select<T: Float>(c: T, a: T, b: T) -> T {
+    if c != T::ZERO {
+        a
+    } else {
+        b
+    }
+}
+
 /// The value of a unary op: what constant folding and the interpreter's reference compute.
 #[inline]
 pub fn unary<T: Float>(op: Unary, x: T) -> T {

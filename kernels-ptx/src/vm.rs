@@ -69,6 +69,46 @@ impl Memory {
         p
     }
 
+    pub fn upload_i32(&mut self, data: &[i32]) -> u64 {
+        let p = self.alloc(data.len() * 4);
+        self.write_i32(p, data);
+        p
+    }
+
+    pub fn upload_i64(&mut self, data: &[i64]) -> u64 {
+        let p = self.alloc(data.len() * 8);
+        self.write_i64(p, data);
+        p
+    }
+
+    pub fn write_i32(&mut self, ptr: u64, data: &[i32]) {
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.slice_mut(ptr, bytes.len())
+            .expect("write inside the buffer")
+            .copy_from_slice(&bytes);
+    }
+
+    pub fn write_i64(&mut self, ptr: u64, data: &[i64]) {
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.slice_mut(ptr, bytes.len())
+            .expect("write inside the buffer")
+            .copy_from_slice(&bytes);
+    }
+
+    pub fn read_i32(&self, ptr: u64, n: usize) -> Vec<i32> {
+        let s = self.slice(ptr, n * 4).expect("read inside the buffer");
+        s.chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    pub fn read_i64(&self, ptr: u64, n: usize) -> Vec<i64> {
+        let s = self.slice(ptr, n * 8).expect("read inside the buffer");
+        s.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
     pub fn write_f32(&mut self, ptr: u64, data: &[f32]) {
         let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.slice_mut(ptr, bytes.len())

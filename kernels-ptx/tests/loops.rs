@@ -201,10 +201,12 @@ fn large_grids() {
             Buffer {
                 dtype,
                 shape: vec![Dim::Sym(0)],
+                int: None,
             },
             Buffer {
                 dtype,
                 shape: vec![Dim::Sym(0)],
+                int: None,
             },
         ],
         instrs: vec![

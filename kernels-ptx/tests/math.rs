@@ -124,6 +124,7 @@ fn elementwise(dtype: DType, n: usize, instrs: Vec<Instr>, loads: usize) -> Loop
             .map(|_| Buffer {
                 dtype,
                 shape: shape.clone(),
+                int: None,
             })
             .collect(),
         instrs: all,

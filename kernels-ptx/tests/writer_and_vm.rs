@@ -256,3 +256,155 @@ fn type_checker() {
     assert!(e.contains("%r0 is not a .f32 register"), "{e}");
     assert!(vm::launch(&kernel, [1, 1, 1], [32, 1, 1], &[], &mut Memory::new()).is_err());
 }
+
+/// Integer memory and conversions: `ld`/`st` of `.s32`/`.s64`, integer to float with `.rn`
+/// (rounding to nearest even where the float has too few bits), float to integer with `.rzi`
+/// and `.rni` (NaN to 0, saturating), and `cvt.s64.u32` (zero extension) against
+/// `cvt.s64.s32` (sign extension); then the same through printed and parsed PTX.
+#[test]
+fn integer_loads_stores_and_conversions() {
+    use tensor_fn_kernels::ptx::CvtRound;
+    let mut k = KernelBuilder::new([8, 1, 1]);
+    let names = [
+        "i64",
+        "i32",
+        "f64",
+        "o_f32_s64",
+        "o_f64_s64",
+        "o_f32_s32",
+        "o_f64_s32",
+        "o_rzi_s64",
+        "o_rni_s64",
+        "o_rzi_s32",
+        "o_s64_u32",
+        "o_s64_s32",
+        "o_rzi_s64_f32",
+    ];
+    let ptrs: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let p = k.param(n, Type::U64);
+            k.ld_ptr(p)
+        })
+        .collect();
+    let t = k.special(Special::Tid(Axis3::X));
+    let at = |k: &mut KernelBuilder, p, es: i64| Address::reg(k.mad_wide(t, Operand::Imm(es), p));
+    let a = at(&mut k, ptrs[0], 8);
+    let l64 = k.ld(Space::Global, Type::S64, a);
+    let a = at(&mut k, ptrs[1], 4);
+    let l32 = k.ld(Space::Global, Type::S32, a);
+    let a = at(&mut k, ptrs[2], 8);
+    let f = k.ld(Space::Global, Type::F64, a);
+    let f32v = k.cvt(CvtRound::Rn, Type::F32, Type::F64, f);
+    let outs = [
+        (Type::F32, k.cvt(CvtRound::Rn, Type::F32, Type::S64, l64), 4),
+        (Type::F64, k.cvt(CvtRound::Rn, Type::F64, Type::S64, l64), 8),
+        (Type::F32, k.cvt(CvtRound::Rn, Type::F32, Type::S32, l32), 4),
+        (Type::F64, k.cvt(CvtRound::Rn, Type::F64, Type::S32, l32), 8),
+        (Type::S64, k.cvt(CvtRound::Rzi, Type::S64, Type::F64, f), 8),
+        (Type::S64, k.cvt(CvtRound::Rni, Type::S64, Type::F64, f), 8),
+        (Type::S32, k.cvt(CvtRound::Rzi, Type::S32, Type::F64, f), 4),
+        (
+            Type::S64,
+            k.cvt(CvtRound::None, Type::S64, Type::U32, l32),
+            8,
+        ),
+        (
+            Type::S64,
+            k.cvt(CvtRound::None, Type::S64, Type::S32, l32),
+            8,
+        ),
+        (
+            Type::S64,
+            k.cvt(CvtRound::Rzi, Type::S64, Type::F32, f32v),
+            8,
+        ),
+    ];
+    for (o, (ty, r, es)) in outs.into_iter().enumerate() {
+        let a = at(&mut k, ptrs[3 + o], es);
+        k.st(Space::Global, ty, a, r);
+    }
+    let kernel = k.finish("ints");
+    let text = kernel.entry_text();
+    for op in [
+        "ld.global.s64",
+        "ld.global.s32",
+        "cvt.rn.f32.s64",
+        "cvt.rn.f64.s32",
+        "cvt.rzi.s64.f64",
+        "cvt.rni.s64.f64",
+        "cvt.rzi.s32.f64",
+        "cvt.s64.u32",
+        "cvt.rzi.s64.f32",
+        "st.global.s64",
+        "st.global.s32",
+    ] {
+        assert!(text.contains(op), "{op} in\n{text}");
+    }
+
+    let i64s = [
+        0,
+        -1,
+        (1 << 53) + 1,
+        -(1 << 40) + 3,
+        i64::MAX,
+        i64::MIN,
+        16_777_217,
+        7,
+    ];
+    let i32s = [0, -1, i32::MAX, i32::MIN, 16_777_217, 3, -5, 100];
+    let f64s = [-2.5, 2.5, -0.9, f64::NAN, 1e20, -1e20, 3.7, -3.7];
+    let run = |kernel: &tensor_fn_kernels::ptx::Kernel| {
+        let mut mem = Memory::new();
+        let mut args = vec![
+            Arg::U64(mem.upload_i64(&i64s)),
+            Arg::U64(mem.upload_i32(&i32s)),
+            Arg::U64(mem.upload_f64(&f64s)),
+        ];
+        let sizes = [4, 8, 4, 8, 8, 8, 4, 8, 8, 8];
+        let outs: Vec<u64> = sizes.iter().map(|s| mem.alloc(8 * s)).collect();
+        args.extend(outs.iter().map(|p| Arg::U64(*p)));
+        vm::launch(kernel, [1, 1, 1], [8, 1, 1], &args, &mut mem).unwrap();
+        (mem, outs)
+    };
+    let check = |mem: &Memory, outs: &[u64]| {
+        let f32s: Vec<f32> = i64s.iter().map(|&x| x as f32).collect();
+        assert_eq!(mem.read_f32(outs[0], 8), f32s);
+        assert_eq!(mem.read_f32(outs[0], 8)[6], 16_777_216.0, "ties to even");
+        let f64s_of: Vec<f64> = i64s.iter().map(|&x| x as f64).collect();
+        assert_eq!(mem.read_f64(outs[1], 8), f64s_of);
+        let f32s: Vec<f32> = i32s.iter().map(|&x| x as f32).collect();
+        assert_eq!(mem.read_f32(outs[2], 8), f32s);
+        let f64s_of: Vec<f64> = i32s.iter().map(|&x| x as f64).collect();
+        assert_eq!(mem.read_f64(outs[3], 8), f64s_of);
+        assert_eq!(
+            mem.read_i64(outs[4], 8),
+            [-2, 2, 0, 0, i64::MAX, i64::MIN, 3, -3]
+        );
+        assert_eq!(
+            mem.read_i64(outs[5], 8),
+            [-2, 2, -1, 0, i64::MAX, i64::MIN, 4, -4]
+        );
+        assert_eq!(
+            mem.read_i32(outs[6], 8),
+            [-2, 2, 0, 0, i32::MAX, i32::MIN, 3, -3]
+        );
+        let zext: Vec<i64> = i32s.iter().map(|&x| x as u32 as i64).collect();
+        assert_eq!(mem.read_i64(outs[7], 8), zext);
+        assert_eq!(mem.read_i64(outs[7], 8)[1], 4_294_967_295);
+        let sext: Vec<i64> = i32s.iter().map(|&x| x as i64).collect();
+        assert_eq!(mem.read_i64(outs[8], 8), sext);
+        assert_eq!(
+            mem.read_i64(outs[9], 8),
+            [-2, 2, 0, 0, i64::MAX, i64::MIN, 3, -3]
+        );
+    };
+    let (mem, outs) = run(&kernel);
+    check(&mem, &outs);
+    let mut m = Module::default();
+    m.add(kernel.clone());
+    let parsed = tensor_fn_kernels::parse::parse_module(&m.to_ptx()).unwrap();
+    assert_eq!(parsed, vec![kernel]);
+    let (mem, outs) = run(&parsed[0]);
+    check(&mem, &outs);
+}

@@ -10,7 +10,7 @@ use crate::ir::{self, Function};
 use crate::lower;
 use crate::schedule::{self, Schedule};
 use crate::syntax::{self, Program, TypeAst};
-use crate::{check, grad, simplify, text};
+use crate::{check, grad, primitives, simplify, text};
 
 /// A function through every stage, with the reports its `FnInfo` shows.
 pub struct Compiled {
@@ -22,6 +22,9 @@ pub struct Compiled {
     pub dtype: syntax::DType,
     pub rewrites: String,
     pub grads: String,
+    /// The simplified graph and expressions, as text, before composite ops were expanded.
+    pub graph: String,
+    pub expr: String,
 }
 
 /// The macro's entry: tokens in, code (or errors plus stubs) out. Never panics on user input.
@@ -66,6 +69,13 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
         if too_deep(&mut diags, &f) {
             continue;
         }
+        let (graph, expr) = (text::graph_text(&f), text::expr_text(&f));
+        let grads = f
+            .grads
+            .iter()
+            .map(|(t, n)| format!("{t} = {}\n", text::infix(&f.graph, *n)))
+            .collect();
+        primitives::expand(&mut f).or_else(|e| internal(&mut diags, &f, "primitives", Err(e)))?;
         let schedule = schedule::schedule(&f);
         let dtype = f
             .outputs
@@ -91,11 +101,6 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
         };
         let mut rewrites = simplify::report_text(&s1);
         rewrites.push_str(&simplify::report_text(&s2));
-        let grads = f
-            .grads
-            .iter()
-            .map(|(t, n)| format!("{t} = {}\n", text::infix(&f.graph, *n)))
-            .collect();
         out.push(Compiled {
             f,
             schedule,
@@ -104,6 +109,8 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
             dtype,
             rewrites: merge_report(&rewrites),
             grads,
+            graph,
+            expr,
         });
     }
     if !diags.is_empty() {
@@ -210,8 +217,8 @@ fn merge_report(text: &str) -> String {
 fn info_tokens(c: &Compiled) -> TokenStream {
     let name = &c.f.name;
     let signature = text::signature_text(&c.f);
-    let graph = text::graph_text(&c.f);
-    let expr = text::expr_text(&c.f);
+    let graph = &c.graph;
+    let expr = &c.expr;
     let grads = &c.grads;
     let rewrites = &c.rewrites;
     let plan = c.schedule.plan_text(&c.f.graph);
@@ -242,7 +249,7 @@ fn doc_tokens(c: &Compiled) -> Vec<TokenStream> {
         " Simplified graph:".into(),
         " ```text".into(),
     ];
-    lines.extend(text::graph_text(&c.f).lines().map(|l| format!(" {l}")));
+    lines.extend(c.graph.lines().map(|l| format!(" {l}")));
     lines.push(" ```".into());
     if !c.grads.is_empty() {
         lines.push(" Gradients:".into());

@@ -50,15 +50,17 @@ pub fn backprop(g: &mut Graph, cost: NodeId, x: NodeId) -> Result<NodeId, TypeEr
         let span = g.node(cost).span;
         return Ok(g.constant(0.0, ty, span));
     }
-    // Only nodes on a path from x to cost carry a gradient.
+    // Only nodes on a path from x to cost that passes gradients carry one.
     let n = cost.idx() + 1;
     let mut reaches_x = vec![false; n];
     for i in x.idx()..n {
         let id = NodeId(i as u32);
+        let op = g.op(id);
         reaches_x[i] = id == x
             || g.args(id)
                 .iter()
-                .any(|a| a.idx() >= x.idx() && reaches_x[a.idx()]);
+                .enumerate()
+                .any(|(k, a)| a.idx() >= x.idx() && reaches_x[a.idx()] && passes_gradient(op, k));
     }
     let mut adj: Vec<Vec<NodeId>> = vec![Vec::new(); n];
     let dt = g.ty(cost).dtype;
@@ -72,7 +74,7 @@ pub fn backprop(g: &mut Graph, cost: NodeId, x: NodeId) -> Result<NodeId, TypeEr
         let gout = sum_all(g, std::mem::take(&mut adj[i]))?;
         let args = g.args(id).to_vec();
         for (k, a) in args.iter().enumerate() {
-            if a.idx() >= x.idx() && reaches_x[a.idx()] {
+            if a.idx() >= x.idx() && reaches_x[a.idx()] && passes_gradient(g.op(id), k) {
                 let contrib = vjp(g, id, k, gout)?;
                 adj[a.idx()].push(contrib);
             }
@@ -84,6 +86,18 @@ pub fn backprop(g: &mut Graph, cost: NodeId, x: NodeId) -> Result<NodeId, TypeEr
         return Ok(g.constant(0.0, ty, span));
     }
     sum_all(g, parts)
+}
+
+/// Whether `op` passes a gradient to its argument `k`. Comparisons, argmax and one-hot are
+/// piecewise constant (their derivative is zero wherever it exists), and so is the condition
+/// of a `where`: no gradient flows into them, as in Theano. Lowering refuses a `grad` that
+/// reaches its variable only through them.
+fn passes_gradient(op: Op, k: usize) -> bool {
+    match op {
+        Op::Compare(_) | Op::ArgMax(_) | Op::OneHot(_) => false,
+        Op::Where => k != 0,
+        _ => true,
+    }
 }
 
 fn sum_all(g: &mut Graph, parts: Vec<NodeId>) -> Result<NodeId, TypeError> {
@@ -286,8 +300,12 @@ fn vjp(g: &mut Graph, id: NodeId, k: usize, gout: NodeId) -> Result<NodeId, Type
                     };
                     b.mul(gout, mask)?
                 }
-                // comparisons are piecewise constant
-                (Binary::Ge, _) | (Binary::Eq, _) => b.zeros_like(id),
+                // the masks `grad` builds are piecewise constant (and so are the comparisons,
+                // which the user writes as `Op::Compare`: lowering refuses a grad through those)
+                (
+                    Binary::Ge | Binary::Eq | Binary::Gt | Binary::Lt | Binary::Le | Binary::Ne,
+                    _,
+                ) => b.zeros_like(id),
             };
             b.sum_to(full, &arg_ty)?
         }
@@ -350,6 +368,45 @@ fn vjp(g: &mut Graph, id: NodeId, k: usize, gout: NodeId) -> Result<NodeId, Type
             let mb = b.broadcast(me, &arg_ty);
             let mask = b.bin(Binary::Eq, x, mb)?;
             b.mul(gb, mask)?
+        }
+        // where(c, a, b): g goes to a where c holds, to b elsewhere (the condition passes none)
+        Op::Where => match k {
+            1 | 2 => {
+                let zero = b.konst(0.0, gout);
+                let routed = if k == 1 {
+                    b.op(Op::Where, vec![args[0], gout, zero])?
+                } else {
+                    b.op(Op::Where, vec![args[0], zero, gout])?
+                };
+                b.sum_to(routed, &arg_ty)?
+            }
+            _ => return Err(TypeError::new("internal: where has three arguments".into())),
+        },
+        // d softmax(x) = s (g - sum(g s)) along the axis, s the forward node
+        Op::Softmax(ax) => {
+            let gs = b.mul(gout, id)?;
+            let t = b.op(Op::Sum(Axis::One(ax)), vec![gs])?;
+            let t = b.op(Op::ExpandDims(ax), vec![t])?;
+            let nt = b.un(Unary::Neg, t)?;
+            let d = b.bin(Binary::Add, gout, nt)?;
+            b.mul(id, d)?
+        }
+        // d log_softmax(x) = g - softmax(x) sum(g) along the axis, softmax(x) = e^(forward
+        // node): with g = -onehot / n of a cross-entropy, this is (softmax(x) - onehot) / n
+        Op::LogSoftmax(ax) => {
+            let t = b.op(Op::Sum(Axis::One(ax)), vec![gout])?;
+            let t = b.op(Op::ExpandDims(ax), vec![t])?;
+            let s = b.un(Unary::Exp, id)?;
+            let st = b.mul(s, t)?;
+            let nst = b.un(Unary::Neg, st)?;
+            b.bin(Binary::Add, gout, nst)?
+        }
+        // Pass no gradient (`passes_gradient`).
+        Op::Compare(_) | Op::ArgMax(_) | Op::OneHot(_) => {
+            return Err(TypeError::new(format!(
+                "internal: a gradient through `{}`",
+                crate::ir::op_name(node.op)
+            )))
         }
     };
     Ok(r)

@@ -228,6 +228,28 @@ pub fn eval(
                 }
                 out
             }
+            Op::Compare(b) => {
+                let (a, c) = (arg(0), arg(1));
+                let data = T::indices(&shape)
+                    .iter()
+                    .map(|ix| scalar::binary(b, a.bcast_at(&shape, ix), c.bcast_at(&shape, ix)))
+                    .collect();
+                T { shape, data }
+            }
+            Op::Where => {
+                let (c, a, b) = (arg(0), arg(1), arg(2));
+                let data = T::indices(&shape)
+                    .iter()
+                    .map(|ix| {
+                        let k = c.bcast_at(&shape, ix);
+                        scalar::select(k, a.bcast_at(&shape, ix), b.bcast_at(&shape, ix))
+                    })
+                    .collect();
+                T { shape, data }
+            }
+            Op::OneHot(_) | Op::ArgMax(_) | Op::Softmax(_) | Op::LogSoftmax(_) => {
+                panic!("random programs hold no `{}`", crate::ir::op_name(n.op))
+            }
             Op::Grad(_) => panic!("`grad` left in a compiled graph at %{}", id.0),
         };
         assert_eq!(v.shape, want, "%{} evaluated to the wrong shape", id.0);
@@ -263,6 +285,7 @@ fn count_ops(g: &Graph, roots: &[NodeId], into: &mut BTreeMap<String, usize>) {
             Op::Max(Axis::All) => "max".into(),
             Op::Max(Axis::One(_)) => "max[axis]".into(),
             Op::Grad(_) => "grad".into(),
+            op => crate::ir::op_name(op).into(),
         };
         *into.entry(name).or_default() += 1;
     }

@@ -9,6 +9,7 @@ mod grad;
 mod ir;
 mod lower;
 mod pattern;
+mod primitives;
 mod schedule;
 mod simplify;
 mod syntax;

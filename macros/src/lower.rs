@@ -46,6 +46,48 @@ fn and_list(items: &[String]) -> String {
 
 /// Lowers a parsed program into one `Function` per compiled function.
 pub fn lower(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function> {
+    let fns = lower_all(program, diags);
+    for f in &fns {
+        check_dims_bound(f, diags);
+    }
+    fns
+}
+
+/// Every symbolic dim a function computes with must be the size of one of its arguments (or,
+/// in a model, of a parameter): `onehot(y, k)` alone takes its `k` from nowhere.
+fn check_dims_bound(f: &Function, diags: &mut Diagnostics) {
+    let g = &f.graph;
+    let mut bound = std::collections::HashSet::new();
+    for (i, v) in g.vars.iter().enumerate() {
+        if v.kind == VarKind::Param || f.inputs.contains(&(i as u32)) {
+            bound.extend(v.ty.shape.iter().copied());
+        }
+    }
+    for id in g.ids() {
+        let unbound = g
+            .ty(id)
+            .shape
+            .iter()
+            .find(|d| matches!(d, Dim::Sym(_)) && !bound.contains(*d));
+        if let Some(&d) = unbound {
+            let name = g.dim_str(d);
+            diags.error_help(
+                g.node(id).span,
+                format!(
+                    "`{}` computes with the size `{name}`, which none of its arguments has",
+                    f.name
+                ),
+                format!(
+                    "use an argument of size `{name}` in `{}`, or write the size as a number",
+                    f.name
+                ),
+            );
+            return;
+        }
+    }
+}
+
+fn lower_all(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function> {
     match program {
         syntax::Program::Closure(c) => {
             let mut l = Lowerer::new(diags, &c.inputs);
@@ -142,7 +184,11 @@ impl<'d> Lowerer<'d> {
             env: Vec::new(),
             diags,
             grads: Vec::new(),
-            default_dtype: decls.first().map(|d| d.ty.dtype).unwrap_or(DType::F64),
+            default_dtype: decls
+                .iter()
+                .find(|d| d.ty.int.is_none())
+                .map(|d| d.ty.dtype)
+                .unwrap_or(DType::F64),
         }
     }
 
@@ -181,8 +227,14 @@ impl<'d> Lowerer<'d> {
             })
             .collect();
         Type {
-            dtype: t.dtype,
+            // Integers are computed in the function's float type.
+            dtype: if t.int.is_some() {
+                self.default_dtype
+            } else {
+                t.dtype
+            },
             shape,
+            int: t.int,
         }
     }
 
@@ -249,7 +301,18 @@ impl<'d> Lowerer<'d> {
                 let dt = like
                     .map(|n| self.g.ty(n).dtype)
                     .unwrap_or(self.default_dtype);
-                self.lit_node(x, dt, span)
+                match like.and_then(|n| self.g.ty(n).int) {
+                    // Beside an integer, a literal is an integer (`eq(y, 3)`).
+                    Some(int) => {
+                        let ty = Type {
+                            dtype: dt,
+                            shape: Vec::new(),
+                            int: Some(int),
+                        };
+                        self.g.constant(x, ty, span)
+                    }
+                    None => self.lit_node(x, dt, span),
+                }
             }
         }
     }
@@ -599,6 +662,15 @@ impl<'d> Lowerer<'d> {
                 None
             }
             Expr::Call { func, args, span } => self.lower_call(func, args, *span),
+            Expr::Bool(b, span) => {
+                self.diags.error_help(
+                    *span,
+                    format!("`{b}` is not a value"),
+                    "a flag of a function, as in `sum(x, axis = 1, keepdims = true)`",
+                );
+                None
+            }
+            Expr::Index { base, items, span } => self.lower_pick(base, items, *span),
         }
     }
 
@@ -667,10 +739,26 @@ impl<'d> Lowerer<'d> {
         let mut pos = Vec::new();
         // (value, span of the value, span of the `axis` name)
         let mut axis: Option<(i64, Span, Span)> = None;
+        let mut keepdims = false;
         let mut bad = false;
         for a in args {
             match a {
                 Arg::Pos(e) => pos.push(e),
+                Arg::Named(n, e) if n == "keepdims" && b.keywords.contains(&"keepdims") => {
+                    match e {
+                        Expr::Bool(v, _) => keepdims = *v,
+                        _ => {
+                            self.diags.error(
+                                e.full_span(),
+                                format!(
+                                    "`keepdims` is `true` or `false`, found `{}`",
+                                    expr_source(e)
+                                ),
+                            );
+                            bad = true;
+                        }
+                    }
+                }
                 Arg::Named(n, e) if n == "axis" => match literal_int(e) {
                     Some(k) => axis = Some((k, e.full_span(), n.span())),
                     None => {
@@ -720,18 +808,15 @@ impl<'d> Lowerer<'d> {
             true
         };
         if let (Some(ax), false) = (axis, takes_axis) {
-            let reductions: Vec<String> = BUILTINS
+            let along: Vec<String> = BUILTINS
                 .iter()
                 .filter(|b| b.keywords.contains(&"axis"))
                 .map(|b| format!("`{}`", b.name))
                 .collect();
             self.diags.error_help(
                 ax.2,
-                format!("`{fname}` takes no `axis`"),
-                format!(
-                    "only the reductions {} take `axis = k`",
-                    and_list(&reductions)
-                ),
+                format!("`{fname}` takes no `axis`: it applies to each element"),
+                format!("only {} work along an axis (`axis = k`)", and_list(&along)),
             );
             return None;
         }
@@ -746,10 +831,316 @@ impl<'d> Lowerer<'d> {
             Lowering::Pow => self.lower_pow(&pos, span),
             Lowering::Binary(op) => self.lower_pair(b, Op::Binary(op), &pos, span),
             Lowering::Dot => self.lower_pair(b, Op::Dot, &pos, span),
-            Lowering::Reduce(r) => self.lower_reduce(r, pos[0], axis, span),
+            Lowering::Reduce(r) => self.lower_reduce(r, pos[0], axis, keepdims, span),
             Lowering::Grad => self.lower_grad(&pos, span).map(Val::Node),
             Lowering::Composite(pattern, _) => self.lower_composite(pattern, &pos, span),
+            Lowering::Softmax { log } => self.lower_softmax(log, pos[0], axis, span),
+            Lowering::ArgMax => self.lower_argmax(pos[0], axis, span),
+            Lowering::Compare(cmp) => self.lower_compare(&fname, cmp, &pos, span),
+            Lowering::Where => self.lower_where(&pos, span),
+            Lowering::OneHot => self.lower_onehot(&pos, span),
+            Lowering::Arange => {
+                self.diags.error_help(
+                    span,
+                    "`arange(n)` only picks one entry per row",
+                    "index with it: `x[arange(n), y]`, with `y` the integer labels",
+                );
+                None
+            }
         }
+    }
+
+    /// The axis a function of one tensor of `rank` works along: `axis = k` (negative counts
+    /// from the end) or, with none, `default`.
+    fn axis_of(
+        &mut self,
+        x: NodeId,
+        axis: Option<(i64, Span, Span)>,
+        default: Option<u8>,
+    ) -> Option<Axis> {
+        let rank = self.g.ty(x).rank() as i64;
+        match axis {
+            None => Some(default.map_or(Axis::All, Axis::One)),
+            Some((k, s, _)) => {
+                let kk = if k < 0 { k + rank } else { k };
+                if kk < 0 || kk >= rank {
+                    let help = match rank {
+                        0 => "a scalar has no axes: drop `axis = ...`".to_string(),
+                        1 => "the only axis is 0 (or -1)".to_string(),
+                        _ => {
+                            "the axes are 0 and 1 (or -2 and -1, counting from the end)".to_string()
+                        }
+                    };
+                    self.diags.error_help(
+                        s,
+                        format!(
+                            "axis {k} is out of range for {}, which has rank {rank}",
+                            self.g.type_str(self.g.ty(x))
+                        ),
+                        help,
+                    );
+                    return None;
+                }
+                Some(Axis::One(kk as u8))
+            }
+        }
+    }
+
+    /// `softmax(x)` or `log_softmax(x)` along the last axis (or `axis = k`).
+    fn lower_softmax(
+        &mut self,
+        log: bool,
+        arg: &Expr,
+        axis: Option<(i64, Span, Span)>,
+        span: Span,
+    ) -> Option<Val> {
+        let v = self.lower_expr(arg)?;
+        let x = self.node_of(v, None);
+        let rank = self.g.ty(x).rank();
+        let name = if log { "log_softmax" } else { "softmax" };
+        if rank == 0 {
+            self.diags.error_help(
+                span,
+                format!(
+                    "`{name}` of a scalar: {} has no axis to normalize over",
+                    self.g.type_str(self.g.ty(x))
+                ),
+                "softmax turns a vector of scores (or each row of a matrix) into probabilities",
+            );
+            return None;
+        }
+        let Axis::One(ax) = self.axis_of(x, axis, Some(rank as u8 - 1))? else {
+            unreachable!("a default axis is given")
+        };
+        let op = if log {
+            Op::LogSoftmax(ax)
+        } else {
+            Op::Softmax(ax)
+        };
+        self.build(op, vec![x], span).map(Val::Node)
+    }
+
+    /// `argmax(x, axis = k)`: a vector needs no axis; a matrix does.
+    fn lower_argmax(
+        &mut self,
+        arg: &Expr,
+        axis: Option<(i64, Span, Span)>,
+        span: Span,
+    ) -> Option<Val> {
+        let v = self.lower_expr(arg)?;
+        let x = self.node_of(v, None);
+        let t = self.g.ty(x).clone();
+        if let Some(int) = t.int {
+            let e = crate::ir::int_error(&self.g, "argmax", &t);
+            let _ = int;
+            self.report(span, e);
+            return None;
+        }
+        match t.rank() {
+            0 => {
+                // The only entry of a scalar.
+                let ty = Type {
+                    dtype: t.dtype,
+                    shape: Vec::new(),
+                    int: Some(crate::ir::IntTy::I64),
+                };
+                Some(Val::Node(self.g.constant(0.0, ty, span)))
+            }
+            1 => {
+                self.axis_of(x, axis, None)?;
+                self.build(Op::ArgMax(Axis::All), vec![x], span)
+                    .map(Val::Node)
+            }
+            _ => match self.axis_of(x, axis, None)? {
+                Axis::All => {
+                    self.diags.error_help(
+                        span,
+                        format!("`argmax` of a matrix needs an axis: {}", self.g.type_str(&t)),
+                        "`argmax(x, axis = 1)` gives each row's index, as for a classifier's scores",
+                    );
+                    None
+                }
+                Axis::One(1) => self
+                    .build(Op::ArgMax(Axis::One(1)), vec![x], span)
+                    .map(Val::Node),
+                Axis::One(_) => {
+                    // Down the columns: the rows of the transpose.
+                    let xt = self.build(Op::Transpose, vec![x], span)?;
+                    self.build(Op::ArgMax(Axis::One(1)), vec![xt], span)
+                        .map(Val::Node)
+                }
+            },
+        }
+    }
+
+    /// `eq(a, b)`, `neq`, `lt`, `le`, `gt`, `ge`.
+    fn lower_compare(&mut self, name: &str, cmp: Binary, pos: &[&Expr], span: Span) -> Option<Val> {
+        let x = self.lower_expr(pos[0]);
+        let y = self.lower_expr(pos[1]);
+        let (x, y) = (x?, y?);
+        if let (Val::Lit(u, s), Val::Lit(v, _)) = (x, y) {
+            return Some(Val::Lit(scalar::binary(cmp, u, v), s));
+        }
+        let like = match (x, y) {
+            (Val::Node(n), _) | (_, Val::Node(n)) => Some(n),
+            _ => None,
+        };
+        let a = self.node_of(x, like);
+        let b = self.node_of(y, like);
+        let (ta, tb) = (self.g.ty(a).clone(), self.g.ty(b).clone());
+        if let Err(e) = crate::ir::compare_type(&self.g, name, &ta, &tb) {
+            self.report(span, e);
+            return None;
+        }
+        self.build(Op::Compare(cmp), vec![a, b], span)
+            .map(Val::Node)
+    }
+
+    /// `where(c, a, b)`.
+    fn lower_where(&mut self, pos: &[&Expr], span: Span) -> Option<Val> {
+        let mut vals = Vec::new();
+        for p in pos {
+            vals.push(self.lower_expr(p));
+        }
+        let vals: Vec<Val> = vals.into_iter().collect::<Option<_>>()?;
+        if let [Val::Lit(c, _), a, b] = vals[..] {
+            // A constant condition picks its side at compile time.
+            return Some(if scalar::select(c, 1.0, 0.0) != 0.0 {
+                a
+            } else {
+                b
+            });
+        }
+        let like = vals.iter().rev().find_map(|v| match v {
+            Val::Node(n) => Some(*n),
+            Val::Lit(..) => None,
+        });
+        let args: Vec<NodeId> = vals.into_iter().map(|v| self.node_of(v, like)).collect();
+        self.build(Op::Where, args, span).map(Val::Node)
+    }
+
+    /// `onehot(y, k)`: `k` an integer literal or a dim name.
+    fn lower_onehot(&mut self, pos: &[&Expr], span: Span) -> Option<Val> {
+        let y = self.lower_expr(pos[0]);
+        let k = match pos[1] {
+            Expr::Num {
+                value,
+                is_int: true,
+                ..
+            } if *value >= 1.0 => Some(Dim::Static(*value as u64)),
+            Expr::Name(id) if self.g.syms.contains(&id.to_string()) => {
+                Some(self.g.sym(&id.to_string()))
+            }
+            other => {
+                self.diags.error_help(
+                    other.full_span(),
+                    format!("the number of classes of `onehot` must be a dim, found `{}`", expr_source(other)),
+                    "a positive integer literal, or a dim name of the declared types, as in `onehot(y, 10)`",
+                );
+                None
+            }
+        };
+        let (y, k) = (y?, k?);
+        let Val::Node(y) = y else {
+            self.diags.error(
+                pos[0].full_span(),
+                "`onehot` takes a vector of integer labels, found a number",
+            );
+            return None;
+        };
+        self.build(Op::OneHot(k), vec![y], span).map(Val::Node)
+    }
+
+    /// Theano's picking idiom, `x[arange(n), y]`: entry `y[i]` of each row `i` of `x`, as
+    /// `sum(x * onehot(y, m), axis = 1)` (so its gradient scatters into the picked entries).
+    fn lower_pick(&mut self, base: &Expr, items: &[Expr], span: Span) -> Option<Val> {
+        let help = "index a matrix as `x[arange(n), y]`: `n` its first dim, `y` integer labels";
+        let x = self.lower_expr(base);
+        let (rows, labels) = match items {
+            [Expr::Call { func, args, .. }, y] if func == "arange" && args.len() == 1 => {
+                let Arg::Pos(n) = &args[0] else {
+                    self.diags.error_help(span, "`arange` takes one dim", help);
+                    return None;
+                };
+                (n, y)
+            }
+            _ => {
+                self.diags
+                    .error_help(span, "the only indexing is picking one entry per row", help);
+                return None;
+            }
+        };
+        let y = self.lower_expr(labels);
+        let Val::Node(x) = x? else {
+            self.diags
+                .error_help(base.full_span(), "a number cannot be indexed", help);
+            return None;
+        };
+        let xt = self.g.ty(x).clone();
+        if xt.rank() != 2 || xt.int.is_some() {
+            self.diags.error_help(
+                base.full_span(),
+                format!(
+                    "picking takes one entry per row of a matrix of numbers, found {}",
+                    self.g.type_str(&xt)
+                ),
+                help,
+            );
+            return None;
+        }
+        let n = match rows {
+            Expr::Num {
+                value,
+                is_int: true,
+                ..
+            } => Dim::Static(*value as u64),
+            Expr::Name(id) if self.g.syms.contains(&id.to_string()) => self.g.sym(&id.to_string()),
+            other => {
+                self.diags.error_help(
+                    other.full_span(),
+                    format!("`arange` takes a dim, found `{}`", expr_source(other)),
+                    help,
+                );
+                return None;
+            }
+        };
+        if n != xt.shape[0] {
+            self.diags.error_help(
+                rows.full_span(),
+                format!(
+                    "`arange({})` does not count the rows of {}: picking runs over the first dim",
+                    expr_source(rows),
+                    self.g.type_str(&xt)
+                ),
+                format!("write `arange({})`", self.g.dim_str(xt.shape[0])),
+            );
+            return None;
+        }
+        let Val::Node(y) = y? else {
+            self.diags.error_help(
+                labels.full_span(),
+                "the labels must be a vector of integers, found a number",
+                help,
+            );
+            return None;
+        };
+        let yt = self.g.ty(y).clone();
+        if yt.int.is_none() || yt.shape != [xt.shape[0]] {
+            let dims = self.g.dim_str(xt.shape[0]);
+            self.diags.error_help(
+                labels.full_span(),
+                format!(
+                    "picking needs integer labels, one per row: `i64[{dims}]`, found {}",
+                    self.g.type_str(&yt)
+                ),
+                format!("declare the labels as `i64[{dims}]` (a float label vector cannot index)"),
+            );
+            return None;
+        }
+        let oh = self.build(Op::OneHot(xt.shape[1]), vec![y], span)?;
+        let prod = self.build(Op::Binary(Binary::Mul), vec![x, oh], span)?;
+        self.build(Op::Sum(Axis::One(1)), vec![prod], span)
+            .map(Val::Node)
     }
 
     /// A name that is not a builtin: the closest one, or the list.
@@ -838,6 +1229,39 @@ impl<'d> Lowerer<'d> {
 
     /// `sum`, `mean` or `max`, over everything or `axis = k`.
     fn lower_reduce(
+        &mut self,
+        r: Reduce,
+        arg: &Expr,
+        axis: Option<(i64, Span, Span)>,
+        keepdims: bool,
+        span: Span,
+    ) -> Option<Val> {
+        let v = self.lower_reduce_dims(r, arg, axis, span)?;
+        let Val::Node(n) = v else { return Some(v) };
+        if !keepdims {
+            return Some(v);
+        }
+        // The folded axis stays as a dim of 1, so the result broadcasts against the argument.
+        let Some(Val::Node(x)) = self.lower_expr(arg) else {
+            return Some(v);
+        };
+        let rank = self.g.ty(x).rank();
+        match axis {
+            None => {
+                let mut n = n;
+                for _ in 0..rank {
+                    n = self.build(Op::ExpandDims(0), vec![n], span)?;
+                }
+                Some(Val::Node(n))
+            }
+            Some((k, _, _)) => {
+                let k = if k < 0 { k + rank as i64 } else { k } as u8;
+                self.build(Op::ExpandDims(k), vec![n], span).map(Val::Node)
+            }
+        }
+    }
+
+    fn lower_reduce_dims(
         &mut self,
         r: Reduce,
         arg: &Expr,
@@ -1048,6 +1472,40 @@ impl<'d> Lowerer<'d> {
                 ),
             );
             return None;
+        }
+        if let Some(int) = self.g.ty(wrt_node).int {
+            self.diags.error_help(
+                wrt.span(),
+                format!("`grad` with respect to `{wrt}`, an {} tensor", int.name()),
+                "integers are labels or indices: nothing varies continuously, so there is no gradient",
+            );
+            return None;
+        }
+        // Comparisons and argmax are piecewise constant: they pass no gradient. A cost that
+        // reaches `wrt` only through them has a gradient of zero wherever it exists, almost
+        // surely not what the cost meant; one that also reaches it smoothly (`x * gt(x, 0)`)
+        // is differentiated along the smooth paths.
+        let blocks = |id: NodeId| matches!(self.g.op(id), Op::Compare(_) | Op::ArgMax(_));
+        if self.g.depends_on(cost, wrt_node) && !self.g.depends_on_avoiding(cost, wrt_node, blocks)
+        {
+            let first = self.g.ids().find(|&id| {
+                id > wrt_node
+                    && id <= cost
+                    && blocks(id)
+                    && self.g.depends_on(id, wrt_node)
+                    && self.g.depends_on(cost, id)
+            });
+            if let Some(id) = first {
+                let what = crate::ir::op_name(self.g.op(id));
+                self.diags.error_help(
+                    self.g.node(id).span,
+                    format!(
+                        "`{what}` has no gradient, and `grad(..., {wrt})` reaches `{wrt}` only through it"
+                    ),
+                    "compute it outside the cost (a metric such as the error rate), or use a smooth function of the scores",
+                );
+                return None;
+            }
         }
         let ty = self.g.ty(wrt_node).clone();
         let node = self.g.add(Op::Grad(vi), vec![cost], ty, span);

@@ -269,8 +269,13 @@ pub fn schedule(f: &Function) -> Schedule {
             };
     }
     // Inlining a cheap or invariant value into a loop of higher rank costs nothing worth a
-    // pass of its own.
-    let inline_ok = |a: NodeId| cheap(g, a) || inv[a.idx()];
+    // pass of its own; nor does a column ([n, 1]) inlined into rows: it is computed once per
+    // row there (the emitters hoist what does not depend on the inner index).
+    let column = |a: NodeId| {
+        let t = g.ty(a);
+        t.rank() == 2 && t.shape[1] == Dim::Static(1)
+    };
+    let inline_ok = |a: NodeId| cheap(g, a) || inv[a.idx()] || column(a);
     let mut need = vec![false; g.len()];
     for id in g.ids() {
         if !live[id.idx()] {
@@ -288,7 +293,9 @@ pub fn schedule(f: &Function) -> Schedule {
                     need[t.idx()] = true;
                 }
             }
-            Op::Sum(_) | Op::Max(_) => {}
+            Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) => {}
+            // The labels are read at the row index only: stored, never recomputed per column.
+            Op::OneHot(_) => need[n.args[0].idx()] = true,
             _ if is_elementwise(n.op) => {
                 for &a in &n.args {
                     if is_elementwise(g.op(a)) && g.ty(a).shape != n.ty.shape && !inline_ok(a) {
@@ -312,7 +319,7 @@ pub fn schedule(f: &Function) -> Schedule {
             // `dot(ones, b)`): that one is stored once, so the GEMM has a buffer to read.
             Op::Const(_) => need[id.idx()],
             Op::DimSize(_) => false,
-            Op::Dot | Op::Sum(_) | Op::Max(_) => true,
+            Op::Dot | Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) => true,
             Op::Grad(_) => false,
             _ => need[id.idx()] || (uses[id.idx()] >= 2 && !inline_ok(id)),
         };
@@ -395,6 +402,7 @@ pub fn schedule(f: &Function) -> Schedule {
             Op::Dot => TaskKind::Gemm,
             Op::Sum(a) => TaskKind::Reduce(RedKind::Sum, a, buf),
             Op::Max(a) => TaskKind::Reduce(RedKind::Max, a, buf),
+            Op::ArgMax(a) => TaskKind::Reduce(RedKind::ArgMax, a, buf),
             _ => TaskKind::Store(buf),
         };
         tasks.push(Task { node: id, kind });
@@ -598,6 +606,7 @@ impl Schedule {
                             let op = match r.kind {
                                 RedKind::Sum => "sum",
                                 RedKind::Max => "max",
+                                RedKind::ArgMax => "argmax",
                             };
                             match r.axis {
                                 Axis::All => format!("{op} -> b{}", r.out),
@@ -627,6 +636,9 @@ fn is_elementwise(op: Op) -> bool {
     match op {
         Op::Unary(_)
         | Op::Binary(_)
+        | Op::Compare(_)
+        | Op::Where
+        | Op::OneHot(_)
         | Op::Transpose
         | Op::ExpandDims(_)
         | Op::Broadcast
@@ -637,7 +649,11 @@ fn is_elementwise(op: Op) -> bool {
         | Op::Dot
         | Op::Sum(_)
         | Op::Max(_)
+        | Op::ArgMax(_)
         | Op::Grad(_) => false,
+        Op::Softmax(_) | Op::LogSoftmax(_) => {
+            unreachable!("softmax is expanded before scheduling")
+        }
     }
 }
 
@@ -912,8 +928,28 @@ impl LoopBuilder<'_> {
                 self.cur.as_mut().unwrap().memo.insert(key, v);
                 return v;
             }
-            Op::Dot | Op::Sum(_) | Op::Max(_) | Op::Grad(_) => {
+            Op::Compare(b) => {
+                let a = self.value(n.args[0], &arg_index(g, node, 0, idx), false);
+                let c = self.value(n.args[1], &arg_index(g, node, 1, idx), false);
+                Instr::Binary(b, a, c)
+            }
+            Op::Where => {
+                let c = self.value(n.args[0], &arg_index(g, node, 0, idx), false);
+                let a = self.value(n.args[1], &arg_index(g, node, 1, idx), false);
+                let b = self.value(n.args[2], &arg_index(g, node, 2, idx), false);
+                Instr::Select(c, a, b)
+            }
+            // onehot(y, k)[i, j] = (y[i] == j)
+            Op::OneHot(_) => {
+                let y = self.value(n.args[0], &arg_index(g, node, 0, idx), false);
+                let j = self.push((node, vec![idx[1], Ix::Zero]), Instr::Index(idx[1]));
+                Instr::Binary(Binary::Eq, y, j)
+            }
+            Op::Dot | Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) | Op::Grad(_) => {
                 unreachable!("materialized ops are loaded, never inlined")
+            }
+            Op::Softmax(_) | Op::LogSoftmax(_) => {
+                unreachable!("softmax is expanded before scheduling")
             }
         };
         self.push(key, instr)
@@ -932,7 +968,8 @@ fn arg_index(g: &Graph, node: NodeId, k: usize, idx: &[Ix]) -> Vec<Ix> {
             v
         }
         Op::Outer => vec![idx[k]],
-        Op::Sum(_) | Op::Max(_) => idx.to_vec(),
+        Op::OneHot(_) => vec![idx[0]],
+        Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) => idx.to_vec(),
         _ => {
             // Elementwise with numpy broadcasting: align on the right; static 1 reads index 0.
             let rs = &n.ty.shape;

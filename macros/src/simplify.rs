@@ -87,6 +87,13 @@ pub const RULES: &[Rule] = &[
     rule!("log-sigmoid", exact; "(log (sigmoid ?x))" => "(neg (softplus (neg ?x)))"),
     // log(1 - sigmoid(x)) = -softplus(x); finite for large |x|.
     rule!("log-one-minus-sigmoid", exact; "(log (add 1 (neg (sigmoid ?x))))" => "(neg (softplus ?x))"),
+    // log(softmax(x)) = log_softmax(x) = x - max - log(sum(e^(x - max))): finite where the
+    // softmax underflows to 0 (always on: it only removes a rounding and an overflow).
+    rule!("log-softmax", exact; fn log_softmax),
+    // sum(onehot(y, k), axis = 1) = 1: each row has one 1 (labels are taken to lie in 0..k,
+    // as the picking idiom requires), so the gradient of a cross-entropy through
+    // log_softmax is the fused softmax(z) - onehot(y).
+    rule!("sum-onehot", exact; fn sum_onehot),
     // sigmoid(-x) = 1 - sigmoid(x): reuses sigmoid(x), which the forward pass computes anyway.
     rule!("sigmoid-neg", inexact; "(sigmoid (neg ?x))" => "(add 1 (neg (sigmoid ?x)))"),
     // softplus(-x) = softplus(x) - x: one softplus instead of two when both appear (the
@@ -352,12 +359,27 @@ fn const_fold(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
             x * count
         }
         Op::Max(_) => c(0)?,
+        Op::Compare(b) => {
+            let (x, y) = (c(0)?, c(1)?);
+            match dt {
+                DType::F32 => f64::from(scalar::binary(b, x as f32, y as f32)),
+                DType::F64 => scalar::binary(b, x, y),
+            }
+        }
+        Op::Where => {
+            let (k, x, y) = (c(0)?, c(1)?, c(2)?);
+            scalar::select(k, x, y)
+        }
         Op::Var(_)
         | Op::Const(_)
         | Op::DimSize(Dim::Sym(_))
         | Op::Outer
         | Op::Dot
-        | Op::Grad(_) => return None,
+        | Op::Grad(_)
+        | Op::OneHot(_)
+        | Op::ArgMax(_)
+        | Op::Softmax(_)
+        | Op::LogSoftmax(_) => return None,
     };
     Some(s.konst(v, n.ty, n.span))
 }
@@ -434,6 +456,61 @@ fn div_const(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
     let k = s.konst(r, Type::scalar(ty.dtype), span);
     let m = s.build(Op::Binary(Binary::Mul), vec![k, a], span)?;
     s.fit(m, &ty, span)
+}
+
+fn log_softmax(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
+    if s.g.op(id) != Op::Unary(Unary::Log) {
+        return None;
+    }
+    let a = s.g.args(id)[0];
+    let Op::Softmax(ax) = s.g.op(a) else {
+        return None;
+    };
+    let x = s.g.args(a)[0];
+    let span = s.g.node(id).span;
+    s.build(Op::LogSoftmax(ax), vec![x], span)
+}
+
+fn sum_onehot(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
+    if s.g.op(id) != Op::Sum(Axis::One(1)) {
+        return None;
+    }
+    let mut a = s.g.args(id)[0];
+    // sum(-x) = -sum(x): look through a sign.
+    let negated = s.g.op(a) == Op::Unary(Unary::Neg);
+    if negated {
+        a = s.g.args(a)[0];
+    }
+    // sum(c * onehot, axis = 1) = c for a c constant along the row (a scalar or a column).
+    let (c, oh) = match s.g.op(a) {
+        Op::OneHot(_) => (None, a),
+        Op::Binary(Binary::Mul) => {
+            let (l, r) = (s.g.args(a)[0], s.g.args(a)[1]);
+            let along_rows = |s: &Simplifier, c: NodeId| {
+                let t = s.g.ty(c);
+                t.rank() == 0 || (t.rank() == 2 && t.shape[1] == crate::ir::Dim::Static(1))
+            };
+            match (s.g.op(l), s.g.op(r)) {
+                (Op::OneHot(_), _) if along_rows(s, r) => (Some(r), l),
+                (_, Op::OneHot(_)) if along_rows(s, l) => (Some(l), r),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    let _ = oh;
+    let ty = s.g.ty(id).clone();
+    let span = s.g.node(id).span;
+    let r = match c {
+        None => s.konst(1.0, ty, span),
+        Some(c) if s.g.ty(c).rank() == 0 => s.fit(c, &ty, span)?,
+        Some(c) => s.build(Op::Sum(Axis::One(1)), vec![c], span)?,
+    };
+    if negated {
+        s.build(Op::Unary(Unary::Neg), vec![r], span)
+    } else {
+        Some(r)
+    }
 }
 
 fn unary_broadcast(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {

@@ -21,7 +21,7 @@ use syn::{braced, bracketed, parenthesized, Attribute, Ident, Token, Visibility}
 use tensor_fn_kernels::op::builtin;
 
 /// Element type of a tensor (the kernel crate's: the IR and the kernels share it).
-pub use tensor_fn_kernels::ir::DType;
+pub use tensor_fn_kernels::ir::{DType, IntTy};
 
 /// One dim as written: a literal size or a lower-case name.
 #[derive(Debug, Clone)]
@@ -33,7 +33,11 @@ pub enum DimAst {
 /// A declared type: `f32`, `f64[n]`, `f32[b, 784]`.
 #[derive(Debug, Clone)]
 pub struct TypeAst {
+    /// The float element type; for an integer type (`int`), the function's float type, which
+    /// lowering fills in.
     pub dtype: DType,
+    /// `i32` or `i64`: labels and indices.
+    pub int: Option<IntTy>,
     pub dims: Vec<DimAst>,
     pub span: Span,
 }
@@ -103,6 +107,15 @@ pub enum Expr {
     },
     /// `(a, b)`: several outputs.
     Tuple(Vec<Expr>, Span),
+    /// `true` or `false`: the value of a flag (`keepdims = true`).
+    Bool(bool, Span),
+    /// `x[i, j]`; `span` is the brackets. The language picks one entry per row with it:
+    /// `x[arange(n), y]`.
+    Index {
+        base: Box<Expr>,
+        items: Vec<Expr>,
+        span: Span,
+    },
 }
 
 impl Expr {
@@ -115,7 +128,9 @@ impl Expr {
             | Expr::Binary { span, .. }
             | Expr::Call { span, .. }
             | Expr::Transpose { span, .. }
-            | Expr::Tuple(_, span) => *span,
+            | Expr::Tuple(_, span)
+            | Expr::Bool(_, span)
+            | Expr::Index { span, .. } => *span,
         }
     }
 
@@ -127,6 +142,7 @@ impl Expr {
             }
             Expr::Neg { expr, span } => join(*span, expr.full_span()),
             Expr::Transpose { expr, span } => join(expr.full_span(), *span),
+            Expr::Index { base, span, .. } => join(base.full_span(), *span),
             other => other.span(),
         }
     }
@@ -198,6 +214,20 @@ fn write_source(e: &Expr, s: &mut String) {
                 write_source(e, s);
             }
             s.push(')');
+        }
+        Expr::Bool(b, _) => {
+            let _ = write!(s, "{b}");
+        }
+        Expr::Index { base, items, .. } => {
+            write_source(base, s);
+            s.push('[');
+            for (i, e) in items.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                write_source(e, s);
+            }
+            s.push(']');
         }
     }
 }
@@ -575,9 +605,11 @@ impl Parse for Decl {
 impl Parse for TypeAst {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let dt: Ident = input.parse()?;
-        let dtype = match dt.to_string().as_str() {
-            "f32" => DType::F32,
-            "f64" => DType::F64,
+        let (dtype, int) = match dt.to_string().as_str() {
+            "f32" => (DType::F32, None),
+            "f64" => (DType::F64, None),
+            "i32" => (DType::F64, Some(IntTy::I32)),
+            "i64" => (DType::F64, Some(IntTy::I64)),
             other => {
                 let hint = match other {
                     "float" | "float32" | "floatX" | "fscalar" | "fvector" | "fmatrix" | "F32" => {
@@ -586,13 +618,14 @@ impl Parse for TypeAst {
                     "double" | "float64" | "dscalar" | "dvector" | "dmatrix" | "F64" => {
                         "\n\nhelp: did you mean `f64`?"
                     }
-                    "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" | "int"
-                    | "bool" | "f16" | "bf16" => "\n\nhelp: tensors hold `f32` or `f64` elements; convert the data before the call",
+                    "int" | "long" | "ivector" | "lvector" => "\n\nhelp: did you mean `i64`?",
+                    "i8" | "i16" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" | "bool" | "f16"
+                    | "bf16" => "\n\nhelp: tensors hold `f32` or `f64` numbers, or `i32` or `i64` labels; convert the data before the call",
                     _ => "",
                 };
                 return Err(syn::Error::new(
                     dt.span(),
-                    format!("unknown element type `{other}`: expected `f32` or `f64`{hint}"),
+                    format!("unknown element type `{other}`: expected `f32`, `f64`, `i32` or `i64`{hint}"),
                 ));
             }
         };
@@ -643,7 +676,12 @@ impl Parse for TypeAst {
                 ));
             }
         }
-        Ok(TypeAst { dtype, dims, span })
+        Ok(TypeAst {
+            dtype,
+            int,
+            dims,
+            span,
+        })
     }
 }
 
@@ -786,7 +824,28 @@ fn parse_unary(input: ParseStream) -> syn::Result<Expr> {
 fn parse_postfix(input: ParseStream) -> syn::Result<Expr> {
     let mut e = parse_primary(input)?;
     let mut postfix = 0;
-    while input.peek(Token![.]) {
+    while input.peek(Token![.]) || input.peek(syn::token::Bracket) {
+        if input.peek(syn::token::Bracket) {
+            let c;
+            let br = bracketed!(c in input);
+            postfix += 1;
+            if postfix > MAX_NESTING {
+                return Err(nesting_error(br.span.join()));
+            }
+            let mut items = Vec::new();
+            while !c.is_empty() {
+                items.push(parse_expr(&c)?);
+                if !c.is_empty() {
+                    c.parse::<Token![,]>()?;
+                }
+            }
+            e = Expr::Index {
+                base: Box::new(e),
+                items,
+                span: br.span.join(),
+            };
+            continue;
+        }
         input.parse::<Token![.]>()?;
         let id: Ident = input.parse()?;
         postfix += 1;
@@ -876,8 +935,18 @@ fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
         }
         return Ok(Expr::Tuple(items, p.span.join()));
     }
-    if input.peek(Ident) {
-        let id: Ident = input.parse()?;
+    if input.peek(syn::LitBool) {
+        let b: syn::LitBool = input.parse()?;
+        return Ok(Expr::Bool(b.value, b.span));
+    }
+    if input.peek(Ident) || input.peek(Token![where]) {
+        // `where` is a Rust keyword, and the language's `where(c, a, b)`.
+        let id: Ident = if input.peek(Token![where]) {
+            let kw: Token![where] = input.parse()?;
+            Ident::new("where", kw.span)
+        } else {
+            input.parse()?
+        };
         if input.peek(syn::token::Paren) {
             let c;
             parenthesized!(c in input);

@@ -6,7 +6,7 @@ use std::time::Instant;
 use proc_macro2::TokenStream;
 
 use crate::expand::{compile, tensor_fn, Compiled};
-use crate::{syntax, text};
+use crate::syntax;
 
 fn compiled(src: &str) -> Vec<Compiled> {
     let program = syntax::parse(TokenStream::from_str(src).unwrap()).unwrap();
@@ -18,7 +18,7 @@ fn compiled(src: &str) -> Vec<Compiled> {
 
 /// The simplified outputs of a one-function program, as compact text.
 fn simplified(src: &str) -> String {
-    text::expr_text(&compiled(src)[0].f)
+    compiled(src)[0].expr.clone()
 }
 
 fn rewrites(src: &str) -> String {
@@ -51,6 +51,22 @@ fn rewrite_rules_fire() {
         ("|x: f64[n]| sum(x * 0 + 1)", "n"),
         ("|a: f64[n, k], b: f64[k, m]| dot(a, b).T", "dot(b.T, a.T)"),
         ("|x: f64[n], w: f64[n]| grad(dot(x, w), w)", "x"),
+        // log(softmax(x)) = log_softmax(x): no log of an underflowed 0.
+        ("|x: f64[n, k]| log(softmax(x))", "log_softmax(x, axis = 1)"),
+        // Each one-hot row sums to 1 (labels are checked to lie in 0..k before a call).
+        (
+            "|y: i64[n], x: f64[n, 3]| sum(x * 0 + onehot(y, 3), axis = 1)",
+            "1",
+        ),
+        (
+            "|y: i64[n], x: f64[n, 3]| sum(-2 * onehot(y, 3), axis = 1)",
+            "-2",
+        ),
+        // The cross-entropy's gradient is softmax(z) - onehot(y), scaled.
+        (
+            "|z: f64[n, k], y: i64[n]| grad(-mean(log_softmax(z)[arange(n), y]), z)",
+            "-(onehot(y, k) * (1 / n)) + 1 / n * exp(log_softmax(z, axis = 1))",
+        ),
     ];
     for (src, want) in cases {
         assert_eq!(simplified(src), want, "simplifying {src}");
@@ -136,7 +152,7 @@ fn expansion_is_deterministic() {
 fn autoencoder_gradient_is_stable() {
     let c = compiled(&autoencoder_src());
     let train = &c[0];
-    let graph = text::graph_text(&train.f);
+    let graph = train.graph.clone();
     // The loss and its gradient evaluate no log and no division after stabilization.
     assert!(!graph.contains("= log"), "{graph}");
     // The only division left is the scalar 1 / b of the mean, computed once per call.
@@ -285,6 +301,8 @@ fn emitted_loop_kernels_match_the_reference_on_the_interpreter() {
         "|x: f32[n, m], c: f32| sum(maximum(x, c) * sigmoid(x) + softplus(-x) + relu(x - 0.5), axis = 0)",
         "|a: f64[n], b: f64[n]| grad(sum(pow(a, 3) * log1p(b) + sqrt(a * b) / (1 + abs(b))), a)",
         "w: f64[n, k], x: f64[k]; cost = mean(dot(w, x) * dot(w, x)); g = grad(cost, w);",
+        // Classifiers: integer labels, picking, one-hot, argmax along both axes, where.
+        "x: f64[n, m], w: f64[m, k], y: i64[n]; z = dot(x, w); nll = -mean(log_softmax(z)[arange(n), y]); g = grad(nll, w); top = argmax(z, axis = 1); top0 = argmax(softmax(z), axis = 0); err = mean(neq(argmax(z, axis = 1), y)); sel = where(gt(z, 0), z, 0) - max(z, axis = 1, keepdims = true);",
     ];
     let mut checked = 0;
     for src in programs {

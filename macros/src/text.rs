@@ -31,6 +31,12 @@ pub fn op_text(g: &Graph, id: NodeId) -> String {
         Op::Sum(a) => format!("sum{}", axis_text(a)),
         Op::Max(a) => format!("max{}", axis_text(a)),
         Op::Grad(v) => format!("grad[{}]", g.vars[v as usize].name),
+        Op::Compare(b) => crate::ir::compare_name(b).to_string(),
+        Op::OneHot(k) => format!("onehot[{}]", g.dim_str(k)),
+        Op::ArgMax(a) => format!("argmax{}", axis_text(a)),
+        Op::Where => "where".into(),
+        Op::Softmax(k) => format!("softmax[axis={k}]"),
+        Op::LogSoftmax(k) => format!("log_softmax[axis={k}]"),
     }
 }
 
@@ -151,6 +157,16 @@ fn infix_node(g: &Graph, id: NodeId, done: &[Option<(String, u8)>]) -> (String, 
         Op::Max(Axis::All) => (format!("max({})", a(0).0), 4),
         Op::Max(Axis::One(k)) => (format!("max({}, axis = {k})", a(0).0), 4),
         Op::Grad(v) => (format!("grad({}, {})", a(0).0, g.vars[v as usize].name), 4),
+        Op::Compare(b) => (
+            format!("{}({}, {})", crate::ir::compare_name(b), a(0).0, a(1).0),
+            4,
+        ),
+        Op::OneHot(k) => (format!("onehot({}, {})", a(0).0, g.dim_str(k)), 4),
+        Op::ArgMax(Axis::All) => (format!("argmax({})", a(0).0), 4),
+        Op::ArgMax(Axis::One(k)) => (format!("argmax({}, axis = {k})", a(0).0), 4),
+        Op::Where => (format!("where({}, {}, {})", a(0).0, a(1).0, a(2).0), 4),
+        Op::Softmax(k) => (format!("softmax({}, axis = {k})", a(0).0), 4),
+        Op::LogSoftmax(k) => (format!("log_softmax({}, axis = {k})", a(0).0), 4),
     };
     if r.0.len() > MAX_INFIX {
         (format!("%{}", id.0), 4)

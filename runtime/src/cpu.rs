@@ -85,6 +85,38 @@ pub fn has_avx512() -> bool {
     }
 }
 
+/// Checks the integer argument `arg` of `function` before a call: every value within
+/// `±limit` (what the function's float type holds exactly) and, when `classes` is given (it
+/// is one-hot encoded or picks entries), in `0..classes`.
+pub fn check_ints<T: Copy + Into<i64>>(
+    function: &'static str,
+    arg: &'static str,
+    values: &[T],
+    limit: i64,
+    classes: Option<usize>,
+) -> Result<(), Error> {
+    for (index, &v) in values.iter().enumerate() {
+        let value: i64 = v.into();
+        let why = match classes {
+            Some(k) if value < 0 || value as u64 >= k as u64 => {
+                format!("outside the classes 0..{k} it labels")
+            }
+            _ if value.unsigned_abs() > limit as u64 => format!(
+                "beyond {limit}, the largest integer the function's float type holds exactly"
+            ),
+            _ => continue,
+        };
+        return Err(Error::IntRange {
+            function,
+            arg,
+            index,
+            value,
+            why,
+        });
+    }
+    Ok(())
+}
+
 /// f32 and f64 as the generated code's GEMMs need them. (The elementwise ops are the kernel
 /// crate's `scalar`, which generated code calls directly.)
 pub trait Real:

@@ -31,6 +31,18 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// An integer argument holds a value its use cannot take: a label outside `0..classes`
+    /// for `onehot` or picking (`x[arange(n), y]`), or an integer beyond what the function's
+    /// float type represents exactly (2^24 for f32, 2^53 for f64), in which integers are
+    /// computed.
+    #[error("`{function}`: argument `{arg}` holds {value} at index {index}, {why}")]
+    IntRange {
+        function: &'static str,
+        arg: &'static str,
+        index: usize,
+        value: i64,
+        why: String,
+    },
     /// A function compiled with `#[nan_guard]` computed a NaN or an infinity. `node` is the
     /// first graph node (in the function's `info.graph` listing) whose stored values hold one,
     /// as `%12 (softplus)`; `kernel` is its kernel in `info.plan`; `index` the first bad element

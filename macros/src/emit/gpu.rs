@@ -147,7 +147,8 @@ pub fn plan(
     let bufs: Vec<TokenStream> = s
         .bufs
         .iter()
-        .map(|b| {
+        .enumerate()
+        .map(|(i, b)| {
             let src = match b.kind {
                 BufKind::Input(p) => {
                     let p = p as u32;
@@ -161,7 +162,14 @@ pub fn plan(
                 }
             };
             let l = size(&len(&b.ty.shape));
-            quote!(__gp::Buf { src: __gp::BufSrc::#src, len: #l })
+            let int = match crate::emit::rust::int_storage(s, i) {
+                Some(t) => {
+                    let n = t.bytes() as u8;
+                    quote!(::core::option::Option::Some(#n))
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            quote!(__gp::Buf { src: __gp::BufSrc::#src, len: #l, int_bytes: #int })
         })
         .collect();
     let mut all = Vec::new();
@@ -302,6 +310,21 @@ pub fn call(
         let var = &g.vars[v as usize];
         let name = Ident::new(&var.name, var.span);
         let name_str = &var.name;
+        let host = if var.ty.rank() == 0 {
+            quote!(#name)
+        } else {
+            quote!(__host)
+        };
+        if let Some(check) = crate::emit::rust::int_checks(f, v, host, |d| dim_value(g, &bound, d))
+        {
+            // Labels already on the device are the caller's to keep in range (an
+            // out-of-range one picks nothing, which is no memory hazard).
+            staged.push(if var.ty.rank() == 0 {
+                check
+            } else {
+                quote!(if let ::tensor_fn::Arg::Host(__host) = &#name { #check })
+            });
+        }
         if var.ty.rank() == 0 {
             scalars.push(quote!((#v, #name as f64)));
         } else if s.bufs.iter().any(|b| b.kind == BufKind::Input(pos)) {
@@ -340,13 +363,17 @@ pub fn call(
         convert.push(quote! {
             let #id = __it.next().ok_or_else(|| ::tensor_fn::Error::Internal("missing GPU output".into()))?;
         });
+        // Array outputs of an integer type hold integers on the device too; a scalar one
+        // lives in the workspace as a float, exactly integral.
+        let e = crate::emit::rust::elem_ty(ty);
         results.push(match ty.rank() {
+            0 if ty.int.is_some() => quote!(#id.scalar::<#t>() as #e),
             0 => quote!(#id.scalar::<#t>()),
-            1 => quote!(::tensor_fn::__private::ndarray::Array1::from_vec(#id.elems::<#t>())),
+            1 => quote!(::tensor_fn::__private::ndarray::Array1::from_vec(#id.elems::<#e>())),
             _ => {
                 let d0 = dim_value(g, &bound, ty.shape[0]);
                 let d1 = dim_value(g, &bound, ty.shape[1]);
-                quote!(::tensor_fn::__private::ndarray::Array2::from_shape_vec((#d0, #d1), #id.elems::<#t>())
+                quote!(::tensor_fn::__private::ndarray::Array2::from_shape_vec((#d0, #d1), #id.elems::<#e>())
                     .map_err(|e| ::tensor_fn::Error::Internal(e.to_string()))?)
             }
         });

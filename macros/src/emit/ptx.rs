@@ -29,9 +29,11 @@ pub fn loop_kernel(s: &Schedule, l: &crate::schedule::LoopKernel, dt: DType) -> 
         bufs: s
             .bufs
             .iter()
-            .map(|b| k::Buffer {
+            .enumerate()
+            .map(|(i, b)| k::Buffer {
                 dtype: b.ty.dtype,
                 shape: b.ty.shape.clone(),
+                int: crate::emit::rust::int_storage(s, i),
             })
             .collect(),
         instrs: l.instrs.clone(),

@@ -11,7 +11,7 @@ use quote::{format_ident, quote};
 
 use tensor_fn_kernels::op::PowCall;
 
-use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, Ret, Unary, VarKind};
+use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, IntTy, Ret, Unary, VarKind};
 use crate::schedule::{
     BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule, ValId,
 };
@@ -38,9 +38,86 @@ pub fn scalar_ty(dt: DType) -> TokenStream {
     }
 }
 
+/// The Rust type of an integer element.
+pub fn int_ty(i: IntTy) -> TokenStream {
+    match i {
+        IntTy::I32 => quote!(i32),
+        IntTy::I64 => quote!(i64),
+    }
+}
+
+/// The Rust element type of a value of this type as the caller sees it: an integer type, or
+/// the float type.
+pub fn elem_ty(ty: &crate::ir::Type) -> TokenStream {
+    match ty.int {
+        Some(i) => int_ty(i),
+        None => scalar_ty(ty.dtype),
+    }
+}
+
+/// The integer type of a buffer's storage: arguments and outputs of integer types hold
+/// integers; every other buffer (the workspace) holds the function's floats.
+pub fn int_storage(s: &Schedule, b: usize) -> Option<IntTy> {
+    let buf = &s.bufs[b];
+    match buf.kind {
+        // Scalar outputs live in the workspace, with the other floats.
+        BufKind::Input(_) => buf.ty.int,
+        BufKind::Output(_) if buf.ty.rank() > 0 => buf.ty.int,
+        BufKind::Output(_) | BufKind::Param(_) | BufKind::Work => None,
+    }
+}
+
+/// The Rust element type of buffer `b`'s storage (`t` the function's float type).
+fn buf_elem(s: &Schedule, b: usize, t: &TokenStream) -> TokenStream {
+    match int_storage(s, b) {
+        Some(i) => int_ty(i),
+        None => t.clone(),
+    }
+}
+
+/// The checks of integer argument `v` before a call, given an expression of its host values
+/// (a view, or a scalar): every value exactly representable in the function's float type, and
+/// within the classes of the `onehot` (or picking) it feeds. `dim` spells a dim's value.
+pub fn int_checks(
+    f: &Function,
+    v: u32,
+    values: TokenStream,
+    dim: impl Fn(Dim) -> TokenStream,
+) -> Option<TokenStream> {
+    let g = &f.graph;
+    let var = &g.vars[v as usize];
+    var.ty.int?;
+    let limit: i64 = match var.ty.dtype {
+        DType::F32 => 1 << 24,
+        DType::F64 => 1 << 53,
+    };
+    let classes: Vec<TokenStream> = g
+        .ids()
+        .filter_map(|id| match g.op(id) {
+            crate::ir::Op::OneHot(k) if g.op(g.args(id)[0]) == crate::ir::Op::Var(v) => {
+                Some(dim(k))
+            }
+            _ => None,
+        })
+        .collect();
+    let classes = match classes.first() {
+        Some(k) => quote!(::core::option::Option::Some(#k)),
+        None => quote!(::core::option::Option::None),
+    };
+    let (fname, vname) = (&f.name, &var.name);
+    let values = if var.ty.rank() == 0 {
+        quote!(&[#values])
+    } else {
+        quote!(&::tensor_fn::__private::contiguous(&#values))
+    };
+    Some(quote! {
+        ::tensor_fn::__private::check_ints(#fname, #vname, #values, #limit, #classes)?;
+    })
+}
+
 /// The Rust type of an argument of this type: a scalar by value, arrays as views.
 pub fn arg_ty(g: &Graph, ty: &crate::ir::Type) -> TokenStream {
-    let t = scalar_ty(ty.dtype);
+    let t = elem_ty(ty);
     let _ = g;
     match ty.rank() {
         0 => t,
@@ -51,7 +128,7 @@ pub fn arg_ty(g: &Graph, ty: &crate::ir::Type) -> TokenStream {
 
 /// The Rust type of a returned value.
 pub fn out_ty(ty: &crate::ir::Type) -> TokenStream {
-    let t = scalar_ty(ty.dtype);
+    let t = elem_ty(ty);
     match ty.rank() {
         0 => t,
         1 => quote!(::tensor_fn::__private::ndarray::Array1<#t>),
@@ -91,7 +168,7 @@ fn model_arg_ty(ty: &crate::ir::Type) -> TokenStream {
 
 /// [`model_arg_ty`] with the view's lifetime.
 fn model_arg_ty_at(ty: &crate::ir::Type, life: TokenStream) -> TokenStream {
-    let t = scalar_ty(ty.dtype);
+    let t = elem_ty(ty);
     let d = match ty.rank() {
         1 => quote!(::tensor_fn::__private::ndarray::Ix1),
         _ => quote!(::tensor_fn::__private::ndarray::Ix2),
@@ -274,14 +351,19 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             let vname = &var.name;
             prologue.push(quote!(let #name = #name.host(#fname, #vname)?;));
         }
+        if let Some(check) = int_checks(f, v, quote!(#name), |d| dim_expr(g, d)) {
+            prologue.push(check);
+        }
         if var.ty.rank() == 0 {
-            prologue.push(quote!(let #a: #t = #name;));
-        } else if s.bufs.iter().any(|b| b.kind == BufKind::Input(pos)) {
+            // An integer scalar is computed as a float of the function's type.
+            prologue.push(quote!(let #a: #t = #name as #t;));
+        } else if let Some(b) = s.bufs.iter().position(|b| b.kind == BufKind::Input(pos)) {
             let cow = format_ident!("__cow{}", pos);
             let sl = format_ident!("__in{}", pos);
+            let e = buf_elem(s, b, &t);
             prologue.push(quote! {
                 let #cow = ::tensor_fn::__private::contiguous(&#name);
-                let #sl: &[#t] = &#cow;
+                let #sl: &[#e] = &#cow;
             });
         }
     }
@@ -294,7 +376,8 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             BufKind::Output(_) if buf.ty.rank() > 0 => {
                 let id = buf_ident(s, b);
                 let len = len_expr(g, &buf.ty.shape);
-                out_allocs.push(quote!(let mut #id: ::std::vec::Vec<#t> = ::std::vec![0.0; #len];));
+                let e = buf_elem(s, b, &t);
+                out_allocs.push(quote!(let mut #id: ::std::vec::Vec<#e> = ::std::vec![Default::default(); #len];));
             }
             BufKind::Output(_) | BufKind::Work => ws_bufs.push(b),
             BufKind::Input(_) | BufKind::Param(_) => {}
@@ -406,7 +489,13 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
         for (i, (r, node)) in results.iter().zip(&f.outputs).enumerate() {
             if g.ty(*node).rank() == 0 {
                 let id = format_ident!("__r{}", i);
-                reads.push(quote!(let #id: #t = #r;));
+                let e = elem_ty(g.ty(*node));
+                // A scalar integer output was computed as a float: exactly integral.
+                let r = match g.ty(*node).int {
+                    Some(_) => quote!((#r as #e)),
+                    None => quote!(#r),
+                };
+                reads.push(quote!(let #id: #e = #r;));
                 exprs.push(quote!(#id));
             } else {
                 exprs.push(r.clone());
@@ -632,6 +721,12 @@ fn levels(l: &LoopKernel) -> Vec<u8> {
             Instr::Arg(_) | Instr::Const(_) | Instr::DimSize(_) => 0,
             Instr::Unary(_, a) => lv[*a],
             Instr::Binary(_, a, b) => std::cmp::max(lv[*a], lv[*b]),
+            Instr::Index(ix) => match ix {
+                Ix::Outer => 1,
+                Ix::Inner => 2,
+                Ix::Zero => 0,
+            },
+            Instr::Select(c, a, b) => lv[*c].max(lv[*a]).max(lv[*b]),
         };
         lv.push(v);
     }
@@ -746,15 +841,17 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     let mut names = Vec::new();
     for b in &reads {
         let id = buf_ident(s, *b);
+        let e = buf_elem(s, *b, &t);
         names.push(id.clone());
-        params.push(quote!(#id: &[#t]));
+        params.push(quote!(#id: &[#e]));
         call.push(quote!(&#id[..]));
         chunk_call.push(quote!(&#id[..]));
     }
     for (b, _) in &writes {
         let id = buf_ident(s, *b);
+        let e = buf_elem(s, *b, &t);
         names.push(id.clone());
-        params.push(quote!(#id: &mut [#t]));
+        params.push(quote!(#id: &mut [#e]));
         call.push(quote!(&mut #id[..]));
         chunk_call.push(quote!(#id));
     }
@@ -865,8 +962,16 @@ fn split_saving(s: &Schedule, l: &LoopKernel) -> usize {
             Instr::Arg(_) | Instr::Const(_) | Instr::DimSize(_) => 0,
             Instr::Unary(u, _) => u.cpu_cost(),
             Instr::Binary(b, ..) => b.cpu_cost(),
+            Instr::Index(_) | Instr::Select(..) => 1,
         }
     };
+    // An argmax over the rows or over everything has no partials to fold: never split.
+    if l.reductions
+        .iter()
+        .any(|r| r.kind == RedKind::ArgMax && r.axis != Axis::One(1))
+    {
+        return 0;
+    }
     // Only what runs at every point counts: values of one row are computed once per row.
     let compute: usize = l
         .instrs
@@ -907,11 +1012,14 @@ fn chunked_call(
         let w = format_ident!("__w{}", k);
         wrap.push(quote!(let #w = ::tensor_fn::__private::Disjoint::new(&mut #id[..]);));
         match part {
-            Part::Rows(len) => take.push(quote! {
-                // SAFETY: chunks get disjoint row ranges of this buffer, which stays borrowed
-                // mutably by the `Disjoint` until `run_chunks` has returned.
-                let #id: &mut [#t] = unsafe { #w.range(__lo * #len, __hi * #len) };
-            }),
+            Part::Rows(len) => {
+                let e = buf_elem(s, *b, &t);
+                take.push(quote! {
+                    // SAFETY: chunks get disjoint row ranges of this buffer, which stays
+                    // borrowed mutably by the `Disjoint` until `run_chunks` has returned.
+                    let #id: &mut [#e] = unsafe { #w.range(__lo * #len, __hi * #len) };
+                })
+            }
             Part::Partial { len, kind } => {
                 take.push(quote! {
                     let #id: &mut [#t] = if __c == 0 {
@@ -928,6 +1036,9 @@ fn chunked_call(
                     RedKind::Sum => quote!(*__o += *__p;),
                     RedKind::Max => {
                         quote!(*__o = ::tensor_fn::__private::scalar::maximum(*__o, *__p);)
+                    }
+                    RedKind::ArgMax => {
+                        unreachable!("an argmax kernel with partials is never split")
                     }
                 };
                 folds.push(quote! {
@@ -1011,18 +1122,24 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
                         .collect();
                     quote!(0usize #(+ #terms)*)
                 };
-                match inner_pos {
+                let e = buf_elem(s, *buf, &t);
+                let read = match inner_pos {
                     Some(p) if p + 1 == shape.len() => {
                         let rs = format_ident!("__row{}", vi);
                         let base = offset(true);
                         let lvl = if index.contains(&Ix::Outer) { 1 } else { 0 };
-                        row_slices[lvl].push(quote!(let #rs: &[#t] = &#id[#base..][..#inner_len];));
+                        row_slices[lvl].push(quote!(let #rs: &[#e] = &#id[#base..][..#inner_len];));
                         quote!(#rs[__j])
                     }
                     _ => {
                         let off = offset(false);
                         quote!(#id[#off])
                     }
+                };
+                // Integers (labels, indices) are computed as floats of the function's type.
+                match int_storage(s, *buf) {
+                    Some(_) => quote!((#read as #t)),
+                    None => read,
                 }
             }
             Instr::Arg(a) => {
@@ -1037,6 +1154,18 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
             Instr::Unary(u, a) => unary_expr(*u, format_ident!("__v{}", a)),
             Instr::Binary(b, x, y) => {
                 binary_expr(*b, format_ident!("__v{}", x), format_ident!("__v{}", y))
+            }
+            Instr::Index(ix) => {
+                let i = ix_expr(*ix);
+                quote!((#i as #t))
+            }
+            Instr::Select(c, a, b) => {
+                let (c, a, b) = (
+                    format_ident!("__v{}", c),
+                    format_ident!("__v{}", a),
+                    format_ident!("__v{}", b),
+                );
+                quote!(::tensor_fn::__private::scalar::select(#c, #a, #b))
             }
         };
         let e = match pairs.iter().find(|(s, p)| *s == vi || *p == vi) {
@@ -1070,29 +1199,70 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
         let id = buf_ident(s, *b);
         let val = format_ident!("__v{}", v);
         let row = format_ident!("__st{}", k);
+        let e = buf_elem(s, *b, &t);
         if rank == 2 {
             // Written buffers hold the chunk's rows only: row `__i` is `__i - __lo` there.
             store_rows.push(
-                quote!(let #row: &mut [#t] = &mut #id[(__i - __lo) * #inner_len..][..#inner_len];),
+                quote!(let #row: &mut [#e] = &mut #id[(__i - __lo) * #inner_len..][..#inner_len];),
             );
         } else {
-            before.push(quote!(let #row: &mut [#t] = &mut #id[..#inner_len];));
+            before.push(quote!(let #row: &mut [#e] = &mut #id[..#inner_len];));
         }
+        // An integer output holds integral values: the conversion is exact.
+        let val = match int_storage(s, *b) {
+            Some(_) => quote!(#val as #e),
+            None => quote!(#val),
+        };
         inner_stmts.push(quote!(#row[__j] = #val;));
     }
     for (k, r) in l.reductions.iter().enumerate() {
         let id = buf_ident(s, r.out);
         let val = format_ident!("__v{}", r.value);
         let acc = format_ident!("__acc{}", k);
+        if r.kind == RedKind::ArgMax {
+            // The first maximum's index; the first NaN wins (numpy's argmax).
+            let best = format_ident!("__best{}", k);
+            let at = format_ident!("__at{}", k);
+            let e = buf_elem(s, r.out, &t);
+            // The position along the reduced axis is the inner loop's index in every shape.
+            let step = quote! {
+                if __j == 0 || (!#best.is_nan() && (#val > #best || #val.is_nan())) {
+                    #best = #val;
+                    #at = __j;
+                }
+            };
+            let init = quote! {
+                let mut #best: #t = #t::NEG_INFINITY;
+                let mut #at: usize = 0;
+            };
+            match (rank, r.axis) {
+                (2, Axis::One(1)) => {
+                    outer_init.push(init);
+                    inner_stmts.push(step);
+                    outer_fini.push(quote!(#id[__i - __lo] = #at as #e;));
+                }
+                (0 | 1, _) => {
+                    before.push(init);
+                    inner_stmts.push(step);
+                    after.push(quote!(#id[0] = #at as #e;));
+                }
+                _ => unreachable!(
+                    "an argmax over the rows of a matrix is lowered as one of its transpose"
+                ),
+            }
+            continue;
+        }
         let init = match r.kind {
             RedKind::Sum => num_lit(0.0, dt),
             RedKind::Max => quote!(#t::NEG_INFINITY),
+            RedKind::ArgMax => unreachable!("argmax is emitted above"),
         };
         let combine = |target: TokenStream| match r.kind {
             RedKind::Sum => quote!(#target += #val;),
             RedKind::Max => {
                 quote!(#target = ::tensor_fn::__private::scalar::maximum(#target, #val);)
             }
+            RedKind::ArgMax => unreachable!("argmax is emitted above"),
         };
         // Which iteration axis is folded: with rank 2, axis 0 = outer, 1 = inner; rank 1: inner.
         let folds_outer_only = rank == 2 && r.axis == Axis::One(0);
@@ -1227,7 +1397,14 @@ fn binary_expr(b: Binary, x: Ident, y: Ident) -> TokenStream {
         Binary::Add => quote!(#x + #y),
         Binary::Mul => quote!(#x * #y),
         Binary::Div => quote!(#x / #y),
-        Binary::Maximum | Binary::Minimum | Binary::Ge | Binary::Eq => {
+        Binary::Maximum
+        | Binary::Minimum
+        | Binary::Ge
+        | Binary::Eq
+        | Binary::Gt
+        | Binary::Lt
+        | Binary::Le
+        | Binary::Ne => {
             let f = Ident::new(b.scalar_fn(), Span::call_site());
             quote!(::tensor_fn::__private::scalar::#f(#x, #y))
         }

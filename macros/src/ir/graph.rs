@@ -10,7 +10,7 @@ use proc_macro2::Span;
 pub use tensor_fn_kernels::op::{Binary, Num, Unary};
 
 use super::shape::infer;
-use crate::syntax::{DType, Options};
+use crate::syntax::{DType, IntTy, Options};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u32);
@@ -26,8 +26,13 @@ pub use tensor_fn_kernels::ir::Dim;
 /// Element type and shape. Rank 0 to 2.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Type {
+    /// The float type values are computed in: for an integer tensor, the function's float type,
+    /// which holds its values exactly (labels and indices stay below 2^24).
     pub dtype: DType,
     pub shape: Vec<Dim>,
+    /// Integer tensors (labels, indices): only compared, one-hot encoded, used to pick entries
+    /// or returned; never arithmetic.
+    pub int: Option<IntTy>,
 }
 
 impl Type {
@@ -35,6 +40,16 @@ impl Type {
         Type {
             dtype,
             shape: Vec::new(),
+            int: None,
+        }
+    }
+
+    /// A float tensor of this shape.
+    pub fn float(dtype: DType, shape: Vec<Dim>) -> Type {
+        Type {
+            dtype,
+            shape,
+            int: None,
         }
     }
     pub fn rank(&self) -> usize {
@@ -66,6 +81,21 @@ pub enum Op {
     Dot,
     Sum(Axis),
     Max(Axis),
+    /// A comparison the user wrote (`eq`, `neq`, `lt`, `le`, `gt`, `ge`): 1 or 0 as a float.
+    /// Unlike the masks `grad` builds from `Binary::Ge`/`Eq`, it has no gradient: a `grad`
+    /// through it is an error.
+    Compare(Binary),
+    /// One-hot rows of an integer vector `y`: `[n, k]`, 1 at `(i, y_i)`, else 0.
+    OneHot(Dim),
+    /// The index of the first maximum along an axis (numpy's `argmax`), an `i64` tensor.
+    ArgMax(Axis),
+    /// `where(c, a, b)`: `a` where `c` is not 0, else `b`.
+    Where,
+    /// softmax along an axis: e^(x - m) / sum(e^(x - m)), m the maximum along it. The
+    /// schedule expands it (and `LogSoftmax`) into exps, sums and maxima.
+    Softmax(u8),
+    /// log(softmax(x)) = x - m - log(sum(e^(x - m))): finite for any finite logits.
+    LogSoftmax(u8),
     /// `grad(cost, var)`: replaced by the `grad` stage; arg 0 is the cost.
     Grad(u32),
 }
@@ -114,7 +144,7 @@ pub struct TypeError {
 }
 
 impl TypeError {
-    pub(super) fn new(message: String) -> Self {
+    pub fn new(message: String) -> Self {
         TypeError {
             message,
             help: None,
@@ -222,7 +252,10 @@ impl Graph {
 
     /// `f32[b, 784]`, or `f32` for a scalar.
     pub fn type_str(&self, t: &Type) -> String {
-        let mut s = t.dtype.name().to_string();
+        let mut s = match t.int {
+            Some(i) => i.name().to_string(),
+            None => t.dtype.name().to_string(),
+        };
         if !t.shape.is_empty() {
             s.push('[');
             for (i, d) in t.shape.iter().enumerate() {
@@ -238,6 +271,17 @@ impl Graph {
 
     /// Whether `root` depends on node `target` (structurally).
     pub fn depends_on(&self, root: NodeId, target: NodeId) -> bool {
+        self.depends_on_avoiding(root, target, |_| false)
+    }
+
+    /// Whether `root` depends on `target` along a path that crosses no node for which `cut`
+    /// holds (`root` and `target` themselves are not tested).
+    pub fn depends_on_avoiding(
+        &self,
+        root: NodeId,
+        target: NodeId,
+        cut: impl Fn(NodeId) -> bool,
+    ) -> bool {
         if root < target {
             return false;
         }
@@ -251,7 +295,7 @@ impl Graph {
                 continue;
             }
             for &a in self.args(n) {
-                if a >= target {
+                if a == target || (a > target && !cut(a)) {
                     stack.push(a);
                 }
             }
@@ -324,7 +368,7 @@ impl Graph {
     }
 }
 
-pub(super) fn op_name(op: Op) -> &'static str {
+pub fn op_name(op: Op) -> &'static str {
     match op {
         Op::Var(_) => "input",
         Op::Const(_) => "const",
@@ -339,6 +383,20 @@ pub(super) fn op_name(op: Op) -> &'static str {
         Op::Sum(_) => "sum",
         Op::Max(_) => "max",
         Op::Grad(_) => "grad",
+        Op::Compare(b) => compare_name(b),
+        Op::OneHot(_) => "onehot",
+        Op::ArgMax(_) => "argmax",
+        Op::Where => "where",
+        Op::Softmax(_) => "softmax",
+        Op::LogSoftmax(_) => "log_softmax",
+    }
+}
+
+/// The name users write for a comparison (Theano's: `neq` for `!=`).
+pub fn compare_name(b: Binary) -> &'static str {
+    match b {
+        Binary::Ne => "neq",
+        other => other.name(),
     }
 }
 

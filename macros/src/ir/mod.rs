@@ -4,9 +4,9 @@
 mod graph;
 mod shape;
 
-pub use crate::syntax::DType;
+pub use crate::syntax::{DType, IntTy};
 pub use graph::{
-    Axis, Binary, Dim, Function, Graph, NodeId, Num, Op, Ret, Type, TypeError, Unary, Var, VarKind,
-    MAX_DEPTH, MAX_NODES,
+    compare_name, op_name, Axis, Binary, Dim, Function, Graph, NodeId, Num, Op, Ret, Type,
+    TypeError, Unary, Var, VarKind, MAX_DEPTH, MAX_NODES,
 };
-pub use shape::{binary_type, broadcast_shapes, dot_type, infer};
+pub use shape::{binary_type, broadcast_shapes, compare_type, dot_type, infer, int_error};

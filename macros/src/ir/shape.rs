@@ -32,6 +32,29 @@ fn op_symbol(op: Op) -> &'static str {
     }
 }
 
+/// The error for arithmetic (`what`) on an integer tensor of type `t`.
+pub fn int_error(g: &Graph, what: &str, t: &Type) -> TypeError {
+    TypeError {
+        message: format!(
+            "`{what}` of an integer tensor: {} holds labels or indices, not numbers",
+            g.type_str(t)
+        ),
+        help: Some(
+            "integers can be compared (`eq(y, k)`), one-hot encoded (`onehot(y, k)`) or used to \
+             pick one entry per row (`x[arange(n), y]`)"
+                .into(),
+        ),
+    }
+}
+
+/// Refuses integer arguments of arithmetic `what`.
+fn numbers(g: &Graph, what: &str, args: &[&Type]) -> Result<(), TypeError> {
+    match args.iter().find(|t| t.int.is_some()) {
+        Some(t) => Err(int_error(g, what, t)),
+        None => Ok(()),
+    }
+}
+
 /// The shape rule of every op: the type of `op` applied to arguments of types `args`.
 pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
     let same_dtype = |what: &str| -> Result<DType, TypeError> {
@@ -58,11 +81,55 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         ),
         Op::Unary(_) => {
             arity(1)?;
+            numbers(g, op_symbol(op), args)?;
             Ok(args[0].clone())
         }
         Op::Binary(_) => {
             arity(2)?;
             binary_type(g, op_symbol(op), args[0], args[1], None)
+        }
+        Op::Compare(_) => {
+            arity(2)?;
+            compare_type(g, op_symbol(op), args[0], args[1])
+        }
+        Op::OneHot(k) => {
+            arity(1)?;
+            let y = args[0];
+            if y.int.is_none() || y.rank() != 1 {
+                return Err(TypeError {
+                    message: format!(
+                        "`onehot` takes a vector of integer labels, found {}",
+                        g.type_str(y)
+                    ),
+                    help: Some("declare the labels as `i64[n]` (or `i32[n]`)".into()),
+                });
+            }
+            Ok(Type::float(y.dtype, vec![y.shape[0], k]))
+        }
+        Op::ArgMax(axis) => {
+            arity(1)?;
+            numbers(g, "argmax", args)?;
+            let mut t = reduced(g, args[0], axis)?;
+            t.int = Some(crate::ir::IntTy::I64);
+            Ok(t)
+        }
+        Op::Where => {
+            arity(3)?;
+            numbers(g, "where", args)?;
+            let ab = binary_type(g, "where", args[1], args[2], None)?;
+            let t = binary_type(g, "where", args[0], &ab, None)?;
+            Ok(t)
+        }
+        Op::Softmax(axis) | Op::LogSoftmax(axis) => {
+            arity(1)?;
+            numbers(g, op_symbol(op), args)?;
+            if axis as usize >= args[0].rank() {
+                return Err(TypeError::new(format!(
+                    "internal: softmax over axis {axis} of {}",
+                    g.type_str(args[0])
+                )));
+            }
+            Ok(args[0].clone())
         }
         Op::Transpose => {
             arity(1)?;
@@ -82,13 +149,11 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         Op::Outer => {
             arity(2)?;
             let dtype = same_dtype("outer")?;
+            numbers(g, "outer", args)?;
             if args[0].rank() != 1 || args[1].rank() != 1 {
                 return Err(TypeError::new("internal: outer takes two vectors".into()));
             }
-            Ok(Type {
-                dtype,
-                shape: vec![args[0].shape[0], args[1].shape[0]],
-            })
+            Ok(Type::float(dtype, vec![args[0].shape[0], args[1].shape[0]]))
         }
         Op::Dot => {
             arity(2)?;
@@ -96,23 +161,61 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         }
         Op::Sum(axis) | Op::Max(axis) => {
             arity(1)?;
-            let mut t = args[0].clone();
-            match axis {
-                Axis::All => t.shape.clear(),
-                Axis::One(k) => {
-                    if k as usize >= t.shape.len() {
-                        return Err(TypeError::new(format!(
-                            "axis {k} is out of range for {} (rank {})",
-                            g.type_str(args[0]),
-                            t.shape.len()
-                        )));
-                    }
-                    t.shape.remove(k as usize);
-                }
-            }
-            Ok(t)
+            numbers(g, op_symbol(op), args)?;
+            reduced(g, args[0], axis)
         }
     }
+}
+
+/// The type of a reduction of `t` over `axis`.
+fn reduced(g: &Graph, t: &Type, axis: Axis) -> Result<Type, TypeError> {
+    let mut r = t.clone();
+    match axis {
+        Axis::All => r.shape.clear(),
+        Axis::One(k) => {
+            if k as usize >= r.shape.len() {
+                return Err(TypeError::new(format!(
+                    "axis {k} is out of range for {} (rank {})",
+                    g.type_str(t),
+                    r.shape.len()
+                )));
+            }
+            r.shape.remove(k as usize);
+        }
+    }
+    Ok(r)
+}
+
+/// A comparison (`sym`): two numbers or two integers, broadcast; 1 or 0 as a float.
+pub fn compare_type(g: &Graph, sym: &str, a: &Type, b: &Type) -> Result<Type, TypeError> {
+    if a.int.is_some() != b.int.is_some() {
+        return Err(TypeError {
+            message: format!(
+                "`{sym}` compares numbers with numbers or integers with integers: left is {}, right is {}",
+                g.type_str(a),
+                g.type_str(b)
+            ),
+            help: Some("integers are labels or indices, which numbers are not".into()),
+        });
+    }
+    if a.int.is_some() && a.dtype != b.dtype {
+        return Err(TypeError {
+            message: format!(
+                "`{sym}` compares integers computed in {} with integers computed in {}",
+                a.dtype.name(),
+                b.dtype.name()
+            ),
+            help: Some(
+                "integers are computed in the float type of the values they come from (an \
+                 integer input: the first float declared beside it): keep f32 and f64 values \
+                 in separate blocks"
+                    .into(),
+            ),
+        });
+    }
+    let mut t = broadcast_type(g, sym, a, b, None)?;
+    t.int = None;
+    Ok(t)
 }
 
 fn dtype_error(g: &Graph, what: &str, a: &Type, b: &Type) -> TypeError {
@@ -138,6 +241,18 @@ pub fn binary_type(
     b: &Type,
     src: Option<(&str, &str)>,
 ) -> Result<Type, TypeError> {
+    numbers(g, sym, &[a, b])?;
+    broadcast_type(g, sym, a, b, src)
+}
+
+/// One element type, numpy-broadcast shapes.
+fn broadcast_type(
+    g: &Graph,
+    sym: &str,
+    a: &Type,
+    b: &Type,
+    src: Option<(&str, &str)>,
+) -> Result<Type, TypeError> {
     if a.dtype != b.dtype {
         return Err(dtype_error(g, sym, a, b));
     }
@@ -145,6 +260,7 @@ pub fn binary_type(
         Some(shape) => Ok(Type {
             dtype: a.dtype,
             shape,
+            int: a.int,
         }),
         None => Err(TypeError {
             message: format!(
@@ -167,6 +283,7 @@ pub fn dot_type(
     if ta.dtype != tb.dtype {
         return Err(dtype_error(g, "dot", ta, tb));
     }
+    numbers(g, "dot", &[ta, tb])?;
     let (a, b) = (&ta.shape, &tb.shape);
     if a.is_empty() || b.is_empty() {
         return Err(TypeError {
@@ -195,10 +312,7 @@ pub fn dot_type(
     if b.len() == 2 {
         shape.push(b[1]);
     }
-    Ok(Type {
-        dtype: ta.dtype,
-        shape,
-    })
+    Ok(Type::float(ta.dtype, shape))
 }
 
 fn rev(s: &[Dim]) -> Vec<Dim> {

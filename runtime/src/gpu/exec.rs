@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::plan::{Bind, BufSrc, Dtype, Factor, GpuPlan, Out, ParamTy};
+use super::plan::{Bind, Buf, BufSrc, Dtype, Factor, GpuPlan, Out, ParamTy};
 use super::{backend, Backend, DevPtr, GraphId, KernelArg, ModuleId};
 use crate::{Device, Error};
 
@@ -201,44 +201,34 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn write(values: &[Self]) -> Vec<u8>;
 }
 
-impl Element for f32 {
-    fn from_f64(v: f64) -> f32 {
-        v as f32
-    }
-    fn as_bytes(values: &[f32]) -> &[u8] {
-        // SAFETY: f32 has no padding and no invalid bit patterns as bytes; the length and
-        // lifetime are the slice's.
-        unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
-    }
-    fn read(bytes: &[u8]) -> Vec<f32> {
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    }
-    fn write(values: &[f32]) -> Vec<u8> {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
-    }
+macro_rules! element {
+    ($($t:ty: $n:literal),*) => {$(
+        impl Element for $t {
+            fn from_f64(v: f64) -> $t {
+                v as $t
+            }
+            fn as_bytes(values: &[$t]) -> &[u8] {
+                // SAFETY: the element type has no padding and no invalid bit patterns as
+                // bytes; the length and lifetime are the slice's.
+                unsafe {
+                    std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values))
+                }
+            }
+            fn read(bytes: &[u8]) -> Vec<$t> {
+                bytes
+                    .chunks_exact($n)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunks of the element's size")))
+                    .collect()
+            }
+            fn write(values: &[$t]) -> Vec<u8> {
+                values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+        }
+    )*};
 }
 
-impl Element for f64 {
-    fn from_f64(v: f64) -> f64 {
-        v
-    }
-    fn as_bytes(values: &[f64]) -> &[u8] {
-        // SAFETY: as for f32.
-        unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
-    }
-    fn read(bytes: &[u8]) -> Vec<f64> {
-        bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect()
-    }
-    fn write(values: &[f64]) -> Vec<u8> {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
-    }
-}
+// Floats, and the integers of labels and indices.
+element!(f32: 4, f64: 8, i32: 4, i64: 8);
 
 /// Slots of a scalar ring: the rank-0 outputs of queued calls land in consecutive slots of one
 /// device buffer, so reading a whole epoch of costs is one transfer.
@@ -427,7 +417,6 @@ pub unsafe fn run(
     mode: Mode,
 ) -> Result<Vec<PendingOut>, Error> {
     let backend = backend(device)?;
-    let elem = plan.dtype.bytes();
     let mut states = cache.states.lock().unwrap_or_else(|p| p.into_inner());
     let idx = match states.iter().position(|s| s.device == device) {
         Some(i) => i,
@@ -465,7 +454,7 @@ pub unsafe fn run(
     // Every buffer's device address, its length checked against the plan.
     let mut ptrs: Vec<DevPtr> = Vec::with_capacity(plan.bufs.len());
     for (b, buf) in plan.bufs.iter().enumerate() {
-        let bytes = buf.len.eval(call.dims) as usize * elem;
+        let bytes = buf.bytes(plan.dtype, call.dims);
         let p = match buf.src {
             BufSrc::Param(v) => {
                 let (_, name, pb) = call
@@ -507,7 +496,7 @@ pub unsafe fn run(
 
     let mut commits = Vec::with_capacity(plan.commits.len());
     for &(v, b) in plan.commits {
-        let bytes = plan.bufs[b as usize].len.eval(call.dims) as usize * elem;
+        let bytes = plan.bufs[b as usize].bytes(plan.dtype, call.dims);
         let dst = plan
             .bufs
             .iter()
@@ -645,7 +634,7 @@ fn outputs(
         match *o {
             Out::Arg(v) => outs.push(PendingOut::Scalar(scalar(plan, call, v)?)),
             Out::Buf(b) => {
-                let bytes = plan.bufs[b as usize].len.eval(call.dims) as usize * elem;
+                let bytes = plan.bufs[b as usize].bytes(plan.dtype, call.dims);
                 let off = match plan.bufs[b as usize].src {
                     BufSrc::Param(_) => {
                         return Err(internal(plan, "a parameter as an output".into()))
@@ -719,7 +708,6 @@ fn check_dims(plan: &GpuPlan, call: &Call<'_>) -> Result<(), Error> {
 /// Lays out the workspace for `dims`: every non-parameter buffer and scratch region at an
 /// aligned offset of one allocation. Graphs recorded for the old workspace are dropped.
 fn layout(plan: &GpuPlan, st: &mut FnState, device: Device, dims: &[usize]) -> Result<(), Error> {
-    let elem = plan.dtype.bytes();
     let mut total = 0usize;
     let mut place = |bytes: usize| {
         let off = total;
@@ -729,9 +717,9 @@ fn layout(plan: &GpuPlan, st: &mut FnState, device: Device, dims: &[usize]) -> R
     let buf_offs: Vec<usize> = plan
         .bufs
         .iter()
-        .map(|b| match b.src {
+        .map(|b: &Buf| match b.src {
             BufSrc::Param(_) => 0,
-            _ => place(b.len.eval(dims) as usize * elem),
+            _ => place(b.bytes(plan.dtype, dims)),
         })
         .collect();
     let scratch_offs: Vec<usize> = plan

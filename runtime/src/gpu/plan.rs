@@ -65,6 +65,21 @@ pub struct Buf {
     pub src: BufSrc,
     /// Length in elements.
     pub len: Size,
+    /// The integer type of an argument or output holding labels or indices (`Some(bytes)`:
+    /// 4 for `i32`, 8 for `i64`); `None` for the plan's float type.
+    pub int_bytes: Option<u8>,
+}
+
+impl Buf {
+    /// Bytes of one element.
+    pub fn elem_bytes(&self, dtype: Dtype) -> usize {
+        self.int_bytes.map_or(dtype.bytes(), usize::from)
+    }
+
+    /// Bytes of the buffer for these dims.
+    pub fn bytes(&self, dtype: Dtype, dims: &[usize]) -> usize {
+        (self.len.eval(dims) as usize).saturating_mul(self.elem_bytes(dtype))
+    }
 }
 
 /// One factor of a scalar known before any kernel runs (a GEMM's alpha).
