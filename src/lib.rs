@@ -20,7 +20,7 @@
 /// that checks kernels without a GPU.
 pub use tensor_fn_kernels as kernels;
 pub use tensor_fn_macros::tensor_fn;
-pub use tensor_fn_runtime::{data, gpu, io, Arg, Device, Error, FnInfo, Shared};
+pub use tensor_fn_runtime::{data, gpu, io, Arg, Device, Error, FnInfo, RandomStream, Shared};
 
 /// The names most programs need: the macro, the runtime types and ndarray.
 pub mod prelude {
@@ -37,6 +37,8 @@ pub struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __private {
     pub use ndarray;
+    /// The random draws' one definition (Philox4x32-10), which the generated loops call.
+    pub use tensor_fn_kernels::rng;
     /// Every elementwise op's one definition, which the generated loops call.
     pub use tensor_fn_kernels::scalar;
     pub use tensor_fn_runtime::cpu::{

@@ -334,6 +334,125 @@ fn a_classifier_trains_and_predicts_alike() {
     }
 }
 
+tensor_fn! {
+    /// A denoising autoencoder's step and raw draws of every kind, in f64 and f32.
+    struct Denoising { w: f64[m, h], b: f64[h], c: f64[m] }
+
+    impl Denoising {
+        fn draws(&self, x: f64[n, m]) -> (f64[n, m], f64[n, m], f64[n, m], f64[h], f64) {
+            (
+                binomial(shape(x), 0.3) * x,
+                uniform(shape(x), -1, 2),
+                normal(shape(x), 0.5, 2),
+                normal([h], 0, 1),
+                sum(normal(shape(x), 0, 1)),
+            )
+        }
+        fn step(&mut self, x: f64[n, m], lr: f64, level: f64) -> f64 {
+            let noisy = binomial(shape(x), 1 - level) * x;
+            let y = sigmoid(dot(noisy, w) + b);
+            let z = sigmoid(dot(y, w.T) + c);
+            let cost = mean(-sum(x * log(z) + (1 - x) * log(1 - z), axis = 1));
+            w -= lr * grad(cost, w);
+            b -= lr * grad(cost, b);
+            c -= lr * grad(cost, c);
+            cost
+        }
+    }
+}
+
+tensor_fn! {
+    struct Draws32 { s: f32[m] }
+    impl Draws32 {
+        fn draws(&self, x: f32[n, m]) -> (f32[n, m], f32[n, m], f32[n, m]) {
+            (binomial(shape(x), 0.5) * s, uniform(shape(x), 0, 1), normal(shape(x), 0, 1))
+        }
+    }
+}
+
+fn denoising(m: usize, h: usize) -> Denoising {
+    let mut d = Denoising::new(mat(m, h, 15), vec1(h, 16), vec1(m, 17)).expect("shapes agree");
+    d.seed(2024);
+    d
+}
+
+fn bits<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> Vec<u64> {
+    a.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn random_draws_are_bit_identical_on_every_device() {
+    for (n, m) in SIZES {
+        let h = 9;
+        let x = fill(&[n, m], 18, 0.0, 1.0)
+            .into_dimensionality()
+            .expect("rank 2");
+        let cpu = denoising(m, h);
+        let cpu_draws: Vec<_> = (0..2).map(|_| cpu.draws(x.view()).expect("cpu")).collect();
+        assert_ne!(
+            bits(&cpu_draws[0].1),
+            bits(&cpu_draws[1].1),
+            "calls draw anew"
+        );
+        let xf = x.mapv(|v| v as f32);
+        let c32 = Draws32::new(Array1::from_elem(m, 1.5f32)).expect("shapes agree");
+        let cpu32 = c32.draws(xf.view()).expect("cpu");
+        for dev in devices() {
+            let mut g = denoising(m, h);
+            g.to_device(dev).expect("to device");
+            // Two calls: the second replays the first's launches with the next stream words.
+            for (k, want) in cpu_draws.iter().enumerate() {
+                let got = g.draws(x.view()).expect("gpu");
+                assert_eq!(bits(&got.0), bits(&want.0), "binomial on {dev}, call {k}");
+                assert_eq!(bits(&got.1), bits(&want.1), "uniform on {dev}, call {k}");
+                assert_eq!(bits(&got.2), bits(&want.2), "normal on {dev}, call {k}");
+                assert_eq!(
+                    bits(&got.3),
+                    bits(&want.3),
+                    "normal([h]) on {dev}, call {k}"
+                );
+                close("sum of normals", dev, &[want.4], &[got.4], 1e-12);
+            }
+            assert_eq!(g.random_stream(), cpu.random_stream());
+            let mut g32 = Draws32::new(Array1::from_elem(m, 1.5f32)).expect("shapes agree");
+            g32.to_device(dev).expect("to device");
+            let got = g32.draws(xf.view()).expect("gpu");
+            let b32 = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(b32(&got.0), b32(&cpu32.0), "f32 binomial on {dev}");
+            assert_eq!(b32(&got.1), b32(&cpu32.1), "f32 uniform on {dev}");
+            assert_eq!(b32(&got.2), b32(&cpu32.2), "f32 normal on {dev}");
+        }
+    }
+}
+
+#[test]
+fn a_denoising_autoencoder_trains_alike() {
+    for (n, m) in SIZES {
+        let x = fill(&[n, m], 19, 0.0, 1.0)
+            .into_dimensionality()
+            .expect("rank 2");
+        let mut cpu = denoising(m, 9);
+        let cpu_costs: Vec<f64> = (0..3)
+            .map(|_| cpu.step(x.view(), 0.1, 0.3).expect("cpu"))
+            .collect();
+        for dev in devices() {
+            let mut g = denoising(m, 9);
+            g.to_device(dev).expect("to device");
+            let costs: Vec<f64> = (0..3)
+                .map(|_| g.step(x.view(), 0.1, 0.3).expect("gpu"))
+                .collect();
+            close("dA costs", dev, &cpu_costs, &costs, 1e-10);
+            close(
+                "W",
+                dev,
+                &flat(&cpu.w.get_value().unwrap()),
+                &flat(&g.w.get_value().unwrap()),
+                1e-10,
+            );
+        }
+    }
+}
+
 /// The main job's model, exactly as it is defined there.
 #[allow(dead_code)]
 #[path = "../examples/autoencoder.rs"]

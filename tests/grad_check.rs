@@ -2219,6 +2219,80 @@ mod keepdims {
     }
 }
 
+/// Random draws are constants to `grad`: with the model's stream put back before every
+/// evaluation, the cost is a smooth function of the weights under one fixed draw.
+mod random_ops {
+    use super::*;
+    tensor_fn! {
+        pub struct Noise { w: f64[m] }
+        impl Noise {
+            pub fn c_bin(&self, x: f64[n, m]) -> f64 {
+                sum(tanh(x * w * binomial(shape(x), 0.6)))
+            }
+            pub fn g_bin(&self, x: f64[n, m]) -> f64[m] {
+                grad(sum(tanh(x * w * binomial(shape(x), 0.6))), w)
+            }
+            pub fn c_uni(&self, x: f64[n, m]) -> f64 {
+                sum(sigmoid(x * (w + uniform(shape(x), -0.5, 0.5))) * uniform([m], 0, 2))
+            }
+            pub fn g_uni(&self, x: f64[n, m]) -> f64[m] {
+                grad(sum(sigmoid(x * (w + uniform(shape(x), -0.5, 0.5))) * uniform([m], 0, 2)), w)
+            }
+            pub fn c_nor(&self, x: f64[n, m]) -> f64 {
+                sum(pow(x * w + normal(shape(x), 0, 0.3), 2))
+            }
+            pub fn g_nor(&self, x: f64[n, m]) -> f64[m] {
+                grad(sum(pow(x * w + normal(shape(x), 0, 0.3), 2)), w)
+            }
+        }
+    }
+    type Cost = fn(&Noise, ArrayView2<f64>) -> Result<f64, tensor_fn::Error>;
+    type Grad = fn(&Noise, ArrayView2<f64>) -> Result<ndarray::Array1<f64>, tensor_fn::Error>;
+    fn run(name: &str, seed: u64, cost: Cost, grad: Grad) {
+        let mut r = Rng::new(seed);
+        let ins = [r.uniform(&[4], -1., 1.), r.uniform(&[3, 4], -1., 1.)];
+        let at = |a: &[In]| {
+            let mut m = Noise::new(v1(&a[0]).to_owned()).unwrap();
+            m.set_random_stream(seed, 3);
+            m
+        };
+        let g = grad(&at(&ins), v2(&ins[1])).unwrap().dy();
+        check(
+            name,
+            &ins,
+            |a: &[In]| cost(&at(a), v2(&a[1])).unwrap(),
+            &[("w", 0, g)],
+        );
+    }
+    #[test]
+    fn binomial() {
+        run(
+            "binomial",
+            381,
+            |m: &Noise, x: ArrayView2<f64>| m.c_bin(x),
+            |m: &Noise, x: ArrayView2<f64>| m.g_bin(x),
+        );
+    }
+    #[test]
+    fn uniform() {
+        run(
+            "uniform",
+            382,
+            |m: &Noise, x: ArrayView2<f64>| m.c_uni(x),
+            |m: &Noise, x: ArrayView2<f64>| m.g_uni(x),
+        );
+    }
+    #[test]
+    fn normal() {
+        run(
+            "normal",
+            383,
+            |m: &Noise, x: ArrayView2<f64>| m.c_nor(x),
+            |m: &Noise, x: ArrayView2<f64>| m.g_nor(x),
+        );
+    }
+}
+
 #[test]
 fn checker_reports_first_mismatch() {
     let ins = [ndarray::arr1(&[1.0, 2.0, 3.0]).into_dyn()];

@@ -62,6 +62,23 @@ tensor_fn! {
     pub top_all = argmax(sum(z, axis = 1));
 }
 
+tensor_fn! {
+    /// Random draws: a denoising step in f32, every kind in f64.
+    pub struct Noisy { w: f32[m, h], v: f64[m] }
+    impl Noisy {
+        pub fn step(&mut self, x: f32[n, m], lr: f32, level: f32) -> f32 {
+            let y = sigmoid(dot(binomial(shape(x), 1 - level) * x, w));
+            let z = sigmoid(dot(y, w.T));
+            let cost = mean(-sum(x * log(z) + (1 - x) * log(1 - z), axis = 1));
+            w -= lr * grad(cost, w);
+            cost
+        }
+        pub fn draws(&self, u: f64[n, m]) -> (f64[n, m], f64[m], f64) {
+            (uniform(shape(u), -1, 1) * u, max(normal(shape(u), 0, 2), axis = 0) + v, sum(binomial(shape(u), 0.5)))
+        }
+    }
+}
+
 fn functions() -> Vec<(&'static str, FnInfo)> {
     vec![
         ("autoencoder train", autoencoder::Autoencoder::TRAIN_INFO),
@@ -98,6 +115,8 @@ fn functions() -> Vec<(&'static str, FnInfo)> {
         ("nll64", nll64::INFO),
         ("dnll64", dnll64::INFO),
         ("top_all", top_all::INFO),
+        ("noisy step", Noisy::STEP_INFO),
+        ("noisy draws", Noisy::DRAWS_INFO),
     ]
 }
 

@@ -1,4 +1,5 @@
-//! A training step of the seed's autoencoder allocates nothing after the first, on any thread:
+//! A training step of the seed's autoencoder, of a denoising autoencoder (random corruption)
+//! and of a softmax classifier (integer labels) allocates nothing after the first, on any thread:
 //! the calling thread and the CPU pool's workers, which run the GEMMs and loop kernels.
 //!
 //! Every heap allocation of the process is counted, whichever thread makes it. So this test is
@@ -55,6 +56,35 @@ use example::Autoencoder;
 mod common;
 use common::init;
 
+tensor_fn::tensor_fn! {
+    /// The tutorials' denoising autoencoder: a random corruption of every input.
+    struct Denoising { w: f32[m, h], b: f32[h], c: f32[m] }
+    impl Denoising {
+        fn train(&mut self, x: f32[n, m], lr: f32) -> f32 {
+            let noisy = binomial(shape(x), 0.7) * x;
+            let y = sigmoid(dot(noisy, w) + b);
+            let z = sigmoid(dot(y, w.T) + c);
+            let cost = mean(-sum(x * log(z) + (1 - x) * log(1 - z), axis = 1));
+            w -= lr * grad(cost, w);
+            b -= lr * grad(cost, b);
+            c -= lr * grad(cost, c);
+            cost
+        }
+    }
+}
+
+tensor_fn::tensor_fn! {
+    struct Softmax { w: f32[m, k], b: f32[k] }
+    impl Softmax {
+        fn train(&mut self, x: f32[n, m], y: i64[n], lr: f32) -> f32 {
+            let cost = -mean(log_softmax(dot(x, w) + b)[arange(n), y]);
+            w -= lr * grad(cost, w);
+            b -= lr * grad(cost, b);
+            cost
+        }
+    }
+}
+
 /// Returns once every thread of the pool has run a chunk of a job: a worker allocates its
 /// thread state when it starts, and that must not land inside the counted window.
 fn wait_for_every_worker() {
@@ -87,20 +117,32 @@ fn main() {
         "the pool has no workers: the test would miss them"
     );
 
+    let mut d = Denoising::new(init(hidden), Array1::zeros(hidden), Array1::zeros(784)).unwrap();
+    d.train(x.slice(s![..20, ..]), 0.1).unwrap();
+    let labels = data.train_labels.slice(s![..800]).mapv(i64::from);
+    let mut c = Softmax::new(ndarray::Array2::zeros((784, 10)), Array1::zeros(10)).unwrap();
+    c.train(x.slice(s![..600, ..]), labels.slice(s![..600]), 0.13)
+        .unwrap();
+
     let before = allocs();
     for i in 1..40 {
         m.train(x.slice(s![i * 20..(i + 1) * 20, ..]), 0.1).unwrap();
+        d.train(x.slice(s![i * 20..(i + 1) * 20, ..]), 0.1).unwrap();
+    }
+    for _ in 0..3 {
+        c.train(x.slice(s![200..800, ..]), labels.slice(s![200..800]), 0.13)
+            .unwrap();
     }
     let during = allocs() - before;
 
     assert_eq!(
         during,
         0,
-        "allocations in 39 training steps, on {} threads",
+        "allocations in 39 steps of each model, on {} threads",
         threads()
     );
     println!(
-        "zero_alloc: 39 training steps on {} threads allocated nothing",
+        "zero_alloc: 39 steps of the autoencoder and of a denoising one, and 3 of a softmax classifier, on {} threads allocated nothing",
         threads()
     );
 }

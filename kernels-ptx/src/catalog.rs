@@ -5,7 +5,8 @@
 
 use crate::gemm::{gemm, Activation, Bias, GemmSpec};
 use crate::ir::{
-    Axis, Binary, Buffer, DType, Dim, Instr, IntTy, Ix, LoopKernel, Num, RedKind, Reduction, Unary,
+    Axis, Binary, Buffer, DType, Dim, Instr, IntTy, Ix, LoopKernel, Num, RandKind, RedKind,
+    Reduction, Unary,
 };
 use crate::meta::Program;
 use crate::reduce::reduction_kernel;
@@ -339,6 +340,78 @@ pub fn labels_kernel(dtype: DType, n: Dim) -> LoopKernel {
     }
 }
 
+/// Dropout and noise over `x [m, n]` (`b0`) from the random stream `b1`, with every
+/// grouping: `mask = binomial(a0)` (site 0) -> `b2`; `u = uniform(-1, 1)` (site 1) -> `b3`;
+/// `z = normal(x, a1)` (site 2) -> `b4`; `sum_j x * mask` -> `b5` (rows); `max_i z` -> `b6`
+/// (columns); `sum (x * mask + u)` -> `b7` (all); `argmax z` -> `b8` (all, i64).
+pub fn random_kernel(dtype: DType, m: Dim, n: Dim) -> LoopKernel {
+    use crate::ir::Binary as B;
+    use Instr::*;
+    let draw = |kind, site, params| Random {
+        kind,
+        site,
+        stream: 1,
+        params,
+    };
+    LoopKernel {
+        dtype,
+        dims: vec![m, n],
+        bufs: vec![
+            buf(dtype, &[m, n]),
+            Buffer::stream(dtype),
+            buf(dtype, &[m, n]),
+            buf(dtype, &[m, n]),
+            buf(dtype, &[m, n]),
+            buf(dtype, &[m]),
+            buf(dtype, &[n]),
+            buf(dtype, &[]),
+            int_buf(dtype, IntTy::I64, &[]),
+        ],
+        instrs: vec![
+            Load {
+                buf: 0,
+                index: vec![Ix::Outer, Ix::Inner],
+            }, // %0 x
+            Arg(0),                              // %1 p
+            draw(RandKind::Binomial, 0, [1, 1]), // %2 mask
+            Binary(B::Mul, 0, 2),                // %3 x * mask
+            Const(-1.0),                         // %4
+            Const(1.0),                          // %5
+            draw(RandKind::Uniform, 1, [4, 5]),  // %6 u
+            Arg(1),                              // %7 std
+            draw(RandKind::Normal, 2, [0, 7]),   // %8 z
+            Binary(B::Add, 3, 6),                // %9
+        ],
+        stores: vec![(2, 2), (6, 3), (8, 4)],
+        reductions: vec![
+            Reduction {
+                kind: RedKind::Sum,
+                axis: Axis::One(1),
+                value: 3,
+                out: 5,
+            },
+            Reduction {
+                kind: RedKind::Max,
+                axis: Axis::One(0),
+                value: 8,
+                out: 6,
+            },
+            Reduction {
+                kind: RedKind::Sum,
+                axis: Axis::All,
+                value: 9,
+                out: 7,
+            },
+            Reduction {
+                kind: RedKind::ArgMax,
+                axis: Axis::All,
+                value: 8,
+                out: 8,
+            },
+        ],
+    }
+}
+
 /// `b2 [m, n] = b0^T + b1[i]`, reading `b0 [n, m]` transposed and `b1 [m]` by the outer index.
 pub fn transpose_kernel(dtype: DType, m: Dim, n: Dim) -> LoopKernel {
     LoopKernel {
@@ -474,6 +547,18 @@ pub fn loop_kernels() -> Vec<(String, LoopKernel)> {
         v.push((
             format!("labels {d} [1000]"),
             labels_kernel(dtype, Dim::Static(1000)),
+        ));
+        v.push((
+            format!("random {d} [20, 33]"),
+            random_kernel(dtype, Dim::Static(20), Dim::Static(33)),
+        ));
+        v.push((
+            format!("random {d} [37, 300]"),
+            random_kernel(dtype, Dim::Static(37), Dim::Static(300)),
+        ));
+        v.push((
+            format!("random {d} [d0, d1]"),
+            random_kernel(dtype, Dim::Sym(0), Dim::Sym(1)),
         ));
     }
     v.extend(reduction_kernels());

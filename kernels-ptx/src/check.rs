@@ -2,14 +2,23 @@
 //! of loop kernels (in f64), running programs on the interpreter through their metadata, and
 //! comparisons that name the first mismatching index. The crate's tests and the compiler's
 //! tests (every loop kernel the macro emits) use it.
+//!
+//! Random draws ([`Instr::Random`]) are the exception to "in f64": the reference makes them in
+//! the kernel's dtype with [`crate::rng`], and the device must match them bit for bit. Their
+//! stream buffers hold raw `u64` words, which an f64 cannot hold: in the `data` maps below a
+//! stream buffer's two elements are `f64::from_bits` of the seed and of the call counter
+//! ([`stream_data`]).
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::ir::{Axis, Binary, BufId, DType, Dim, Instr, IntTy, Ix, LoopKernel, RedKind, Unary};
+use crate::ir::{
+    Axis, Binary, BufId, DType, Dim, Instr, IntTy, Ix, LoopKernel, RandKind, RedKind, Unary,
+};
 use crate::meta::{Program, Role};
+use crate::rng::{self, DrawFloat};
 use crate::scalar;
 use crate::vm::{self, Memory, Stats, Value};
 
@@ -84,13 +93,14 @@ pub fn outputs(k: &LoopKernel) -> Vec<BufId> {
         .collect()
 }
 
-/// The buffers a kernel reads.
+/// The buffers a kernel reads (random streams included).
 pub fn inputs(k: &LoopKernel) -> Vec<BufId> {
     let mut v: Vec<BufId> = k
         .instrs
         .iter()
         .filter_map(|i| match i {
             Instr::Load { buf, .. } => Some(*buf),
+            Instr::Random { stream, .. } => Some(*stream),
             Instr::Arg(_)
             | Instr::Const(_)
             | Instr::DimSize(_)
@@ -103,6 +113,38 @@ pub fn inputs(k: &LoopKernel) -> Vec<BufId> {
     v.sort_unstable();
     v.dedup();
     v
+}
+
+/// The stream buffers of a kernel's random draws.
+pub fn streams(k: &LoopKernel) -> Vec<BufId> {
+    let mut v: Vec<BufId> = k
+        .instrs
+        .iter()
+        .filter_map(|i| match i {
+            Instr::Random { stream, .. } => Some(*stream),
+            Instr::Load { .. }
+            | Instr::Arg(_)
+            | Instr::Const(_)
+            | Instr::DimSize(_)
+            | Instr::Unary(..)
+            | Instr::Binary(..)
+            | Instr::Index(_)
+            | Instr::Select(..) => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// A stream buffer's contents in a `data` map: the bits of `seed` and `call`, as f64s.
+pub fn stream_data(seed: u64, call: u64) -> Vec<f64> {
+    vec![f64::from_bits(seed), f64::from_bits(call)]
+}
+
+/// `(seed, call)` of a stream buffer's contents in a `data` map ([`stream_data`]).
+pub fn stream_words(d: &[f64]) -> (u64, u64) {
+    (d[0].to_bits(), d[1].to_bits())
 }
 
 // The reference: the ops' one definition ([`crate::scalar`]), in f64.
@@ -129,6 +171,25 @@ pub fn min_nan(a: f64, b: f64) -> f64 {
 
 pub fn binary_ref(b: Binary, x: f64, y: f64) -> f64 {
     scalar::binary(b, x, y)
+}
+
+/// A draw of `kind` from the words `w` in the dtype, with the parameters `a`, `b` (p and
+/// unused, lo and hi, mean and std) rounded to the dtype first: what the device computes when
+/// the parameters are exact in the dtype.
+pub fn draw_ref(dtype: DType, kind: RandKind, w: [u32; 4], a: f64, b: f64) -> f64 {
+    fn draw<T: DrawFloat>(kind: RandKind, w: [u32; 4], a: f64, b: f64) -> f64 {
+        let (a, b) = (T::from_f64(a), T::from_f64(b));
+        let x = match kind {
+            RandKind::Binomial => rng::binomial(w, a),
+            RandKind::Uniform => rng::uniform(w, a, b),
+            RandKind::Normal => rng::normal(w, a, b),
+        };
+        x.to_f64()
+    }
+    match dtype {
+        DType::F32 => draw::<f32>(kind, w, a, b),
+        DType::F64 => draw::<f64>(kind, w, a, b),
+    }
 }
 
 /// What the reference computes for one output.
@@ -164,6 +225,12 @@ pub fn argmax_ref(xs: &[f64]) -> usize {
 /// Evaluates a loop kernel point by point in f64, reductions in sequential order. Loads see
 /// what the device buffers hold: float inputs rounded to the dtype, integer inputs converted to
 /// integers ([`to_int`]) and then to the dtype.
+///
+/// Random draws are made in the dtype ([`draw_ref`]) from the stream's words in `data`
+/// ([`stream_data`]), keyed by the point's flat index. Their parameters are the reference's f64
+/// values rounded to the dtype: the device's match them when they are exact in the dtype
+/// (loads, arguments, constants, exact arithmetic on them); a parameter computed with
+/// roundings may differ in the last place and flip a draw.
 pub fn reference(
     k: &LoopKernel,
     syms: &HashMap<u32, u64>,
@@ -243,6 +310,17 @@ pub fn reference(
                         Ix::Zero => 0.0,
                     },
                     Instr::Select(c, a, b) => scalar::select(vals[*c], vals[*a], vals[*b]),
+                    Instr::Random {
+                        kind,
+                        site,
+                        stream,
+                        params,
+                    } => {
+                        let (seed, call) = stream_words(&data[stream]);
+                        // The point's flat row-major index: below 2^31 (`validate`).
+                        let w = rng::bits((i * inner + j) as u32, *site, call, seed);
+                        draw_ref(k.dtype, *kind, w, vals[params[0]], vals[params[1]])
+                    }
                 };
             }
             let flat = i * inner + j;
@@ -320,25 +398,71 @@ pub fn run_program_typed(
     syms: &HashMap<u32, u64>,
     args: &HashMap<u32, f64>,
 ) -> (HashMap<BufId, Vec<f64>>, Stats) {
+    let elems: Vec<(BufId, usize, Elem)> = bufs
+        .iter()
+        .map(|&(b, n, int)| (b, n, int.map_or(Elem::Float, Elem::Int)))
+        .collect();
+    run_program_elems(program, dtype, &elems, data, syms, args)
+}
+
+/// What a buffer holds in memory, and how `data` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    /// Floats of the dtype.
+    Float,
+    /// Integers, given as f64s that [`to_int`] converts.
+    Int(IntTy),
+    /// Raw 64-bit words (a random stream's seed and call), given and read back as
+    /// `f64::from_bits` of the word ([`stream_data`]).
+    Bits64,
+}
+
+impl Elem {
+    /// The element of buffer `b` of kernel `k`: streams are words, whatever else reads them.
+    pub fn of(k: &LoopKernel, b: BufId) -> Elem {
+        if streams(k).contains(&b) {
+            Elem::Bits64
+        } else {
+            k.bufs[b].int.map_or(Elem::Float, Elem::Int)
+        }
+    }
+
+    fn bytes(self, dtype: DType) -> u32 {
+        match self {
+            Elem::Float => dtype.bytes(),
+            Elem::Int(t) => t.bytes(),
+            Elem::Bits64 => 8,
+        }
+    }
+}
+
+/// [`run_program`] with buffers `(id, elements, element kind)`.
+pub fn run_program_elems(
+    program: &Program,
+    dtype: DType,
+    bufs: &[(BufId, usize, Elem)],
+    data: &HashMap<BufId, Vec<f64>>,
+    syms: &HashMap<u32, u64>,
+    args: &HashMap<u32, f64>,
+) -> (HashMap<BufId, Vec<f64>>, Stats) {
     let mut mem = Memory::new();
     let mut ptrs: HashMap<BufId, u64> = HashMap::new();
-    for &(b, n, int) in bufs {
-        let bytes = match int {
-            Some(t) => t.bytes(),
-            None => dtype.bytes(),
-        };
-        let p = match (data.get(&b), int, dtype) {
-            (Some(d), None, DType::F32) => {
+    for &(b, n, elem) in bufs {
+        let p = match (data.get(&b), elem, dtype) {
+            (Some(d), Elem::Float, DType::F32) => {
                 mem.upload_f32(&d.iter().map(|x| *x as f32).collect::<Vec<_>>())
             }
-            (Some(d), None, DType::F64) => mem.upload_f64(d),
-            (Some(d), Some(IntTy::I32), _) => {
+            (Some(d), Elem::Float, DType::F64) => mem.upload_f64(d),
+            (Some(d), Elem::Int(IntTy::I32), _) => {
                 mem.upload_i32(&d.iter().map(|x| *x as i32).collect::<Vec<_>>())
             }
-            (Some(d), Some(IntTy::I64), _) => {
+            (Some(d), Elem::Int(IntTy::I64), _) => {
                 mem.upload_i64(&d.iter().map(|x| *x as i64).collect::<Vec<_>>())
             }
-            (None, _, _) => mem.alloc(n * bytes as usize),
+            (Some(d), Elem::Bits64, _) => {
+                mem.upload_i64(&d.iter().map(|x| x.to_bits() as i64).collect::<Vec<_>>())
+            }
+            (None, _, _) => mem.alloc(n * elem.bytes(dtype) as usize),
         };
         ptrs.insert(b, p);
     }
@@ -361,23 +485,28 @@ pub fn run_program_typed(
     };
     let stats = vm::run(program, &mut mem, &bind).unwrap_or_else(|e| panic!("interpreter: {e}"));
     let mut out = HashMap::new();
-    for &(b, n, int) in bufs {
-        let v = match (int, dtype) {
-            (None, DType::F32) => mem
+    for &(b, n, elem) in bufs {
+        let v = match (elem, dtype) {
+            (Elem::Float, DType::F32) => mem
                 .read_f32(ptrs[&b], n)
                 .into_iter()
                 .map(|x| x as f64)
                 .collect(),
-            (None, DType::F64) => mem.read_f64(ptrs[&b], n),
-            (Some(IntTy::I32), _) => mem
+            (Elem::Float, DType::F64) => mem.read_f64(ptrs[&b], n),
+            (Elem::Int(IntTy::I32), _) => mem
                 .read_i32(ptrs[&b], n)
                 .into_iter()
                 .map(|x| x as f64)
                 .collect(),
-            (Some(IntTy::I64), _) => mem
+            (Elem::Int(IntTy::I64), _) => mem
                 .read_i64(ptrs[&b], n)
                 .into_iter()
                 .map(|x| x as f64)
+                .collect(),
+            (Elem::Bits64, _) => mem
+                .read_i64(ptrs[&b], n)
+                .into_iter()
+                .map(|x| f64::from_bits(x as u64))
                 .collect(),
         };
         out.insert(b, v);
@@ -408,7 +537,8 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: impl Fn(usize) -
 
 /// Runs a loop kernel on the interpreter with random inputs in `[lo, hi)` and compares every
 /// output with the reference (see [`check_loop_data`]). Integer inputs get random integers,
-/// `floor` of the same uniform draws.
+/// `floor` of the same uniform draws. Random streams get random words: a seed with its top
+/// bit set and a call counter above 2^32, so that both halves of both words matter.
 #[allow(clippy::too_many_arguments)]
 pub fn check_loop(
     name: &str,
@@ -422,7 +552,14 @@ pub fn check_loop(
 ) -> Stats {
     let mut rng = Rng::new(seed);
     let mut data = HashMap::new();
+    let streams = streams(k);
     for b in inputs(k) {
+        if streams.contains(&b) {
+            let seed = rng.next_u64() | 1 << 63;
+            let call = rng.next_u64() | 1 << 32;
+            data.insert(b, stream_data(seed, call));
+            continue;
+        }
         let n = elems(&k.bufs[b].shape, syms);
         let d: Vec<f64> = rng
             .vec(n, lo, hi)
@@ -448,6 +585,10 @@ pub fn check_loop(
 /// value at the position found are different numbers within `chain` units of each other: such
 /// a near tie may order either way once the device rounds. Equal values never do, so ties
 /// must go to the first position.
+///
+/// Random draws must match bit for bit: a stored draw, and the maximum of draws, have no
+/// tolerance (see [`reference()`] for the parameters); values computed from draws have the
+/// usual one. Stream buffers in `data` are [`stream_data`].
 pub fn check_loop_data(
     name: &str,
     k: &LoopKernel,
@@ -459,16 +600,16 @@ pub fn check_loop_data(
     let program = crate::lower_loop(k).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut bufs = Vec::new();
     for b in inputs(k) {
-        bufs.push((b, elems(&k.bufs[b].shape, syms), k.bufs[b].int));
+        bufs.push((b, elems(&k.bufs[b].shape, syms), Elem::of(k, b)));
     }
     for b in outputs(k) {
-        bufs.push((b, elems(&k.bufs[b].shape, syms).max(1), k.bufs[b].int));
+        bufs.push((b, elems(&k.bufs[b].shape, syms).max(1), Elem::of(k, b)));
     }
     let args: HashMap<u32, f64> = args
         .iter()
         .map(|(a, v)| (*a, round_to(k.dtype, *v)))
         .collect();
-    let (got, stats) = run_program_typed(&program, k.dtype, &bufs, data, syms, &args);
+    let (got, stats) = run_program_elems(&program, k.dtype, &bufs, data, syms, &args);
     let want = reference(k, syms, &args, data);
     let u = unit(k.dtype);
     let tiny = match k.dtype {
@@ -482,6 +623,10 @@ pub fn check_loop_data(
         let kind = k.reductions.iter().find(|r| r.out == b).map(|r| r.kind);
         if kind == Some(RedKind::ArgMax) {
             assert_positions(&what, g, w, |x, y| chain * u * (x.abs() + y.abs()) + tiny);
+            continue;
+        }
+        if holds_draws(k, b) {
+            assert_bits(&what, g, &w.values);
             continue;
         }
         let terms = if kind == Some(RedKind::Sum) {
@@ -515,6 +660,30 @@ pub fn check_loop_data(
         }
     }
     stats
+}
+
+/// Whether output `b` holds random draws exactly: a store of a draw, or the maximum of one.
+fn holds_draws(k: &LoopKernel, b: BufId) -> bool {
+    let draw = |v: usize| matches!(k.instrs[v], Instr::Random { .. });
+    k.stores.iter().any(|&(v, out)| out == b && draw(v))
+        || k.reductions
+            .iter()
+            .any(|r| r.out == b && r.kind == RedKind::Max && draw(r.value))
+}
+
+/// Asserts `got` is `want` bit for bit (any NaN matches any NaN: the device's is canonical).
+pub fn assert_bits(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "{what}: first mismatch at index {i}: got {g:e} ({:#018x}), want {w:e} ({:#018x}), \
+             bit for bit; {} elements",
+            g.to_bits(),
+            w.to_bits(),
+            got.len()
+        );
+    }
 }
 
 /// Asserts argmax positions: `got[i]` is the reference's, or a near tie of it (different

@@ -103,11 +103,31 @@ impl IntTy {
 /// (`int`), whose elements loads convert to that dtype and stores convert from it (rounding
 /// toward zero; NaN becomes 0, out-of-range values saturate, as PTX's `cvt.rzi` does). For an
 /// integer buffer `dtype` is not used.
+///
+/// A random stream ([`Buffer::stream`], read by [`Instr::Random`]) is an `i64` buffer of shape
+/// `[2]` whose elements are not numbers but the raw bits of two `u64` words: the seed, then the
+/// call counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Buffer {
     pub dtype: DType,
     pub shape: Vec<Dim>,
     pub int: Option<IntTy>,
+}
+
+impl Buffer {
+    /// The buffer of a random stream: `[seed, call]` as the bits of two `u64`s in an `i64[2]`.
+    pub fn stream(dtype: DType) -> Buffer {
+        Buffer {
+            dtype,
+            shape: vec![Dim::Static(2)],
+            int: Some(IntTy::I64),
+        }
+    }
+
+    /// Whether the buffer has the form of a random stream ([`Buffer::stream`]).
+    pub fn is_stream(&self) -> bool {
+        self.int == Some(IntTy::I64) && self.shape == [Dim::Static(2)]
+    }
 }
 
 /// A loop index: rank-2 spaces have an outer and an inner index, rank-1 spaces only the inner
@@ -120,6 +140,34 @@ pub enum Ix {
 }
 
 pub use crate::op::{Binary, Num, Unary};
+
+/// The distribution of a random draw (Theano's RandomStreams ops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RandKind {
+    Binomial,
+    Uniform,
+    Normal,
+}
+
+impl RandKind {
+    pub const ALL: [RandKind; 3] = [RandKind::Binomial, RandKind::Uniform, RandKind::Normal];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RandKind::Binomial => "binomial",
+            RandKind::Uniform => "uniform",
+            RandKind::Normal => "normal",
+        }
+    }
+
+    /// How many of the two parameters the draw reads: binomial's `p` only.
+    pub fn arity(self) -> usize {
+        match self {
+            RandKind::Binomial => 1,
+            RandKind::Uniform | RandKind::Normal => 2,
+        }
+    }
+}
 
 /// One SSA instruction, evaluated at every point of the iteration space. Operands are earlier
 /// values.
@@ -141,6 +189,21 @@ pub enum Instr {
     Index(Ix),
     /// `a` where the condition `c` is not 0 (NaN counts as not 0), else `b`.
     Select(ValId, ValId, ValId),
+    /// A random draw for the current point: `Binomial` (one trial, `params[0]` = p; `params[1]`
+    /// is ignored), `Uniform` (lo, hi), `Normal` (mean, std), from the Philox stream of
+    /// [`crate::rng`]'s keying with element index = the point's flat row-major index in the
+    /// iteration space (rank 2: `outer * dims[1] + inner`; rank 1: `inner`; rank 0: 0), `site`,
+    /// and the stream buffer's `[seed, call]` words ([`Buffer::stream`]).
+    ///
+    /// The draw is made in the kernel's dtype, bit for bit as [`crate::rng::binomial`],
+    /// [`crate::rng::uniform`] and [`crate::rng::normal`] of that type compute it from the
+    /// parameters' values in that type.
+    Random {
+        kind: RandKind,
+        site: u32,
+        stream: BufId,
+        params: [ValId; 2],
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,8 +236,9 @@ pub struct Reduction {
 ///
 /// Invariant (checked by [`LoopKernel::validate`]): every operand of instruction `v` is below
 /// `v`; every float buffer the kernel touches has the kernel's dtype (integer buffers may have
-/// any `dtype`: their elements are `int`, and the kernel computes them as its own dtype); stores
-/// write buffers shaped like the iteration space; no buffer is both written and read.
+/// any `dtype`: their elements are `int`, and the kernel computes them as its own dtype); the
+/// stream of every random draw has the form of [`Buffer::stream`]; stores write buffers shaped
+/// like the iteration space; no buffer is both written and read.
 ///
 /// Integer values are exact only while they fit the dtype's mantissa (2^24 in f32, 2^53 in
 /// f64); so are [`Instr::Index`] values. Argmax positions are carried as integers and stored
@@ -334,6 +398,21 @@ impl LoopKernel {
                     operand(*a)?;
                     operand(*b)?;
                 }
+                Instr::Random { stream, params, .. } => {
+                    operand(params[0])?;
+                    operand(params[1])?;
+                    let x = buf(*stream)?;
+                    if !x.is_stream() {
+                        let ty = x.int.map_or(x.dtype.name(), |t| t.name());
+                        let dims: Vec<String> = x.shape.iter().map(|d| d.to_string()).collect();
+                        return err(format!(
+                            "%{v} draws from b{stream}, which is {ty}[{}], not a stream \
+                             (i64[2]: seed, call)",
+                            dims.join(", ")
+                        ));
+                    }
+                    read.push(*stream);
+                }
             }
         }
         let value = |x: ValId| {
@@ -389,7 +468,8 @@ impl LoopKernel {
     }
 }
 
-/// The text form: `loop f32[d0, 784]`, then one line per instruction, store and reduction.
+/// The text form: `loop f32[d0, 784]`, then one line per instruction, store and reduction
+/// (a draw: `%4 = uniform %2 %3 site=1 stream=b5`).
 impl fmt::Display for LoopKernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dims: Vec<String> = self.dims.iter().map(|d| d.to_string()).collect();
@@ -414,6 +494,18 @@ impl fmt::Display for LoopKernel {
                 Instr::Binary(b, x, y) => writeln!(f, "%{v} = {b} %{x} %{y}")?,
                 Instr::Index(ix) => writeln!(f, "%{v} = index {ix:?}")?,
                 Instr::Select(c, a, b) => writeln!(f, "%{v} = select %{c} %{a} %{b}")?,
+                Instr::Random {
+                    kind,
+                    site,
+                    stream,
+                    params,
+                } => {
+                    write!(f, "%{v} = {}", kind.name())?;
+                    for p in &params[..kind.arity()] {
+                        write!(f, " %{p}")?;
+                    }
+                    writeln!(f, " site={site} stream=b{stream}")?;
+                }
             }
         }
         for (v, b) in &self.stores {

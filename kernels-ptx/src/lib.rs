@@ -28,7 +28,10 @@
 //!   shape and integer type of every schedule buffer, indexed by the schedule's `BufId`), and its
 //!   `instrs`, `stores` and `reductions` one to one (the op enums are shared with the macro:
 //!   [`op`]; symbolic dims keep their ids). [`lower_loop`] gives a [`Program`]. Integer buffers
-//!   (labels, argmax positions) hold `i32`/`i64` elements; the kernel computes them as floats;
+//!   (labels, argmax positions) hold `i32`/`i64` elements; the kernel computes them as floats.
+//!   A random draw ([`Instr::Random`]) reads a stream buffer ([`Buffer::stream`]: the seed and
+//!   the call counter as two raw 64-bit words), which the runtime fills before the launch and
+//!   whose call counter it advances once per call of the compiled function;
 //! - a GEMM becomes a [`GemmSpec`] (`m`, `n`, `k`, the two `trans` flags, and an epilogue when
 //!   the schedule absorbed one; plain products use `Bias::None`, `Activation::Identity`, and
 //!   are launched with alpha = 1, beta = 0). [`gemm()`] gives a [`Program`].
@@ -62,8 +65,8 @@ pub mod vm;
 
 pub use gemm::{gemm, Activation, Bias, GemmSpec};
 pub use ir::{
-    Axis, Binary, Buffer, DType, Dim, Instr, IntTy, IrError, Ix, LoopKernel, Num, RedKind,
-    Reduction, Unary,
+    Axis, Binary, Buffer, DType, Dim, Instr, IntTy, IrError, Ix, LoopKernel, Num, RandKind,
+    RedKind, Reduction, Unary,
 };
 pub use lower::lower_loop;
 pub use meta::{KernelMeta, Launch, Param, ParamTy, Program, Role, Scratch, Size};

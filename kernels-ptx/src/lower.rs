@@ -42,14 +42,28 @@
 //! thread holds what. Shared slots and scratch partials hold the values, then the positions.
 //! Positions are the column (rows), the row (columns) or the flat index (full reductions), and
 //! are stored exactly: `cvt.s64.u32` into an integer buffer, `cvt.rn` into a float one.
+//!
+//! A **random draw** ([`Instr::Random`]) is keyed by the point's flat row-major index, whatever
+//! the mapping, so that every launch draws the same numbers for the same point (a kernel whose
+//! groups recompute a draw gets it again, bit for bit). The stream buffer's two words are read
+//! once per thread before the loops (`ld.global.u64` of the seed and the call counter, split
+//! into 32-bit halves: [`StreamRegs::split`]); each point then runs [`rng::emit_bits`] on its
+//! u32 flat index and the draw's conversion in the dtype. The flat index is the loop's own in
+//! the flat mappings (elementwise, one-block and two-pass reductions: the grid-stride `t`), and
+//! `i * n + j` in the row (warp and block) and column mappings, computed once per point; rank
+//! 0 draws element 0. Draws depend on every loop index of the space, so they are never
+//! hoisted out of a loop.
 
-use crate::ir::{Axis, BufId, DType, Dim, Instr, IntTy, IrError, Ix, LoopKernel, RedKind, ValId};
+use crate::ir::{
+    Axis, BufId, DType, Dim, Instr, IntTy, IrError, Ix, LoopKernel, RandKind, RedKind, ValId,
+};
 use crate::math::{Fx, Partial};
 use crate::meta::{KernelMeta, Launch, Param, ParamTy, Program, Role, Scratch, Size};
 use crate::ptx::{
     Address, Axis3, BinOp, Cmp, CvtRound, Inst, KernelBuilder, Operand, Reg, RegClass, SharedId,
     ShflMode, Space, Special, Type,
 };
+use crate::rng::{self, StreamRegs};
 
 /// Threads per block of every loop-kernel launch.
 pub const BLOCK: u32 = 256;
@@ -197,10 +211,21 @@ struct Gen<'a> {
     needed: Vec<bool>,
     i: Option<Reg>,
     j: Option<Reg>,
+    /// The current point's flat row-major index, once known (a flat loop's own index; in the
+    /// row and column mappings computed from i and j at the first draw of a point).
+    flat: Option<Reg>,
+    /// The split `[seed, call]` words of each stream buffer the launch draws from.
+    streams: Vec<(BufId, StreamRegs)>,
 }
 
 impl<'a> Gen<'a> {
     fn new(lk: &'a LoopKernel) -> Gen<'a> {
+        // A draw is keyed by the flat index: it depends on every loop index of the space.
+        let every_index = match lk.rank() {
+            0 => 0,
+            1 => INNER,
+            _ => OUTER | INNER,
+        };
         let mut mask = vec![0u8; lk.instrs.len()];
         for (v, ins) in lk.instrs.iter().enumerate() {
             mask[v] = match ins {
@@ -220,6 +245,7 @@ impl<'a> Gen<'a> {
                     Ix::Zero => 0,
                 },
                 Instr::Select(c, a, b) => mask[*c] | mask[*a] | mask[*b],
+                Instr::Random { .. } => every_index,
             };
         }
         Gen {
@@ -234,6 +260,8 @@ impl<'a> Gen<'a> {
             needed: vec![false; lk.instrs.len()],
             i: None,
             j: None,
+            flat: None,
+            streams: Vec::new(),
         }
     }
 
@@ -286,6 +314,11 @@ impl<'a> Gen<'a> {
                     self.needed[*a] = true;
                     self.needed[*b] = true;
                 }
+                Instr::Random { kind, params, .. } => {
+                    for &p in &params[..kind.arity()] {
+                        self.needed[p] = true;
+                    }
+                }
                 Instr::Load { .. }
                 | Instr::Arg(_)
                 | Instr::Const(_)
@@ -294,6 +327,7 @@ impl<'a> Gen<'a> {
             }
         }
         let mut bufs: Vec<BufId> = written.to_vec();
+        let mut streams = Vec::new();
         let mut args = Vec::new();
         let mut dims: Vec<u32> = Vec::new();
         let add_dim = |d: &Dim, dims: &mut Vec<u32>| {
@@ -312,6 +346,10 @@ impl<'a> Gen<'a> {
                 Instr::Load { buf, .. } => bufs.push(*buf),
                 Instr::Arg(a) => args.push(*a),
                 Instr::DimSize(d) => add_dim(d, &mut dims),
+                Instr::Random { stream, .. } => {
+                    bufs.push(*stream);
+                    streams.push(*stream);
+                }
                 Instr::Const(_)
                 | Instr::Unary(..)
                 | Instr::Binary(..)
@@ -321,6 +359,8 @@ impl<'a> Gen<'a> {
         }
         bufs.sort_unstable();
         bufs.dedup();
+        streams.sort_unstable();
+        streams.dedup();
         for &b in &bufs {
             // Strides need every dim but the first.
             for d in self.lk.bufs[b].shape.iter().skip(1) {
@@ -334,6 +374,16 @@ impl<'a> Gen<'a> {
         for &b in &bufs {
             let p = self.param(&format!("b{b}"), ParamTy::Ptr, Role::Buf(b));
             self.ptr[b] = Some(self.k.ld_ptr(p));
+        }
+        for &b in &streams {
+            // The words are bits, not numbers: read as u64, never converted.
+            let base = self.ptr[b].expect("stream pointer loaded");
+            let seed = self.k.ld(Space::Global, Type::U64, Address::reg(base));
+            let call = self
+                .k
+                .ld(Space::Global, Type::U64, Address::reg_off(base, 8));
+            let regs = StreamRegs::split(&mut self.k, seed, call);
+            self.streams.push((b, regs));
         }
         for &a in &args {
             let p = self.param(&format!("a{a}"), self.lk.dtype.param(), Role::Arg(a));
@@ -466,6 +516,51 @@ impl<'a> Gen<'a> {
         }
     }
 
+    /// The current point's flat row-major index in the iteration space, as a u32 operand: the
+    /// key of its draws.
+    fn flat_index(&mut self) -> Operand {
+        if let Some(t) = self.flat {
+            return Operand::Reg(t);
+        }
+        let t = match self.lk.rank() {
+            0 => return Operand::Imm(0),
+            1 => self.j.expect("inner index in scope"),
+            _ => {
+                let i = self.i.expect("outer index in scope");
+                let j = self.j.expect("inner index in scope");
+                let n = self.dim(self.lk.dims[1]);
+                self.k.fma(Type::U32, i, n, j)
+            }
+        };
+        self.flat = Some(t);
+        Operand::Reg(t)
+    }
+
+    /// A draw of `kind` for the current point.
+    fn random(&mut self, kind: RandKind, site: u32, stream: BufId, params: [ValId; 2]) -> Reg {
+        let regs = self
+            .streams
+            .iter()
+            .find(|(b, _)| *b == stream)
+            .expect("stream loaded in the prologue")
+            .1;
+        let at = self.flat_index();
+        let w = rng::emit_bits(&mut self.k, &regs, at, site);
+        let dt = self.lk.dtype;
+        let p = |x: ValId| self.vals[x].expect("operand emitted first");
+        match kind {
+            RandKind::Binomial => rng::emit_binomial(&mut self.k, dt, w, p(params[0])),
+            RandKind::Uniform => {
+                let (lo, hi) = (p(params[0]), p(params[1]));
+                rng::emit_uniform(&mut self.k, dt, w, lo, hi)
+            }
+            RandKind::Normal => {
+                let (mean, std) = (p(params[0]), p(params[1]));
+                rng::emit_normal(&mut self.k, dt, w, mean, std)
+            }
+        }
+    }
+
     /// The loop index `ix` as a u32 register (`None` for `Zero`).
     fn index_reg(&self, ix: Ix) -> Option<Reg> {
         match ix {
@@ -528,6 +623,12 @@ impl<'a> Gen<'a> {
                     let p = self.fx().setp(Cmp::Neu, c, zero);
                     self.fx().select(p, a, b)
                 }
+                Instr::Random {
+                    kind,
+                    site,
+                    stream,
+                    params,
+                } => self.random(kind, site, stream, params),
             };
             self.vals[v] = Some(r);
         }
@@ -753,6 +854,8 @@ impl<'a> Gen<'a> {
                             s.i = Some(i);
                         }
                     }
+                    // The loop's index is the point's flat index (rank 0: the one point, 0).
+                    s.flat = Some(t);
                     s.emit_values(|m| m != 0);
                     s.stores(&g.stores);
                     // Positions of full reductions are flat row-major indices (numpy's).
@@ -805,6 +908,7 @@ impl<'a> Gen<'a> {
                         Operand::Imm(BLOCK as i64),
                         |s, col| {
                             s.j = Some(col);
+                            s.flat = None;
                             s.emit_values(|m| m & INNER != 0);
                             s.stores(&g.stores);
                             s.accumulate(&g.reds, &accs, col);
@@ -844,6 +948,7 @@ impl<'a> Gen<'a> {
                     let accs = s.init_accs(&g.reds);
                     s.range(Operand::Reg(lane), n, Operand::Imm(32), |s, col| {
                         s.j = Some(col);
+                        s.flat = None;
                         s.emit_values(|m| m & INNER != 0);
                         s.stores(&g.stores);
                         s.accumulate(&g.reds, &accs, col);
@@ -881,6 +986,7 @@ impl<'a> Gen<'a> {
                     let accs = s.init_accs(&g.reds);
                     s.range(Operand::Imm(0), m, Operand::Imm(1), |s, row| {
                         s.i = Some(row);
+                        s.flat = None;
                         s.emit_values(|m| m & OUTER != 0);
                         s.stores(&g.stores);
                         s.accumulate(&g.reds, &accs, row);

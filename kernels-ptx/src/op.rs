@@ -301,6 +301,9 @@ pub enum Lowering {
     OneHot,
     /// `arange(n)`: the row numbers, only as the first index of `x[arange(n), y]`.
     Arange,
+    /// A random draw of a given shape (`shape(x)` or `[n, 784]`) with scalar parameters, inside
+    /// a model method: `binomial(size, p)`, `uniform(size, lo, hi)`, `normal(size, mean, std)`.
+    Random(crate::ir::RandKind),
     /// `grad(cost, x)`.
     Grad,
     /// Another expression of its arguments, in the compiler's rewrite-pattern language (`?x`
@@ -328,6 +331,8 @@ pub enum ShapeRule {
     OneHot,
     /// Only inside an index.
     Index,
+    /// The shape its first argument gives, in the function's float type.
+    Given,
 }
 
 impl Lowering {
@@ -341,6 +346,7 @@ impl Lowering {
             Lowering::Composite(..) => ShapeRule::Composite,
             Lowering::OneHot => ShapeRule::OneHot,
             Lowering::Arange => ShapeRule::Index,
+            Lowering::Random(_) => ShapeRule::Given,
         }
     }
 }
@@ -473,6 +479,24 @@ pub const BUILTINS: &[Builtin] = &[
         args: 1,
         keywords: &[],
         lowering: Lowering::Arange,
+    },
+    Builtin {
+        name: "binomial",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Random(crate::ir::RandKind::Binomial),
+    },
+    Builtin {
+        name: "uniform",
+        args: 3,
+        keywords: &[],
+        lowering: Lowering::Random(crate::ir::RandKind::Uniform),
+    },
+    Builtin {
+        name: "normal",
+        args: 3,
+        keywords: &[],
+        lowering: Lowering::Random(crate::ir::RandKind::Normal),
     },
     Builtin {
         name: "grad",

@@ -28,6 +28,24 @@ pub fn check(f: &Function) -> Result<(), String> {
                 None
             }
             Op::Grad(_) => return Err(format!("%{}: `grad` left after the grad stage", id.0)),
+            // The size is the node's own; the stream and the scalar parameters are checked.
+            Op::Random(kind, _) => {
+                let stream = g.ty(n.args[0]);
+                let params = &n.args[1..];
+                let scalars = params.iter().all(|p| {
+                    g.ty(*p).rank() == 0 && g.ty(*p).int.is_none() && g.ty(*p).dtype == n.ty.dtype
+                });
+                if !matches!(g.op(n.args[0]), Op::Var(_))
+                    || stream.int.is_none()
+                    || stream.shape != [crate::ir::Dim::Static(2)]
+                    || params.len() != kind.arity()
+                    || !scalars
+                    || n.ty.int.is_some()
+                {
+                    return Err(format!("%{}: malformed `{}`", id.0, kind.name()));
+                }
+                None
+            }
             op => {
                 let tys: Vec<_> = n.args.iter().map(|a| g.ty(*a)).collect();
                 Some(infer(g, op, &tys).map_err(|e| format!("%{}: {}", id.0, e.message))?)

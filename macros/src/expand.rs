@@ -489,13 +489,15 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
         #[derive(Debug, Clone)]
         #vis struct #name {
             #(#fields,)*
+            /// The seed and position of the random stream the methods draw from.
+            __tf_stream: ::tensor_fn::RandomStream,
         }
 
         impl #name {
             /// Makes the model from initial parameter values, checking them against the
             /// declared shapes (static dims, and symbolic dims shared between parameters).
             pub fn new(#(#args),*) -> ::core::result::Result<Self, ::tensor_fn::Error> {
-                let __m = Self { #(#inits,)* };
+                let __m = Self { #(#inits,)* __tf_stream: ::tensor_fn::RandomStream::default() };
                 {
                     let __s = &__m;
                     #(#checks)*
@@ -508,6 +510,25 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
             pub fn to_device(&mut self, device: ::tensor_fn::Device) -> ::core::result::Result<(), ::tensor_fn::Error> {
                 #(self.#field_idents.to_device(device)?;)*
                 ::core::result::Result::Ok(())
+            }
+
+            /// Restarts the random stream of the methods' `binomial`, `uniform` and `normal` at
+            /// `seed`: the draws of the calls that follow are a function of the seed and of
+            /// how many calls came before, the same on the CPU and on every GPU.
+            pub fn seed(&mut self, seed: u64) {
+                self.__tf_stream.reseed(seed);
+            }
+
+            /// The random stream's seed and the number of calls that drew from it so far:
+            /// saved with a checkpoint, they let a resumed run continue the same stream
+            /// ([`set_random_stream`](Self::set_random_stream)).
+            pub fn random_stream(&self) -> (u64, u64) {
+                self.__tf_stream.state()
+            }
+
+            /// Puts the random stream at `seed`, after `calls` calls (as `random_stream` read it).
+            pub fn set_random_stream(&mut self, seed: u64, calls: u64) {
+                self.__tf_stream.set(seed, calls);
             }
 
             /// Where the parameters live (an error if they were moved to different devices).

@@ -94,7 +94,7 @@ pub fn backprop(g: &mut Graph, cost: NodeId, x: NodeId) -> Result<NodeId, TypeEr
 /// reaches its variable only through them.
 fn passes_gradient(op: Op, k: usize) -> bool {
     match op {
-        Op::Compare(_) | Op::ArgMax(_) | Op::OneHot(_) => false,
+        Op::Compare(_) | Op::ArgMax(_) | Op::OneHot(_) | Op::Random(..) => false,
         Op::Where => k != 0,
         _ => true,
     }
@@ -402,7 +402,7 @@ fn vjp(g: &mut Graph, id: NodeId, k: usize, gout: NodeId) -> Result<NodeId, Type
             b.bin(Binary::Add, gout, nst)?
         }
         // Pass no gradient (`passes_gradient`).
-        Op::Compare(_) | Op::ArgMax(_) | Op::OneHot(_) => {
+        Op::Compare(_) | Op::ArgMax(_) | Op::OneHot(_) | Op::Random(..) => {
             return Err(TypeError::new(format!(
                 "internal: a gradient through `{}`",
                 crate::ir::op_name(node.op)

@@ -247,7 +247,7 @@ pub fn eval(
                     .collect();
                 T { shape, data }
             }
-            Op::OneHot(_) | Op::ArgMax(_) | Op::Softmax(_) | Op::LogSoftmax(_) => {
+            Op::OneHot(_) | Op::ArgMax(_) | Op::Softmax(_) | Op::LogSoftmax(_) | Op::Random(..) => {
                 panic!("random programs hold no `{}`", crate::ir::op_name(n.op))
             }
             Op::Grad(_) => panic!("`grad` left in a compiled graph at %{}", id.0),

@@ -8,8 +8,8 @@ use tensor_fn_kernels::scalar;
 
 use crate::diag::{closest, Diagnostics};
 use crate::ir::{
-    binary_type, dot_type, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op, Ret, Type,
-    TypeError, Unary, Var, VarKind, MAX_NODES,
+    binary_type, dot_type, Axis, Binary, DType, Dim, Function, Graph, NodeId, Num, Op, RandKind,
+    Ret, Type, TypeError, Unary, Var, VarKind, MAX_NODES,
 };
 use crate::pattern::Pat;
 use crate::syntax::{
@@ -33,6 +33,12 @@ struct Lowerer<'d> {
     /// Source text of each grad call, by node.
     grads: Vec<(String, NodeId)>,
     default_dtype: DType,
+    /// Lowering a model method: the only place random ops may be drawn.
+    in_model: bool,
+    /// The random stream's var node, once a random op asked for it.
+    stream: Option<NodeId>,
+    /// Random ops lowered so far (the next one's site).
+    random_sites: u32,
 }
 
 /// `a`, `a and b`, `a, b and c`.
@@ -159,10 +165,18 @@ fn lower_all(program: &syntax::Program, diags: &mut Diagnostics) -> Vec<Function
                 let mut all_decls = m.params.clone();
                 all_decls.extend(meth.inputs.iter().cloned());
                 let mut l = Lowerer::new(diags, &all_decls);
+                l.in_model = true;
                 l.declare_all(&m.params, VarKind::Param);
-                let inputs = l.declare_all(&meth.inputs, VarKind::Input);
+                let mut inputs = l.declare_all(&meth.inputs, VarKind::Input);
                 let (outputs, ret, updates) =
                     l.lower_body(&meth.body, Some(meth), meth.name.span());
+                // A method that draws takes its stream as a last, hidden argument.
+                if let Some(s) = l.stream {
+                    let Op::Var(v) = l.g.op(s) else {
+                        unreachable!("the stream is a var")
+                    };
+                    inputs.push(v);
+                }
                 fns.push(l.finish(
                     &meth.name.to_string(),
                     inputs,
@@ -189,6 +203,9 @@ impl<'d> Lowerer<'d> {
                 .find(|d| d.ty.int.is_none())
                 .map(|d| d.ty.dtype)
                 .unwrap_or(DType::F64),
+            in_model: false,
+            stream: None,
+            random_sites: 0,
         }
     }
 
@@ -671,6 +688,14 @@ impl<'d> Lowerer<'d> {
                 None
             }
             Expr::Index { base, items, span } => self.lower_pick(base, items, *span),
+            Expr::List(_, span) => {
+                self.diags.error_help(
+                    *span,
+                    "a list `[..]` is only the size of a random draw",
+                    "as in `binomial([n, 784], p)`: a shape of dim names and integers",
+                );
+                None
+            }
         }
     }
 
@@ -732,6 +757,14 @@ impl<'d> Lowerer<'d> {
     /// lowers (`tensor_fn_kernels::op::BUILTINS`).
     fn lower_call(&mut self, func: &syn::Ident, args: &[Arg], span: Span) -> Option<Val> {
         let fname = func.to_string();
+        if fname == "shape" {
+            self.diags.error_help(
+                span,
+                "`shape(x)` is only the size of a random draw",
+                "as in `binomial(shape(x), p)`, `uniform(shape(x), lo, hi)` or `normal(shape(x), mean, std)`",
+            );
+            return None;
+        }
         let Some(b) = builtin(&fname) else {
             return self.unknown_function(func, args);
         };
@@ -839,6 +872,7 @@ impl<'d> Lowerer<'d> {
             Lowering::Compare(cmp) => self.lower_compare(&fname, cmp, &pos, span),
             Lowering::Where => self.lower_where(&pos, span),
             Lowering::OneHot => self.lower_onehot(&pos, span),
+            Lowering::Random(kind) => self.lower_random(kind, &fname, &pos, span),
             Lowering::Arange => {
                 self.diags.error_help(
                     span,
@@ -1049,6 +1083,165 @@ impl<'d> Lowerer<'d> {
             return None;
         };
         self.build(Op::OneHot(k), vec![y], span).map(Val::Node)
+    }
+
+    /// `binomial(size, p)`, `uniform(size, lo, hi)`, `normal(size, mean, std)`: a draw of
+    /// `size` (`shape(x)` or `[n, 784]`) with scalar parameters, from the model's stream.
+    fn lower_random(
+        &mut self,
+        kind: RandKind,
+        fname: &str,
+        pos: &[&Expr],
+        span: Span,
+    ) -> Option<Val> {
+        if !self.in_model {
+            self.diags.error_help(
+                span,
+                format!("`{fname}` draws random numbers, which only a model method can"),
+                "a model keeps the seed and the position of its random stream: declare one \
+                 (`struct M { .. } impl M { pub fn f(&mut self, ..) { .. } }`), draw inside a \
+                 method and seed it with `m.seed(k)`",
+            );
+            return None;
+        }
+        let size = self.random_size(fname, pos[0]);
+        let mut params = Vec::new();
+        for e in &pos[1..] {
+            params.push(self.lower_expr(e));
+        }
+        let (shape, dtype) = size?;
+        let mut args = Vec::new();
+        for (e, p) in pos[1..].iter().zip(params) {
+            let n = match p? {
+                Val::Lit(x, s) => self.lit_node(x, dtype, s),
+                Val::Node(n) => {
+                    let t = self.g.ty(n);
+                    if t.rank() != 0 || t.int.is_some() || t.dtype != dtype {
+                        let found = self.g.type_str(t);
+                        self.diags.error_help(
+                            e.full_span(),
+                            format!("the parameters of `{fname}` are {} numbers, found {found}", dtype.name()),
+                            "one value for every element, as in `binomial(shape(x), 1 - level)` with `level` a scalar",
+                        );
+                        return None;
+                    }
+                    n
+                }
+            };
+            args.push(n);
+        }
+        let stream = self.stream_var(dtype);
+        args.insert(0, stream);
+        let site = self.random_sites;
+        self.random_sites += 1;
+        let ty = Type {
+            dtype,
+            shape,
+            int: None,
+        };
+        Some(Val::Node(self.g.add(
+            Op::Random(kind, site),
+            args,
+            ty,
+            span,
+        )))
+    }
+
+    /// The size argument of a random op: its shape and the float type of the draw.
+    fn random_size(&mut self, fname: &str, e: &Expr) -> Option<(Vec<Dim>, DType)> {
+        let help = "the size is `shape(x)` of a tensor `x` in scope, or a list of dims and \
+                    integers such as `[n, 784]`";
+        let (shape, dtype) = match e {
+            Expr::Call { func, args, span } if func == "shape" => {
+                let [Arg::Pos(x)] = args.as_slice() else {
+                    self.diags
+                        .error_help(*span, "`shape` takes one tensor", help);
+                    return None;
+                };
+                match self.lower_expr(x)? {
+                    Val::Lit(..) => (Vec::new(), self.default_dtype),
+                    Val::Node(n) => {
+                        let t = self.g.ty(n);
+                        let dt = if t.int.is_some() {
+                            self.default_dtype
+                        } else {
+                            t.dtype
+                        };
+                        (t.shape.clone(), dt)
+                    }
+                }
+            }
+            Expr::List(items, _) => {
+                let mut shape = Vec::new();
+                for it in items {
+                    match it {
+                        Expr::Num {
+                            value,
+                            is_int: true,
+                            ..
+                        } if *value >= 1.0 => shape.push(Dim::Static(*value as u64)),
+                        Expr::Name(id) if self.g.syms.contains(&id.to_string()) => {
+                            shape.push(self.g.sym(&id.to_string()))
+                        }
+                        other => {
+                            self.diags.error_help(
+                                other.full_span(),
+                                format!("a dim of the size of `{fname}` is a dim name or a positive integer, found `{}`", expr_source(other)),
+                                help,
+                            );
+                            return None;
+                        }
+                    }
+                }
+                (shape, self.default_dtype)
+            }
+            other => {
+                self.diags.error_help(
+                    other.full_span(),
+                    format!(
+                        "the first argument of `{fname}` is the size of the draw, found `{}`",
+                        expr_source(other)
+                    ),
+                    help,
+                );
+                return None;
+            }
+        };
+        if shape.len() > 2 {
+            self.diags.error(
+                e.full_span(),
+                format!(
+                    "`{fname}` draws scalars, vectors or matrices: this size has {} dims",
+                    shape.len()
+                ),
+            );
+            return None;
+        }
+        Some((shape, dtype))
+    }
+
+    /// The function's random stream, declared as a hidden `i64[2]` input (`[seed, call]`) the
+    /// first time a random op asks for it, in the float type of that op (the function's).
+    fn stream_var(&mut self, dtype: DType) -> NodeId {
+        if let Some(s) = self.stream {
+            return s;
+        }
+        let ty = Type {
+            dtype,
+            shape: vec![Dim::Static(2)],
+            int: Some(crate::ir::IntTy::I64),
+        };
+        let idx = self.g.vars.len() as u32;
+        let span = Span::call_site();
+        self.g.vars.push(Var {
+            name: crate::ir::STREAM_VAR.to_string(),
+            kind: VarKind::Input,
+            ty: ty.clone(),
+            span,
+        });
+        let node = self.g.add(Op::Var(idx), Vec::new(), ty, span);
+        self.stream = Some(node);
+        node
     }
 
     /// Theano's picking idiom, `x[arange(n), y]`: entry `y[i]` of each row `i` of `x`, as

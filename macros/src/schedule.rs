@@ -320,6 +320,9 @@ pub fn schedule(f: &Function) -> Schedule {
             Op::Const(_) => need[id.idx()],
             Op::DimSize(_) => false,
             Op::Dot | Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) => true,
+            // A draw is keyed by its element's flat index in its own shape: it is computed
+            // by a loop of that shape and read back from memory wherever it is used.
+            Op::Random(..) => true,
             Op::Grad(_) => false,
             _ => need[id.idx()] || (uses[id.idx()] >= 2 && !inline_ok(id)),
         };
@@ -639,6 +642,7 @@ fn is_elementwise(op: Op) -> bool {
         | Op::Compare(_)
         | Op::Where
         | Op::OneHot(_)
+        | Op::Random(..)
         | Op::Transpose
         | Op::ExpandDims(_)
         | Op::Broadcast
@@ -944,6 +948,21 @@ impl LoopBuilder<'_> {
                 let y = self.value(n.args[0], &arg_index(g, node, 0, idx), false);
                 let j = self.push((node, vec![idx[1], Ix::Zero]), Instr::Index(idx[1]));
                 Instr::Binary(Binary::Eq, y, j)
+            }
+            // Stored by a loop of its own shape: `idx` is that loop's point.
+            Op::Random(kind, site) => {
+                let stream = self.buf_of[&n.args[0]];
+                let p0 = self.value(n.args[1], &[], false);
+                let p1 = match n.args.get(2) {
+                    Some(&a) => self.value(a, &[], false),
+                    None => p0,
+                };
+                Instr::Random {
+                    kind,
+                    site,
+                    stream,
+                    params: [p0, p1],
+                }
             }
             Op::Dot | Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) | Op::Grad(_) => {
                 unreachable!("materialized ops are loaded, never inlined")

@@ -379,7 +379,8 @@ fn const_fold(s: &mut Simplifier, id: NodeId) -> Option<NodeId> {
         | Op::OneHot(_)
         | Op::ArgMax(_)
         | Op::Softmax(_)
-        | Op::LogSoftmax(_) => return None,
+        | Op::LogSoftmax(_)
+        | Op::Random(..) => return None,
     };
     Some(s.konst(v, n.ty, n.span))
 }

@@ -116,6 +116,8 @@ pub enum Expr {
         items: Vec<Expr>,
         span: Span,
     },
+    /// `[n, 784]`: a literal shape, the size argument of a random op.
+    List(Vec<Expr>, Span),
 }
 
 impl Expr {
@@ -130,7 +132,8 @@ impl Expr {
             | Expr::Transpose { span, .. }
             | Expr::Tuple(_, span)
             | Expr::Bool(_, span)
-            | Expr::Index { span, .. } => *span,
+            | Expr::Index { span, .. }
+            | Expr::List(_, span) => *span,
         }
     }
 
@@ -220,16 +223,21 @@ fn write_source(e: &Expr, s: &mut String) {
         }
         Expr::Index { base, items, .. } => {
             write_source(base, s);
-            s.push('[');
-            for (i, e) in items.iter().enumerate() {
-                if i > 0 {
-                    s.push_str(", ");
-                }
-                write_source(e, s);
-            }
-            s.push(']');
+            write_list(items, s);
         }
+        Expr::List(items, _) => write_list(items, s),
     }
+}
+
+fn write_list(items: &[Expr], s: &mut String) {
+    s.push('[');
+    for (i, e) in items.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        write_source(e, s);
+    }
+    s.push(']');
 }
 
 /// A statement of a function body.
@@ -938,6 +946,18 @@ fn parse_primary(input: ParseStream) -> syn::Result<Expr> {
     if input.peek(syn::LitBool) {
         let b: syn::LitBool = input.parse()?;
         return Ok(Expr::Bool(b.value, b.span));
+    }
+    if input.peek(syn::token::Bracket) {
+        let c;
+        let b = bracketed!(c in input);
+        let mut items = Vec::new();
+        while !c.is_empty() {
+            items.push(parse_expr(&c)?);
+            if !c.is_empty() {
+                c.parse::<Token![,]>()?;
+            }
+        }
+        return Ok(Expr::List(items, b.span.join()));
     }
     if input.peek(Ident) || input.peek(Token![where]) {
         // `where` is a Rust keyword, and the language's `where(c, a, b)`.

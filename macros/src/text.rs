@@ -37,6 +37,7 @@ pub fn op_text(g: &Graph, id: NodeId) -> String {
         Op::Where => "where".into(),
         Op::Softmax(k) => format!("softmax[axis={k}]"),
         Op::LogSoftmax(k) => format!("log_softmax[axis={k}]"),
+        Op::Random(kind, site) => format!("{}[site={site}]", kind.name()),
     }
 }
 
@@ -167,6 +168,15 @@ fn infix_node(g: &Graph, id: NodeId, done: &[Option<(String, u8)>]) -> (String, 
         Op::Where => (format!("where({}, {}, {})", a(0).0, a(1).0, a(2).0), 4),
         Op::Softmax(k) => (format!("softmax({}, axis = {k})", a(0).0), 4),
         Op::LogSoftmax(k) => (format!("log_softmax({}, axis = {k})", a(0).0), 4),
+        // The size is the node's shape; arg 0 is the stream.
+        Op::Random(kind, _) => {
+            let dims: Vec<String> = n.ty.shape.iter().map(|d| g.dim_str(*d)).collect();
+            let ps: Vec<String> = (1..n.args.len()).map(|k| a(k).0).collect();
+            (
+                format!("{}([{}], {})", kind.name(), dims.join(", "), ps.join(", ")),
+                4,
+            )
+        }
     };
     if r.0.len() > MAX_INFIX {
         (format!("%{}", id.0), 4)
@@ -181,10 +191,9 @@ pub fn signature_text(f: &Function) -> String {
     let args: Vec<String> = f
         .inputs
         .iter()
-        .map(|&i| {
-            let v = &g.vars[i as usize];
-            format!("{}: {}", v.name, g.type_str(&v.ty))
-        })
+        .map(|&i| &g.vars[i as usize])
+        .filter(|v| v.name != crate::ir::STREAM_VAR)
+        .map(|v| format!("{}: {}", v.name, g.type_str(&v.ty)))
         .collect();
     let outs: Vec<String> = f.outputs.iter().map(|o| g.type_str(g.ty(*o))).collect();
     let ret = match outs.len() {

@@ -4,6 +4,7 @@
 //! - [`Shared`]: Theano's shared variable, a value owned by the runtime that compiled functions
 //!   read and update in place.
 //! - [`Error`]: the one error type every fallible call returns.
+//! - [`RandomStream`]: the seed and position of a model's random draws.
 //! - [`data`]: dataset loaders (MNIST as IDX files or the classic `mnist.pkl.gz`).
 //! - [`cpu`]: the CPU kernels generated code is built from (GEMM, workspaces, dim binding).
 
@@ -15,8 +16,10 @@ pub mod gpu;
 mod info;
 pub mod io;
 mod shared;
+mod stream;
 
 pub use device::Device;
 pub use error::Error;
 pub use info::FnInfo;
 pub use shared::{Arg, Shared, Staged};
+pub use stream::RandomStream;

@@ -11,7 +11,7 @@ use quote::{format_ident, quote};
 
 use tensor_fn_kernels::op::PowCall;
 
-use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, IntTy, Ret, Unary, VarKind};
+use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, IntTy, RandKind, Ret, Unary, VarKind};
 use crate::schedule::{
     BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule, ValId,
 };
@@ -87,6 +87,10 @@ pub fn int_checks(
     let g = &f.graph;
     let var = &g.vars[v as usize];
     var.ty.int?;
+    // The stream holds a seed and a counter's bits, not labels.
+    if var.name == crate::ir::STREAM_VAR {
+        return None;
+    }
     let limit: i64 = match var.ty.dtype {
         DType::F32 => 1 << 24,
         DType::F64 => 1 << 53,
@@ -184,6 +188,16 @@ fn method_params(f: &Function) -> (Vec<TokenStream>, Vec<TokenStream>, Vec<Token
     for &v in &f.inputs {
         let var = &g.vars[v as usize];
         let name = Ident::new(&var.name, var.span);
+        if var.name == crate::ir::STREAM_VAR {
+            // Not the caller's: the method passes its model's stream, advanced by one call.
+            let a = model_arg_ty(&var.ty);
+            inner.push(quote!(#name: #a));
+            pass.push(quote!(::tensor_fn::__private::ndarray::ArrayView1::from(
+                &__stream_words[..]
+            )
+            .into()));
+            continue;
+        }
         if var.ty.rank() == 0 {
             let t = scalar_ty(var.ty.dtype);
             outer.push(quote!(#name: #t));
@@ -568,6 +582,16 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                 quote!(&self)
             };
             let (outer, inner, pass) = method_params(f);
+            // A method that draws takes the next call of its model's stream.
+            let draw = if f
+                .inputs
+                .iter()
+                .any(|&v| g.vars[v as usize].name == crate::ir::STREAM_VAR)
+            {
+                quote!(let __stream_words: [i64; 2] = self.__tf_stream.next_call();)
+            } else {
+                quote!()
+            };
             let lazy = format_ident!("{}_lazy", name);
             let imp = format_ident!("__tensor_fn_{}", name);
             let fname = &f.name;
@@ -580,12 +604,14 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             quote! {
                 #attrs
                 #vis fn #name<'__tf>(#recv, #(#outer),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                    #draw
                     self.#imp(#(#pass,)* ::tensor_fn::gpu::Mode::Wait)?.get()
                 }
 
                 #[doc = #lazy_doc]
                 #[allow(clippy::all)]
                 #vis fn #lazy<'__tf>(#recv, #(#outer),*) -> ::core::result::Result<::tensor_fn::gpu::Lazy<#ret>, ::tensor_fn::Error> {
+                    #draw
                     self.#imp(#(#pass,)* ::tensor_fn::gpu::Mode::Lazy)
                 }
 
@@ -704,6 +730,15 @@ fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStr
     }
 }
 
+/// The CPU cost of one draw in `split_saving`'s units: a Philox block (about 10 multiplies
+/// and 30 other integer ops) plus the conversion (Box-Muller's log, cosine and square root).
+fn random_cost(kind: RandKind) -> usize {
+    match kind {
+        RandKind::Binomial | RandKind::Uniform => 40,
+        RandKind::Normal => 120,
+    }
+}
+
 /// Loop nest levels: 0 = invariant, 1 = depends on the outer index, 2 = on the inner one.
 fn levels(l: &LoopKernel) -> Vec<u8> {
     let mut lv = Vec::with_capacity(l.instrs.len());
@@ -727,6 +762,14 @@ fn levels(l: &LoopKernel) -> Vec<u8> {
                 Ix::Zero => 0,
             },
             Instr::Select(c, a, b) => lv[*c].max(lv[*a]).max(lv[*b]),
+            // Keyed by the point's flat index: at the innermost level of any loop.
+            Instr::Random { .. } => {
+                if l.dims.is_empty() {
+                    0
+                } else {
+                    2
+                }
+            }
         };
         lv.push(v);
     }
@@ -799,6 +842,7 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     for ins in &l.instrs {
         match ins {
             Instr::Load { buf, .. } if !reads.contains(buf) => reads.push(*buf),
+            Instr::Random { stream, .. } if !reads.contains(stream) => reads.push(*stream),
             Instr::Arg(v) if !args.contains(v) => args.push(*v),
             Instr::DimSize(d) => dims.push(*d),
             _ => {}
@@ -963,6 +1007,7 @@ fn split_saving(s: &Schedule, l: &LoopKernel) -> usize {
             Instr::Unary(u, _) => u.cpu_cost(),
             Instr::Binary(b, ..) => b.cpu_cost(),
             Instr::Index(_) | Instr::Select(..) => 1,
+            Instr::Random { kind, .. } => random_cost(*kind),
         }
     };
     // An argmax over the rows or over everything has no partials to fold: never split.
@@ -1166,6 +1211,31 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
                     format_ident!("__v{}", b),
                 );
                 quote!(::tensor_fn::__private::scalar::select(#c, #a, #b))
+            }
+            // The draw of the point's flat index in the loop (the node's own shape).
+            Instr::Random {
+                kind,
+                site,
+                stream,
+                params,
+            } => {
+                let id = buf_ident(s, *stream);
+                let flat = match rank {
+                    0 => quote!(0usize),
+                    1 => quote!(__j),
+                    _ => quote!((__i * #inner_len + __j)),
+                };
+                let (p0, p1) = (
+                    format_ident!("__v{}", params[0]),
+                    format_ident!("__v{}", params[1]),
+                );
+                let rng = quote!(::tensor_fn::__private::rng);
+                let w = quote!(#rng::bits(#flat as u32, #site, #id[1] as u64, #id[0] as u64));
+                match kind {
+                    RandKind::Binomial => quote!(#rng::binomial::<#t>(#w, #p0)),
+                    RandKind::Uniform => quote!(#rng::uniform::<#t>(#w, #p0, #p1)),
+                    RandKind::Normal => quote!(#rng::normal::<#t>(#w, #p0, #p1)),
+                }
             }
         };
         let e = match pairs.iter().find(|(s, p)| *s == vi || *p == vi) {

@@ -57,7 +57,7 @@ impl Type {
     }
 }
 
-pub use tensor_fn_kernels::ir::Axis;
+pub use tensor_fn_kernels::ir::{Axis, RandKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
@@ -98,7 +98,15 @@ pub enum Op {
     LogSoftmax(u8),
     /// `grad(cost, var)`: replaced by the `grad` stage; arg 0 is the cost.
     Grad(u32),
+    /// A random draw of the node's type: the `site`-th random op of its function. Arg 0 is
+    /// the function's stream (`[seed, call]`), the others the draw's scalar parameters. No
+    /// two sites are one node, and a draw is a constant to `grad`.
+    Random(RandKind, u32),
 }
+
+/// The name of the hidden input of a model method that draws random numbers: its stream,
+/// `[seed, call]` as an `i64[2]` (the bits of two `u64`s), passed by the method itself.
+pub const STREAM_VAR: &str = "__stream";
 
 /// Inputs are function arguments; params are shared variables of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -383,6 +391,7 @@ pub fn op_name(op: Op) -> &'static str {
         Op::Sum(_) => "sum",
         Op::Max(_) => "max",
         Op::Grad(_) => "grad",
+        Op::Random(kind, _) => kind.name(),
         Op::Compare(b) => compare_name(b),
         Op::OneHot(_) => "onehot",
         Op::ArgMax(_) => "argmax",

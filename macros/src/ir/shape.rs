@@ -76,9 +76,15 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         }
     };
     match op {
-        Op::Var(_) | Op::Const(_) | Op::DimSize(_) | Op::Broadcast | Op::Grad(_) => Err(
-            TypeError::new(format!("internal: `{}` has no shape rule", op_name(op))),
-        ),
+        Op::Var(_)
+        | Op::Const(_)
+        | Op::DimSize(_)
+        | Op::Broadcast
+        | Op::Grad(_)
+        | Op::Random(..) => Err(TypeError::new(format!(
+            "internal: `{}` has no shape rule",
+            op_name(op)
+        ))),
         Op::Unary(_) => {
             arity(1)?;
             numbers(g, op_symbol(op), args)?;

@@ -49,6 +49,9 @@ pub const VERSION: u32 = 1;
 
 /// magic + version + body_len.
 const PRELUDE: usize = 8 + 4 + 8;
+/// The metadata keys of a model's random stream.
+const STREAM_SEED: &str = "random_stream_seed";
+const STREAM_CALLS: &str = "random_stream_calls";
 /// The dtype tag of little-endian `f32` data, the only one so far.
 const DTYPE_F32: u8 = 1;
 /// No model of ours has tensors of a higher rank; a larger value means a corrupt file.
@@ -115,6 +118,37 @@ impl Checkpoint {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Records a model's random stream (its `random_stream()`): the seed and the calls that
+    /// drew, so a resumed run continues the same stream. Stored as two metadata entries.
+    pub fn set_random_stream(&mut self, (seed, calls): (u64, u64)) -> &mut Self {
+        self.set_meta(STREAM_SEED, seed.to_string())
+            .set_meta(STREAM_CALLS, calls.to_string())
+    }
+
+    /// The random stream recorded by [`set_random_stream`](Self::set_random_stream): `None`
+    /// when the checkpoint has none; an error naming `path` (the file it came from) when an
+    /// entry is missing or not a number.
+    pub fn random_stream(&self, path: impl AsRef<Path>) -> Result<Option<(u64, u64)>, Error> {
+        let path = path.as_ref();
+        let num = |key: &str| -> Result<Option<u64>, Error> {
+            self.meta(key)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        format_error(path, format!("metadata `{key}` is `{v}`, not a u64"))
+                    })
+                })
+                .transpose()
+        };
+        match (num(STREAM_SEED)?, num(STREAM_CALLS)?) {
+            (Some(seed), Some(calls)) => Ok(Some((seed, calls))),
+            (None, None) => Ok(None),
+            _ => Err(format_error(
+                path,
+                format!("the random stream needs both `{STREAM_SEED}` and `{STREAM_CALLS}`"),
+            )),
+        }
     }
 
     /// The tensor named `name`, if any.
@@ -464,6 +498,24 @@ mod tests {
         let n = bytes.len() - 4;
         let crc = crc32fast::hash(&bytes[..n]);
         bytes[n..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn random_streams_round_trip_and_bad_ones_are_errors() {
+        let mut ck = small();
+        assert_eq!(ck.random_stream("ck").unwrap(), None);
+        ck.set_random_stream((u64::MAX, 12345));
+        let back = Checkpoint::from_bytes(&ck.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.random_stream("ck").unwrap(), Some((u64::MAX, 12345)));
+        ck.set_meta(STREAM_CALLS, "-1");
+        let e = ck.random_stream("ck").unwrap_err().to_string();
+        assert!(
+            e.contains("`random_stream_calls` is `-1`, not a u64"),
+            "{e}"
+        );
+        ck.meta.retain(|(k, _)| k != STREAM_CALLS);
+        let e = ck.random_stream("ck").unwrap_err().to_string();
+        assert!(e.contains("needs both"), "{e}");
     }
 
     #[test]
