@@ -346,7 +346,7 @@ fn param_array_ty(t: &TypeAst) -> TokenStream {
 }
 
 fn ast_arg_ty(t: &TypeAst) -> TokenStream {
-    let s = rs::scalar_ty(t.dtype);
+    let s = ast_elem_ty(t);
     match t.dims.len() {
         0 => s,
         1 => quote!(::tensor_fn::__private::ndarray::ArrayView1<'_, #s>),
@@ -354,8 +354,16 @@ fn ast_arg_ty(t: &TypeAst) -> TokenStream {
     }
 }
 
+/// The Rust element type of a declared type: an integer type, or the float type.
+fn ast_elem_ty(t: &TypeAst) -> TokenStream {
+    match t.int {
+        Some(i) => rs::int_ty(i),
+        None => rs::scalar_ty(t.dtype),
+    }
+}
+
 fn ast_out_ty(t: &TypeAst) -> TokenStream {
-    let s = rs::scalar_ty(t.dtype);
+    let s = ast_elem_ty(t);
     match t.dims.len() {
         0 => s,
         1 => quote!(::tensor_fn::__private::ndarray::Array1<#s>),
@@ -364,15 +372,15 @@ fn ast_out_ty(t: &TypeAst) -> TokenStream {
 }
 
 /// A model method's array argument type in a stub: what the compiled method takes.
-fn model_arg_ty(t: &TypeAst) -> TokenStream {
-    let s = rs::scalar_ty(t.dtype);
+fn model_arg_ty(t: &TypeAst, life: &syn::Lifetime) -> TokenStream {
+    let s = ast_elem_ty(t);
     match t.dims.len() {
         0 => s,
         1 => {
-            quote!(impl ::core::convert::Into<::tensor_fn::Arg<'__tf, #s, ::tensor_fn::__private::ndarray::Ix1>>)
+            quote!(impl ::core::convert::Into<::tensor_fn::Arg<#life, #s, ::tensor_fn::__private::ndarray::Ix1>>)
         }
         _ => {
-            quote!(impl ::core::convert::Into<::tensor_fn::Arg<'__tf, #s, ::tensor_fn::__private::ndarray::Ix2>>)
+            quote!(impl ::core::convert::Into<::tensor_fn::Arg<#life, #s, ::tensor_fn::__private::ndarray::Ix2>>)
         }
     }
 }
@@ -459,10 +467,18 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 } else {
                     quote!(&self)
                 };
+                let mut lifetimes = Vec::new();
                 let ps: Vec<TokenStream> = unique_decls(&meth.inputs)
                     .map(|d| {
                         let n = &d.name;
-                        let t = model_arg_ty(&d.ty);
+                        let life = syn::Lifetime::new(
+                            &format!("'__tf{}", lifetimes.len()),
+                            proc_macro2::Span::call_site(),
+                        );
+                        let t = model_arg_ty(&d.ty, &life);
+                        if !d.ty.dims.is_empty() {
+                            lifetimes.push(life);
+                        }
                         quote!(#n: #t)
                     })
                     .collect();
@@ -477,7 +493,7 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 methods.push(quote! {
                     #(#docs)*
                     #[allow(unused_variables)]
-                    #mvis fn #mname<'__tf>(#recv, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                    #mvis fn #mname<#(#lifetimes),*>(#recv, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
                         ::core::unreachable!("tensor_fn! could not compile this method")
                     }
                 });

@@ -182,9 +182,19 @@ fn model_arg_ty_at(ty: &crate::ir::Type, life: TokenStream) -> TokenStream {
 
 /// A model method's parameters: (public form taking anything that converts to an `Arg`,
 /// the inner form taking the `Arg`, the conversions between them).
-fn method_params(f: &Function) -> (Vec<TokenStream>, Vec<TokenStream>, Vec<TokenStream>) {
+/// Each array argument borrows for a lifetime of its own (`lifetimes`, the public forms'
+/// generic parameters), so views of different lifetimes can be passed together.
+struct MethodParams {
+    outer: Vec<TokenStream>,
+    inner: Vec<TokenStream>,
+    pass: Vec<TokenStream>,
+    lifetimes: Vec<TokenStream>,
+}
+
+fn method_params(f: &Function) -> MethodParams {
     let g = &f.graph;
     let (mut outer, mut inner, mut pass) = (Vec::new(), Vec::new(), Vec::new());
+    let mut lifetimes = Vec::new();
     for &v in &f.inputs {
         let var = &g.vars[v as usize];
         let name = Ident::new(&var.name, var.span);
@@ -199,19 +209,26 @@ fn method_params(f: &Function) -> (Vec<TokenStream>, Vec<TokenStream>, Vec<Token
             continue;
         }
         if var.ty.rank() == 0 {
-            let t = scalar_ty(var.ty.dtype);
+            let t = elem_ty(&var.ty);
             outer.push(quote!(#name: #t));
             inner.push(quote!(#name: #t));
             pass.push(quote!(#name));
         } else {
-            let a = model_arg_ty_at(&var.ty, quote!('__tf));
+            let life = syn::Lifetime::new(&format!("'__tf{}", lifetimes.len()), Span::call_site());
+            let a = model_arg_ty_at(&var.ty, quote!(#life));
+            lifetimes.push(quote!(#life));
             outer.push(quote!(#name: impl ::core::convert::Into<#a>));
             let a = model_arg_ty(&var.ty);
             inner.push(quote!(#name: #a));
             pass.push(quote!(#name.into()));
         }
     }
-    (outer, inner, pass)
+    MethodParams {
+        outer,
+        inner,
+        pass,
+        lifetimes,
+    }
 }
 
 fn dim_expr(g: &Graph, d: Dim) -> TokenStream {
@@ -581,7 +598,12 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             } else {
                 quote!(&self)
             };
-            let (outer, inner, pass) = method_params(f);
+            let MethodParams {
+                outer,
+                inner,
+                pass,
+                lifetimes,
+            } = method_params(f);
             // A method that draws takes the next call of its model's stream.
             let draw = if f
                 .inputs
@@ -603,14 +625,14 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             );
             quote! {
                 #attrs
-                #vis fn #name<'__tf>(#recv, #(#outer),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                #vis fn #name<#(#lifetimes),*>(#recv, #(#outer),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
                     #draw
                     self.#imp(#(#pass,)* ::tensor_fn::gpu::Mode::Wait)?.get()
                 }
 
                 #[doc = #lazy_doc]
                 #[allow(clippy::all)]
-                #vis fn #lazy<'__tf>(#recv, #(#outer),*) -> ::core::result::Result<::tensor_fn::gpu::Lazy<#ret>, ::tensor_fn::Error> {
+                #vis fn #lazy<#(#lifetimes),*>(#recv, #(#outer),*) -> ::core::result::Result<::tensor_fn::gpu::Lazy<#ret>, ::tensor_fn::Error> {
                     #draw
                     self.#imp(#(#pass,)* ::tensor_fn::gpu::Mode::Lazy)
                 }
