@@ -1,0 +1,563 @@
+//! What the deeplearning.net tutorial examples share: the data split, numpy's `RandomState`
+//! (for the tutorials' exact initial weights), the tutorials' early stopping, their error
+//! measure, the command-line flags, progress bars and the files written to `--out`.
+#![allow(dead_code)] // each example uses part of it
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tensor_fn::io::Checkpoint;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2};
+use tensor_fn::data::mnist::Mnist;
+use tensor_fn::prelude::*;
+
+/// The flags every tutorial example takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// MNIST: a directory of IDX files or a mnist.pkl.gz (default: $TENSOR_FN_MNIST, else the
+    /// shipped data/mnist).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Train on the first N of the 50000 training images only (for quick checks).
+    #[arg(long, value_parser = at_least_one)]
+    pub limit: Option<usize>,
+    /// Where the results, the per-epoch log, the pictures and the checkpoint go.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Device: cpu, cuda, cuda:N, ptx-vm (the PTX interpreter: slow, for checks) or best.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// One line per epoch, no progress bar (for logs and benchmarks).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A whole number of at least 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e} (expected a whole number of at least 1)")),
+    }
+}
+
+/// A finite number above 0.
+pub fn positive(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err("must be a finite number above 0".into()),
+        Err(e) => Err(format!("{e} (expected a number such as 0.1)")),
+    }
+}
+
+/// A number in [0, 1).
+pub fn fraction(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be at least 0 and below 1".into()),
+        Err(e) => Err(format!("{e} (expected a number such as 0.3)")),
+    }
+}
+
+impl Common {
+    pub fn device(&self) -> Result<Device, tensor_fn::Error> {
+        if self.device == "best" {
+            let (d, why) = Device::best_with_reason();
+            if let Some(why) = why {
+                eprintln!("--device best: using the CPU ({why})");
+            }
+            return Ok(d);
+        }
+        Device::parse(&self.device)
+    }
+
+    /// The output directory, created.
+    pub fn out_dir(&self) -> Result<&Path, String> {
+        std::fs::create_dir_all(&self.out).map_err(|e| format!("{}: {e}", self.out.display()))?;
+        Ok(&self.out)
+    }
+
+    pub fn bar(&self, len: usize, what: &str) -> ProgressBar {
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(len as u64)
+        };
+        let style =
+            format!("{what} {{msg}} [{{bar:30}}] {{pos}}/{{len}}, {{per_sec}}, eta {{eta}}");
+        if let Ok(s) = ProgressStyle::with_template(&style) {
+            bar.set_style(s);
+        }
+        bar
+    }
+}
+
+/// One part of the split: images as rows, labels as `i64`.
+pub struct Part {
+    pub x: Array2<f32>,
+    pub y: Array1<i64>,
+}
+
+/// The tutorials' split of MNIST: train 50000, valid 10000, test 10000.
+pub struct Data {
+    pub train: Part,
+    pub valid: Part,
+    pub test: Part,
+}
+
+impl Data {
+    pub fn load(common: &Common) -> Result<Data, Box<dyn std::error::Error>> {
+        let t = Instant::now();
+        let m = Mnist::load(common.data.as_deref())?;
+        let (tx, vx) = m.seed_split();
+        let (ty, vy) = m.seed_split_labels();
+        let limit = common.limit.unwrap_or(tx.nrows()).min(tx.nrows());
+        let d = Data {
+            train: Part {
+                x: tx.slice(s![..limit, ..]).to_owned(),
+                y: ty.slice(s![..limit]).mapv(i64::from),
+            },
+            valid: Part {
+                x: vx.to_owned(),
+                y: vy.mapv(i64::from),
+            },
+            test: Part {
+                x: m.test_images.clone(),
+                y: m.test_labels.mapv(i64::from),
+            },
+        };
+        eprintln!(
+            "loaded MNIST: {} training, {} validation, {} test images in {:.2} s",
+            d.train.x.nrows(),
+            d.valid.x.nrows(),
+            d.test.x.nrows(),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(d)
+    }
+}
+
+/// The tutorials' error measure: the mean of the error rates of the `n / batch` whole
+/// minibatches of a set (for minibatches of 600, the first 9600 of 10000 images), which is
+/// what their published figures are.
+pub fn tutorial_error(
+    mut errors: impl for<'a> FnMut(
+        ArrayView2<'a, f32>,
+        ArrayView1<'a, i64>,
+    ) -> Result<f32, tensor_fn::Error>,
+    set: &Part,
+    batch: usize,
+) -> Result<f64, tensor_fn::Error> {
+    let n = set.x.nrows() / batch;
+    let mut total = 0.0;
+    for i in 0..n {
+        let r = i * batch..(i + 1) * batch;
+        total += errors(set.x.slice(s![r.clone(), ..]), set.y.slice(s![r]))? as f64;
+    }
+    Ok(total / n.max(1) as f64)
+}
+
+/// The error rate over a whole set, in chunks of `chunk` images.
+pub fn full_error(
+    mut errors: impl for<'a> FnMut(
+        ArrayView2<'a, f32>,
+        ArrayView1<'a, i64>,
+    ) -> Result<f32, tensor_fn::Error>,
+    set: &Part,
+    chunk: usize,
+) -> Result<f64, tensor_fn::Error> {
+    let mut wrong = 0.0;
+    let mut at = 0;
+    while at < set.x.nrows() {
+        let end = (at + chunk).min(set.x.nrows());
+        let e = errors(set.x.slice(s![at..end, ..]), set.y.slice(s![at..end]))? as f64;
+        wrong += e * (end - at) as f64;
+        at = end;
+    }
+    Ok(wrong / set.x.nrows().max(1) as f64)
+}
+
+/// The tutorials' early stopping (`logistic_sgd.py`, `mlp.py`): validate every
+/// `min(steps per epoch, patience / 2)` steps; a better validation error records the test
+/// error, and one better by more than 0.5% extends the patience to twice the current step;
+/// training stops once the step count reaches the patience (or after `max_epochs`).
+pub struct EarlyStopping {
+    pub patience: usize,
+    pub patience_increase: usize,
+    pub improvement_threshold: f64,
+    pub validation_frequency: usize,
+    pub best_valid: f64,
+    pub best_iter: usize,
+    pub test_at_best: f64,
+}
+
+impl EarlyStopping {
+    pub fn new(patience: usize, steps_per_epoch: usize) -> Self {
+        EarlyStopping {
+            patience,
+            patience_increase: 2,
+            improvement_threshold: 0.995,
+            validation_frequency: steps_per_epoch.min(patience / 2).max(1),
+            best_valid: f64::INFINITY,
+            best_iter: 0,
+            test_at_best: f64::NAN,
+        }
+    }
+
+    /// Whether step `iter` (counted from 0 over the whole run) ends with a validation.
+    pub fn validates_after(&self, iter: usize) -> bool {
+        (iter + 1).is_multiple_of(self.validation_frequency)
+    }
+
+    /// Records the validation error after step `iter`; returns whether it is the best so far
+    /// (then the caller measures the test error and keeps the model).
+    pub fn record(&mut self, iter: usize, valid: f64) -> bool {
+        if valid < self.best_valid {
+            if valid < self.best_valid * self.improvement_threshold {
+                self.patience = self.patience.max(iter * self.patience_increase);
+            }
+            self.best_valid = valid;
+            self.best_iter = iter;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether training stops after step `iter`.
+    pub fn done(&self, iter: usize) -> bool {
+        self.patience <= iter
+    }
+}
+
+/// numpy's legacy `RandomState` (MT19937): the tutorials draw their initial weights from
+/// `numpy.random.RandomState(seed)`, and these are the same numbers, so a run starts where
+/// theirs (and the peers') does.
+pub struct NumpyRandomState {
+    mt: [u32; 624],
+    index: usize,
+}
+
+impl NumpyRandomState {
+    /// `RandomState(seed)` for a seed below 2^32 (numpy's `init_genrand`).
+    pub fn new(seed: u32) -> Self {
+        let mut mt = [0u32; 624];
+        mt[0] = seed;
+        for i in 1..624 {
+            mt[i] = 1_812_433_253u32
+                .wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30))
+                .wrapping_add(i as u32);
+        }
+        NumpyRandomState { mt, index: 624 }
+    }
+
+    fn twist(&mut self) {
+        for i in 0..624 {
+            let y = (self.mt[i] & 0x8000_0000) | (self.mt[(i + 1) % 624] & 0x7fff_ffff);
+            let mut v = self.mt[(i + 397) % 624] ^ (y >> 1);
+            if y & 1 != 0 {
+                v ^= 0x9908_b0df;
+            }
+            self.mt[i] = v;
+        }
+        self.index = 0;
+    }
+
+    /// The next 32-bit output.
+    pub fn next_u32(&mut self) -> u32 {
+        if self.index >= 624 {
+            self.twist();
+        }
+        let mut y = self.mt[self.index];
+        self.index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    /// `random_sample()`: 53 random bits in [0, 1).
+    pub fn random_sample(&mut self) -> f64 {
+        let a = (self.next_u32() >> 5) as f64;
+        let b = (self.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
+    }
+
+    /// `uniform(low, high, size=(rows, cols))` cast to float32, in C order.
+    pub fn uniform(&mut self, low: f64, high: f64, rows: usize, cols: usize) -> Array2<f32> {
+        Array2::from_shape_simple_fn((rows, cols), || {
+            (low + (high - low) * self.random_sample()) as f32
+        })
+    }
+
+    /// `randint(2**30)`: one masked 32-bit output (every value passes the mask test).
+    pub fn randint_2_30(&mut self) -> u64 {
+        (self.next_u32() & ((1 << 30) - 1)) as u64
+    }
+}
+
+/// One epoch's numbers, for the log and the results.
+pub struct Epoch {
+    pub epoch: usize,
+    /// Mean of the epoch's minibatch costs (each taken before its step).
+    pub cost: f64,
+    /// Seconds of the epoch's training steps (validation and test passes excluded).
+    pub train_seconds: f64,
+    /// The tutorial-style validation error at the epoch's last validation, if any.
+    pub valid: Option<f64>,
+}
+
+/// Writes `epochs.csv` atomically: one row per epoch.
+pub fn write_epochs(out: &Path, epochs: &[Epoch]) -> Result<(), tensor_fn::Error> {
+    let mut s = String::from("epoch,cost,train_seconds,valid_error\n");
+    for e in epochs {
+        let v = e.valid.map(|v| format!("{v:.6}")).unwrap_or_default();
+        let _ = writeln!(s, "{},{:.6},{:.4},{v}", e.epoch, e.cost, e.train_seconds);
+    }
+    tensor_fn::io::write_atomic(out.join("epochs.csv"), s.as_bytes())
+}
+
+/// Writes `results.json` atomically from `(key, JSON value)` pairs.
+pub fn write_results(out: &Path, fields: &[(&str, String)]) -> Result<(), tensor_fn::Error> {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("  \"{k}\": {v}"))
+        .collect();
+    let s = format!("{{\n{}\n}}\n", body.join(",\n"));
+    tensor_fn::io::write_atomic(out.join("results.json"), s.as_bytes())
+}
+
+/// A JSON string.
+pub fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// A JSON number (null for NaN or an infinity).
+pub fn json_num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        "null".into()
+    }
+}
+
+/// The mean of `xs` (0 for none).
+pub fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
+}
+
+/// Stops with an error naming the epoch when a cost is not finite.
+pub fn require_finite_cost(epoch: usize, step: usize, cost: f32) -> Result<(), String> {
+    if cost.is_finite() {
+        Ok(())
+    } else {
+        Err(format!(
+            "epoch {epoch}: the training cost is {cost} at step {}; stopping (a smaller \
+             learning rate may help); the files in --out hold the last good state",
+            step + 1
+        ))
+    }
+}
+
+/// A classifier the tutorials train: a step, an error rate, its parameters as a checkpoint and
+/// back.
+pub trait Classifier: Sized {
+    fn step(
+        &mut self,
+        x: ArrayView2<f32>,
+        y: ArrayView1<i64>,
+        lr: f32,
+    ) -> Result<f32, tensor_fn::Error>;
+    fn errors(&self, x: ArrayView2<f32>, y: ArrayView1<i64>) -> Result<f32, tensor_fn::Error>;
+    /// The parameters, as host tensors in a checkpoint of `epoch`.
+    fn snapshot(&self, epoch: usize) -> Result<Checkpoint, tensor_fn::Error>;
+    /// A model on the CPU from a checkpoint `snapshot` wrote.
+    fn restore(ck: &Checkpoint) -> Result<Self, tensor_fn::Error>;
+}
+
+/// The hyperparameters of a tutorial's training loop.
+pub struct Schedule {
+    pub max_epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub patience: usize,
+}
+
+/// What a run with early stopping ends with.
+pub struct Fit {
+    pub epochs: Vec<Epoch>,
+    pub stop: EarlyStopping,
+    pub steps_per_epoch: usize,
+    /// The best-validation model's checkpoint (also in `--out`).
+    pub best: Checkpoint,
+}
+
+/// The tutorials' training loop: SGD over the training set in file order, validating as
+/// [`EarlyStopping`] says, measuring the test error of each new best model and keeping it as
+/// `checkpoint.tfck` in `--out` (written atomically) with `epochs.csv` after every epoch.
+pub fn fit<M: Classifier>(
+    model: &mut M,
+    data: &Data,
+    common: &Common,
+    sch: &Schedule,
+) -> Result<Fit, Box<dyn std::error::Error>> {
+    let steps = data.train.x.nrows() / sch.batch;
+    if steps == 0 {
+        return Err(format!(
+            "--batch {}: larger than the {} training images",
+            sch.batch,
+            data.train.x.nrows()
+        )
+        .into());
+    }
+    let out = common.out_dir()?.to_path_buf();
+    let mut stop = EarlyStopping::new(sch.patience, steps);
+    let mut epochs: Vec<Epoch> = Vec::new();
+    let mut best: Option<Checkpoint> = None;
+    let mut done = false;
+    let mut epoch = 0;
+    while epoch < sch.max_epochs && !done {
+        epoch += 1;
+        let bar = common.bar(steps, "epoch");
+        bar.set_message(epoch.to_string());
+        let (mut total, mut ran) = (0.0f64, 0usize);
+        let mut train_seconds = 0.0;
+        let mut valid = None;
+        let mut t = Instant::now();
+        for i in 0..steps {
+            let r = i * sch.batch..(i + 1) * sch.batch;
+            let c = model.step(
+                data.train.x.slice(s![r.clone(), ..]),
+                data.train.y.slice(s![r]),
+                sch.lr,
+            )?;
+            require_finite_cost(epoch, i, c)?;
+            total += c as f64;
+            ran += 1;
+            let iter = (epoch - 1) * steps + i;
+            if stop.validates_after(iter) {
+                train_seconds += t.elapsed().as_secs_f64();
+                let v = tutorial_error(|x, y| model.errors(x, y), &data.valid, sch.batch)?;
+                valid = Some(v);
+                if stop.record(iter, v) {
+                    stop.test_at_best =
+                        tutorial_error(|x, y| model.errors(x, y), &data.test, sch.batch)?;
+                    let mut ck = model.snapshot(epoch)?;
+                    ck.set_meta("valid_error", stop.best_valid.to_string())
+                        .set_meta("test_error", stop.test_at_best.to_string());
+                    best = Some(ck);
+                }
+                if !common.quiet {
+                    bar.println(format!(
+                        "epoch {epoch}, minibatch {}/{steps}, validation error {:.4} %",
+                        i + 1,
+                        v * 100.0
+                    ));
+                }
+                t = Instant::now();
+            }
+            if stop.done(iter) {
+                done = true;
+                break;
+            }
+            if i % 64 == 0 {
+                bar.set_position(i as u64);
+            }
+        }
+        train_seconds += t.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let cost = total / ran.max(1) as f64;
+        println!(
+            "epoch {epoch}: cost {cost:.6}, {train_seconds:.3} s of training, validation error {} %",
+            valid
+                .map(|v| format!("{:.4}", v * 100.0))
+                .unwrap_or_else(|| "-".into())
+        );
+        epochs.push(Epoch {
+            epoch,
+            cost,
+            train_seconds,
+            valid,
+        });
+        write_epochs(&out, &epochs)?;
+        if let Some(ck) = &best {
+            ck.save_atomic(out.join("checkpoint.tfck"))?;
+        }
+    }
+    let best = best.ok_or("no validation ran: train for longer")?;
+    Ok(Fit {
+        epochs,
+        stop,
+        steps_per_epoch: steps,
+        best,
+    })
+}
+
+/// Prints the tutorial's closing lines for `fit`'s result and writes `results.json`: the
+/// tutorial-style errors of the best model and its errors over the whole sets.
+pub fn report<M: Classifier>(
+    name: &str,
+    device: Device,
+    fit: &Fit,
+    data: &Data,
+    common: &Common,
+    wall: Instant,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let best = M::restore(&fit.best)?;
+    let full_valid = full_error(|x, y| best.errors(x, y), &data.valid, 1000)?;
+    let full_test = full_error(|x, y| best.errors(x, y), &data.test, 1000)?;
+    let seconds: Vec<f64> = fit.epochs.iter().map(|e| e.train_seconds).collect();
+    let epochs = fit.epochs.len();
+    let wall = wall.elapsed().as_secs_f64();
+    let stop = &fit.stop;
+    println!(
+        "Optimization complete with best validation score of {:.6} %, with test performance \
+         {:.6} % (whole sets: {:.2} % / {:.2} %)",
+        stop.best_valid * 100.0,
+        stop.test_at_best * 100.0,
+        full_valid * 100.0,
+        full_test * 100.0
+    );
+    println!(
+        "The code ran for {epochs} epochs, {:.3} s of training per epoch, {wall:.1} s in all",
+        mean(&seconds)
+    );
+    write_results(
+        &common.out,
+        &[
+            ("model", json_str(name)),
+            ("device", json_str(&device.to_string())),
+            ("epochs", epochs.to_string()),
+            (
+                "best_epoch",
+                (stop.best_iter / fit.steps_per_epoch + 1).to_string(),
+            ),
+            ("best_valid_error", json_num(stop.best_valid)),
+            ("test_error", json_num(stop.test_at_best)),
+            ("whole_valid_error", json_num(full_valid)),
+            ("whole_test_error", json_num(full_test)),
+            ("train_seconds_per_epoch", json_num(mean(&seconds))),
+            ("wall_seconds", json_num(wall)),
+        ],
+    )?;
+    Ok(())
+}
