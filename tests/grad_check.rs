@@ -13,8 +13,11 @@
 //! `x`/`x.T` mixes, scalar inputs, a cost that simplifies to not depending on `x`, a 2-layer net
 //! with a cross-entropy, the seed's tied-weights autoencoder loss (gradients, the derived text
 //! holds no `log`/`div`, finite values at pre-activations of +-100, the same in f32, and the model
-//! form's `p -= lr * grad(cost, p)` step), `#[strict]` programs, and second derivatives (`grad` of
-//! an expression holding `grad`: Hessian-vector and mixed products).
+//! form's `p -= lr * grad(cost, p)` step), `#[strict]` programs, second derivatives (`grad` of
+//! an expression holding `grad`: Hessian-vector and mixed products), the classifier functions
+//! (`softmax`, `log_softmax`, picking `x[arange(n), y]`, `onehot`, masks from comparisons and
+//! `argmax`, `where`, `keepdims`), random draws as constants under a fixed stream, and the
+//! tutorial models' losses (the MLP with its L2 penalty, the denoising autoencoder).
 //! `coverage` prints the count.
 //!
 //! Costs are weighted by fixed random arrays `c`, so a gradient with swapped or transposed
@@ -2293,6 +2296,102 @@ mod random_ops {
     }
 }
 
+/// The tutorial models' losses, as their examples write them (in f64, small sizes): the MLP's
+/// NLL with an L2 penalty, and the denoising autoencoder's cross-entropy under a fixed mask.
+mod tutorial_losses {
+    use super::*;
+    tensor_fn! {
+        pub struct Mlp { w1: f64[m, h], b1: f64[h], w2: f64[h, k], b2: f64[k] }
+        impl Mlp {
+            pub fn cost(&self, x: f64[n, m], y: i64[n]) -> f64 {
+                let hidden = tanh(dot(x, w1) + b1);
+                -mean(log_softmax(dot(hidden, w2) + b2)[arange(n), y]) + 0.01 * (sum(w1 * w1) + sum(w2 * w2))
+            }
+            pub fn grads(&self, x: f64[n, m], y: i64[n]) -> (f64[m, h], f64[h], f64[h, k], f64[k]) {
+                let hidden = tanh(dot(x, w1) + b1);
+                let cost = -mean(log_softmax(dot(hidden, w2) + b2)[arange(n), y]) + 0.01 * (sum(w1 * w1) + sum(w2 * w2));
+                (grad(cost, w1), grad(cost, b1), grad(cost, w2), grad(cost, b2))
+            }
+        }
+    }
+    tensor_fn! {
+        pub struct Da { w: f64[m, h], b: f64[h], c: f64[m] }
+        impl Da {
+            pub fn cost(&self, x: f64[n, m]) -> f64 {
+                let y = sigmoid(dot(binomial(shape(x), 0.7) * x, w) + b);
+                let z = sigmoid(dot(y, w.T) + c);
+                mean(-sum(x * log(z) + (1 - x) * log(1 - z), axis = 1))
+            }
+            pub fn grads(&self, x: f64[n, m]) -> (f64[m, h], f64[h], f64[m]) {
+                let y = sigmoid(dot(binomial(shape(x), 0.7) * x, w) + b);
+                let z = sigmoid(dot(y, w.T) + c);
+                let cost = mean(-sum(x * log(z) + (1 - x) * log(1 - z), axis = 1));
+                (grad(cost, w), grad(cost, b), grad(cost, c))
+            }
+        }
+    }
+    #[test]
+    fn mlp() {
+        let mut r = Rng::new(391);
+        let y = labels(&mut r, 5, 3);
+        let ins = [
+            r.uniform(&[6, 4], -1., 1.),
+            r.uniform(&[4], -0.5, 0.5),
+            r.uniform(&[4, 3], -1., 1.),
+            r.uniform(&[3], -0.5, 0.5),
+            r.uniform(&[5, 6], 0., 1.),
+        ];
+        let net = |a: &[In]| {
+            Mlp::new(
+                v2(&a[0]).to_owned(),
+                v1(&a[1]).to_owned(),
+                v2(&a[2]).to_owned(),
+                v1(&a[3]).to_owned(),
+            )
+            .unwrap()
+        };
+        let (g1, gb1, g2, gb2) = net(&ins).grads(v2(&ins[4]), y.view()).unwrap();
+        check(
+            "mlp loss",
+            &ins,
+            |a: &[In]| net(a).cost(v2(&a[4]), y.view()).unwrap(),
+            &[
+                ("w1", 0, g1.dy()),
+                ("b1", 1, gb1.dy()),
+                ("w2", 2, g2.dy()),
+                ("b2", 3, gb2.dy()),
+            ],
+        );
+    }
+    #[test]
+    fn da() {
+        let mut r = Rng::new(392);
+        let ins = [
+            r.uniform(&[6, 4], -1., 1.),
+            r.uniform(&[4], -0.5, 0.5),
+            r.uniform(&[6], -0.5, 0.5),
+            r.uniform(&[5, 6], 0.05, 0.95),
+        ];
+        let da = |a: &[In]| {
+            let mut d = Da::new(
+                v2(&a[0]).to_owned(),
+                v1(&a[1]).to_owned(),
+                v1(&a[2]).to_owned(),
+            )
+            .unwrap();
+            d.set_random_stream(392, 0);
+            d
+        };
+        let (gw, gb, gc) = da(&ins).grads(v2(&ins[3])).unwrap();
+        check(
+            "dA loss",
+            &ins,
+            |a: &[In]| da(a).cost(v2(&a[3])).unwrap(),
+            &[("w", 0, gw.dy()), ("b", 1, gb.dy()), ("c", 2, gc.dy())],
+        );
+    }
+}
+
 #[test]
 fn checker_reports_first_mismatch() {
     let ins = [ndarray::arr1(&[1.0, 2.0, 3.0]).into_dyn()];
@@ -2341,6 +2440,7 @@ const FORMS: &[&str] = &[
     "strict",
     "second",
     "keepdims",
+    "tutorial_losses",
 ];
 
 #[test]
