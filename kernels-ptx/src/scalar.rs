@@ -19,7 +19,7 @@ mod f32_math;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
 pub use erf::{erf_f32, erf_f64};
-pub use f32_math::{exp_f32, ln_1p_f32, ln_f32};
+pub use f32_math::{exp_f32, ln_1p_f32, ln_f32, tanh_f32};
 
 use crate::op::{Binary, Unary};
 
@@ -61,7 +61,7 @@ pub trait Float:
 }
 
 macro_rules! float_impl {
-    ($t:ty, $exp:path, $ln:path, $ln_1p:path, $erf:path) => {
+    ($t:ty, $exp:path, $ln:path, $ln_1p:path, $tanh:path, $erf:path) => {
         impl Float for $t {
             const ZERO: $t = 0.0;
             const ONE: $t = 1.0;
@@ -100,7 +100,7 @@ macro_rules! float_impl {
             }
             #[inline(always)]
             fn tanh_(self) -> $t {
-                self.tanh()
+                $tanh(self)
             }
             #[inline(always)]
             fn powf_(self, k: $t) -> $t {
@@ -114,8 +114,8 @@ macro_rules! float_impl {
     };
 }
 
-float_impl!(f32, exp_f32, ln_f32, ln_1p_f32, erf_f32);
-float_impl!(f64, f64::exp, f64::ln, f64::ln_1p, erf_f64);
+float_impl!(f32, exp_f32, ln_f32, ln_1p_f32, tanh_f32, erf_f32);
+float_impl!(f64, f64::exp, f64::ln, f64::ln_1p, f64::tanh, erf_f64);
 
 // ---------------------------------------------------------------------------------------------
 // Unary ops.
