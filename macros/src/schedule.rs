@@ -411,6 +411,7 @@ pub fn schedule(f: &Function) -> Schedule {
         tasks.push(Task { node: id, kind });
     }
     tasks.extend(copies);
+    defer_reductions(g, &mut tasks);
 
     let mut builder = LoopBuilder {
         g,
@@ -485,6 +486,74 @@ pub fn schedule(f: &Function) -> Schedule {
         drop_dead_stores(&mut s);
     }
     s
+}
+
+/// The iteration space of a loop task (None for a GEMM).
+fn task_dims(g: &Graph, t: &Task) -> Option<Vec<Dim>> {
+    match t.kind {
+        TaskKind::Gemm => None,
+        TaskKind::Store(_) | TaskKind::Copy(_) => Some(g.ty(t.node).shape.clone()),
+        TaskKind::Reduce(..) => Some(g.ty(g.args(t.node)[0]).shape.clone()),
+    }
+}
+
+/// Moves a reduction that would be a pass of its own to just after a later loop task over the
+/// same iteration space, with the tasks that wait for it, so the two share one pass: the
+/// squared-weights penalty of a loss (`sum(w * w)`) is then summed in the pass that updates
+/// `w`, which reads `w` anyway. A reduction moves only past tasks that do not need it, and
+/// only next to a task that needs none of what moves. A reduction that moved and the task it
+/// joined stay put from then on, so no later move takes them apart, and each reduction moves
+/// at most once.
+fn defer_reductions(g: &Graph, tasks: &mut Vec<Task>) {
+    let mut pinned = vec![false; tasks.len()];
+    let mut i = 0;
+    while i < tasks.len() {
+        let dims = match (&tasks[i].kind, task_dims(g, &tasks[i])) {
+            (TaskKind::Reduce(..), Some(d)) if !pinned[i] && !d.is_empty() => d,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        // Already next to a task of its space: it joins that one's kernel as things are.
+        let beside = |k: usize| task_dims(g, &tasks[k]).as_ref() == Some(&dims);
+        if (i > 0 && beside(i - 1)) || (i + 1 < tasks.len() && beside(i + 1)) {
+            i += 1;
+            continue;
+        }
+        // The tasks after it that need it, and the first later task of its space that needs
+        // none of them.
+        let mut moving = vec![i];
+        let mut target = None;
+        for j in i + 1..tasks.len() {
+            let u = tasks[j].node;
+            let needs = |m: &usize| g.depends_on(u, tasks[*m].node);
+            if moving.iter().any(needs) {
+                moving.push(j);
+            } else if beside(j) {
+                target = Some(j);
+                break;
+            }
+        }
+        let Some(j) = target.filter(|_| !moving.iter().any(|&m| pinned[m])) else {
+            i += 1;
+            continue;
+        };
+        pinned[j] = true;
+        let mut moved = Vec::new();
+        for &m in moving.iter().rev() {
+            moved.push(tasks.remove(m));
+            pinned.remove(m);
+        }
+        moved.reverse();
+        // `j` shifted left by the tasks removed before it.
+        let at = j - moving.len() + 1;
+        for (k, task) in moved.into_iter().enumerate() {
+            tasks.insert(at + k, task);
+            pinned.insert(at + k, k == 0);
+        }
+        // The task now at `i` was after the reduction: look at it next.
+    }
 }
 
 /// Removes stores into workspace buffers that nothing reads: after fusion, a value that its own
