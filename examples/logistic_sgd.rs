@@ -104,5 +104,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         patience: args.patience,
     };
     let fit = tutorials::fit(&mut model, &data, &args.common, &schedule)?;
-    tutorials::report::<LogisticRegression>("logistic_sgd", device, &fit, &data, &args.common, wall)
+    tutorials::report::<LogisticRegression>(
+        "logistic_sgd",
+        device,
+        &fit,
+        &data,
+        &args.common,
+        wall,
+        &[],
+    )
 }

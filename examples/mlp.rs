@@ -145,5 +145,5 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         patience: args.patience,
     };
     let fit = tutorials::fit(&mut net, &data, &args.common, &schedule)?;
-    tutorials::report::<Net>("mlp", device, &fit, &data, &args.common, wall)
+    tutorials::report::<Net>("mlp", device, &fit, &data, &args.common, wall, &[])
 }

@@ -6,6 +6,11 @@
 #[path = "../examples/logistic_sgd.rs"]
 mod logistic_sgd;
 
+#[allow(dead_code)]
+#[path = "../examples/sda.rs"]
+mod sda;
+
+use clap::Parser;
 use logistic_sgd::tutorials::{
     self, Common, Data, EarlyStopping, NumpyRandomState, Part, Schedule,
 };
@@ -59,26 +64,31 @@ fn early_stopping_follows_the_tutorial() {
 }
 
 #[test]
-fn the_tutorial_error_averages_whole_minibatches() {
+fn the_tutorial_error_counts_whole_minibatches() {
     let set = Part {
         x: Array2::zeros((5, 784)),
         y: arr1(&[0, 1, 2, 3, 4]),
     };
-    // Errors of 1/2 and 0 on the two whole minibatches of 2; the 5th image is left out.
+    // A "model" wrong on the odd labels.
+    let odd = |_: ndarray::ArrayView2<f32>, y: ndarray::ArrayView1<i64>| {
+        Ok(y.iter().filter(|&&l| l % 2 == 1).count() as f32 / y.len() as f32)
+    };
+    // Two whole minibatches of 2 (the 5th image is left out), looked at in one chunk.
     let mut calls = 0;
     let e = tutorials::tutorial_error(
-        |_, y| {
+        |x, y| {
             calls += 1;
-            Ok(if y[0] == 0 { 0.5 } else { 0.0 })
+            odd(x, y)
         },
         &set,
         2,
     )
     .unwrap();
-    assert_eq!((e, calls), (0.25, 2));
-    let full =
-        tutorials::full_error(|x, _| Ok(if x.nrows() == 3 { 1.0 } else { 0.0 }), &set, 3).unwrap();
-    assert_eq!(full, 0.6);
+    assert_eq!((e, calls), (0.5, 1));
+    // Chunks of 3 and 2 images, 1/3 and 1/2 wrong: 2 of 5 in all.
+    assert_eq!(tutorials::full_error(odd, &set, 3).unwrap(), 0.4);
+    // Minibatches of one image are counted exactly too (their rates are 0 or 1).
+    assert_eq!(tutorials::tutorial_error(odd, &set, 1).unwrap(), 0.4);
 }
 
 #[test]
@@ -112,13 +122,100 @@ fn a_short_logistic_run_learns_and_writes_its_files() {
         &data,
         &common,
         std::time::Instant::now(),
+        &[("extra", "1".into())],
     )
     .unwrap();
     let results = std::fs::read_to_string(out.join("results.json")).unwrap();
     assert!(results.contains("\"epochs\": 3"), "{results}");
+    assert!(results.contains("\"extra\": 1"), "{results}");
     let csv = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
     let ck = tensor_fn::io::Checkpoint::load(out.join("checkpoint.tfck")).unwrap();
     assert!(ck.meta("valid_error").is_some());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn stacked_denoising_autoencoders_start_as_the_tutorial_and_resume_pretrained() {
+    // numpy 2.4: rng = RandomState(89677); rng.randint(2**30); then each sigmoid layer's
+    // W = float32(rng.uniform(+-sqrt(6 / (fan_in + fan_out)))) * 4.
+    let m = sda::initial(89677, [1000, 1000, 1000]).unwrap();
+    assert_eq!(m.random_stream().0, 1054665268);
+    let w1 = m.w1.get_value().unwrap();
+    assert_eq!(w1[[0, 0]] as f64, 0.06179409474134445);
+    assert_eq!(w1[[783, 999]] as f64, -0.07788003981113434);
+    let sum: f64 = w1.iter().map(|&v| v as f64).sum();
+    assert!((sum - 210.63031457816123).abs() < 1e-9, "{sum}");
+    let w2 = m.w2.get_value().unwrap();
+    assert_eq!(w2[[0, 0]] as f64, 0.12110964953899384);
+    let sum: f64 = w2.iter().map(|&v| v as f64).sum();
+    assert!((sum - -75.52146654620495).abs() < 1e-9, "{sum}");
+
+    // A small network end to end: pretraining, fine-tuning, the files; then fine-tuning again
+    // from the pretrained network it wrote.
+    let out = std::env::temp_dir().join(format!("tensor-fn-sda-{}", std::process::id()));
+    let o = out.to_str().unwrap();
+    let args = |extra: &[&str]| {
+        let base = [
+            "sda", "--quiet", "--limit", "300", "--hidden", "30,20,10", "--out", o,
+        ];
+        sda::Args::parse_from(base.iter().chain(extra))
+    };
+    sda::run(args(&[
+        "--pretrain-epochs",
+        "2",
+        "--epochs",
+        "2",
+        "--batch",
+        "3",
+    ]))
+    .unwrap();
+    for f in [
+        "results.json",
+        "epochs.csv",
+        "pretraining.csv",
+        "pretrained.tfck",
+        "checkpoint.tfck",
+        "filters.png",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(out.join("pretraining.csv")).unwrap();
+    assert_eq!(log.lines().count(), 1 + 3 * 2, "{log}");
+    let ck = tensor_fn::io::Checkpoint::load(out.join("pretrained.tfck")).unwrap();
+    assert_eq!(ck.meta("pretrained_layer"), Some("3"));
+    let pretrained = out.join("pretrained.tfck");
+    let resumed = out.join("resumed");
+    sda::run(sda::Args::parse_from([
+        "sda",
+        "--quiet",
+        "--limit",
+        "300",
+        "--epochs",
+        "1",
+        "--out",
+        resumed.to_str().unwrap(),
+        "--pretrained",
+        pretrained.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let results = std::fs::read_to_string(resumed.join("results.json")).unwrap();
+    assert!(results.contains("\"pretrained_from\": \""), "{results}");
+    // Not a checkpoint of this model: a clear error, nothing trained.
+    let e = sda::run(sda::Args::parse_from([
+        "sda",
+        "--quiet",
+        "--limit",
+        "300",
+        "--out",
+        resumed.to_str().unwrap(),
+        "--pretrained",
+        out.join("checkpoint.tfck")
+            .with_extension("missing")
+            .to_str()
+            .unwrap(),
+    ]))
+    .unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
     std::fs::remove_dir_all(&out).unwrap();
 }
