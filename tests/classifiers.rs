@@ -321,3 +321,63 @@ fn logistic_regression_learns_three_classes() {
     }
     assert_eq!(m32.errors(xf.view(), yf.view()).unwrap(), 0.0);
 }
+
+tensor_fn! {
+    /// A softmax layer with a squared-weights penalty: `w`'s update is one GEMM into `w` with
+    /// beta `1 - lr * 2 * l2`; `v`'s penalty is spelled differently and has two own terms.
+    pub struct Decayed { w: f64[m, k], v: f64[k, k] }
+    impl Decayed {
+        pub fn step(&mut self, x: f64[n, m], y: i64[n], lr: f64, l2: f64) -> f64 {
+            let z = dot(dot(x, w), v);
+            let cost = -mean(log_softmax(z)[arange(n), y]) + l2 * sum(w * w) + sum(v * v) * l2 / 2;
+            w -= lr * grad(cost, w);
+            v -= lr * grad(cost, v) + 0.5 * lr * l2 * v;
+            cost
+        }
+    }
+}
+
+#[test]
+fn weight_decay_updates_match_the_formula() {
+    let info = Decayed::STEP_INFO;
+    assert!(info.plan.contains("beta = 1 - "), "{}", info.plan);
+    let (n, m, k) = (7, 5, 3);
+    let x = Array2::from_shape_fn((n, m), |(i, j)| ((i * 5 + j * 3) % 11) as f64 / 11.0 - 0.4);
+    let y: Array1<i64> = (0..n as i64).map(|i| i % k as i64).collect();
+    let w0 = Array2::from_shape_fn((m, k), |(i, j)| ((i * 3 + j * 7) % 13) as f64 / 13.0 - 0.5);
+    let v0 = Array2::from_shape_fn((k, k), |(i, j)| if i == j { 1.0 } else { 0.1 * j as f64 });
+    let (lr, l2) = (0.3, 0.05);
+    let mut model = Decayed::new(w0.clone(), v0.clone()).unwrap();
+    let cost = model.step(x.view(), y.view(), lr, l2).unwrap();
+    // By hand: g_z = (softmax(z) - onehot(y)) / n, then the chain rule and the penalties.
+    let h = x.dot(&w0);
+    let z = h.dot(&v0);
+    let mut gz = z.clone();
+    let mut nll = 0.0;
+    for (i, mut row) in gz.rows_mut().into_iter().enumerate() {
+        let lse = logsumexp(z.row(i).as_slice().unwrap());
+        nll += lse - z[[i, y[i] as usize]];
+        row.mapv_inplace(|zi| (zi - lse).exp() / n as f64);
+        row[y[i] as usize] -= 1.0 / n as f64;
+    }
+    let penalty = l2 * w0.mapv(|a| a * a).sum() + v0.mapv(|a| a * a).sum() * l2 / 2.0;
+    assert!((cost - (nll / n as f64 + penalty)).abs() < 1e-12, "{cost}");
+    let gw = x.t().dot(&gz.dot(&v0.t())) + 2.0 * l2 * &w0;
+    let gv = h.t().dot(&gz) + l2 * &v0;
+    let want_w = &w0 - lr * &gw;
+    let want_v = &v0 - (lr * &gv + 0.5 * lr * l2 * &v0);
+    let got_w = model.w.get_value().unwrap();
+    let got_v = model.v.get_value().unwrap();
+    assert_close(
+        "w",
+        got_w.as_slice().unwrap(),
+        want_w.as_slice().unwrap(),
+        1e-13,
+    );
+    assert_close(
+        "v",
+        got_v.as_slice().unwrap(),
+        want_v.as_slice().unwrap(),
+        1e-13,
+    );
+}

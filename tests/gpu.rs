@@ -251,12 +251,13 @@ fn training_steps_and_simultaneous_updates_match() {
 
 tensor_fn! {
     /// A softmax classifier: every classifier op (log_softmax, picking, argmax, comparisons,
-    /// softmax, where, keepdims) in a training step, a metric and a prediction.
+    /// softmax, where, keepdims) in a training step, a metric and a prediction. The weight
+    /// penalty makes the update of `w` one GEMM whose beta is `1 - lr * 2 * l2`.
     struct Classifier { w: f64[m, k], b: f64[k] }
 
     impl Classifier {
-        fn train(&mut self, x: f64[n, m], y: i64[n], lr: f64) -> f64 {
-            let cost = -mean(log_softmax(dot(x, w) + b)[arange(n), y]);
+        fn train(&mut self, x: f64[n, m], y: i64[n], lr: f64, l2: f64) -> f64 {
+            let cost = -mean(log_softmax(dot(x, w) + b)[arange(n), y]) + l2 * sum(w * w);
             w -= lr * grad(cost, w);
             b -= lr * grad(cost, b);
             cost
@@ -282,13 +283,20 @@ fn classifier(m: usize, k: usize) -> Classifier {
 
 #[test]
 fn a_classifier_trains_and_predicts_alike() {
+    assert!(
+        Classifier::TRAIN_INFO
+            .launches
+            .contains("beta = 1 - lr * 2 * l2"),
+        "{}",
+        Classifier::TRAIN_INFO.launches
+    );
     for (n, m) in SIZES {
         let k = 10;
         let x = mat(n, m, 14);
         let y: Array1<i64> = (0..n as i64).map(|i| (i * 7) % k as i64).collect();
         let mut cpu = classifier(m, k);
         let cpu_costs: Vec<f64> = (0..3)
-            .map(|_| cpu.train(x.view(), y.view(), 0.1).expect("cpu"))
+            .map(|_| cpu.train(x.view(), y.view(), 0.1, 0.01).expect("cpu"))
             .collect();
         let cpu_err = cpu.errors(x.view(), y.view()).expect("cpu");
         let cpu_pred = cpu.predict(x.view()).expect("cpu");
@@ -296,7 +304,7 @@ fn a_classifier_trains_and_predicts_alike() {
             let mut g = classifier(m, k);
             g.to_device(dev).expect("to device");
             let costs: Vec<f64> = (0..3)
-                .map(|_| g.train(x.view(), y.view(), 0.1).expect("gpu"))
+                .map(|_| g.train(x.view(), y.view(), 0.1, 0.01).expect("gpu"))
                 .collect();
             close("nll", dev, &cpu_costs, &costs, 1e-10);
             close(
@@ -325,7 +333,9 @@ fn a_classifier_trains_and_predicts_alike() {
             // A label outside 0..k is an error before anything runs, on every device.
             let mut bad = y.clone();
             bad[n - 1] = k as i64;
-            let e = g.train(x.view(), bad.view(), 0.1).expect_err("label k");
+            let e = g
+                .train(x.view(), bad.view(), 0.1, 0.01)
+                .expect_err("label k");
             assert!(
                 e.to_string().contains("outside the classes 0..10"),
                 "{dev}: {e}"

@@ -71,6 +71,35 @@ impl Scale {
             factors: Vec::new(),
         }
     }
+
+    /// `lr * 2 * l2`, without the sign (`1` for no factors).
+    pub fn factors_text(&self, g: &Graph) -> String {
+        if self.factors.is_empty() {
+            return "1".into();
+        }
+        self.factors
+            .iter()
+            .map(|f| match f {
+                Instr::Arg(v) => g.vars[*v as usize].name.clone(),
+                Instr::Const(c) => c.to_string(),
+                Instr::DimSize(d) => g.dim_str(*d),
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" * ")
+    }
+}
+
+impl Gemm {
+    /// Beta as text: `0`, `1`, or `1 - lr * 2 * l2`.
+    pub fn beta_text(&self, g: &Graph) -> String {
+        let mut t = self.beta.to_string();
+        for s in &self.beta_terms {
+            let op = if s.sign < 0.0 { '-' } else { '+' };
+            t.push_str(&format!(" {op} {}", s.factors_text(g)));
+        }
+        t
+    }
 }
 
 /// C = alpha A B + beta C, with C `m x n`, A `m x k`, B `k x n`.
@@ -83,8 +112,11 @@ pub struct Gemm {
     pub k: Dim,
     pub n: Dim,
     pub alpha: Scale,
-    /// 0 (C is only written) or 1 (accumulate into C).
+    /// 0 (C is only written) or 1 (accumulate into C), plus the sum of `beta_terms`.
     pub beta: f64,
+    /// Scales of C's own terms in an in-place update: `w - lr * (dot + 2 l2 w)` is one GEMM
+    /// with beta = 1 - 2 lr l2 (weight decay), not a product and a pass over `w`.
+    pub beta_terms: Vec<Scale>,
     pub node: NodeId,
     /// A second product with the same C, m, n and alpha, summed in the same pass over C:
     /// (A2, B2, k2, its dot node). Both gradient contributions of a tied weight matrix.
@@ -130,59 +162,85 @@ enum TaskKind {
     Gemm,
 }
 
-/// An update `p <- p + sum_k alpha_k dot_k` done as GEMMs accumulating into `p`.
+/// An update `p <- (1 + sum_j own_j) p + sum_k alpha_k dot_k` done as GEMMs accumulating
+/// into `p`.
 struct InPlace {
     param: u32,
     terms: Vec<(Scale, NodeId)>,
+    own: Vec<Scale>,
 }
 
-/// Splits `node` into `p + sum_k scale_k * dot_k` when every node on the way is used only
-/// there and no dot reads a parameter (they all must see the old values). Collects the nodes
-/// the split absorbs.
-#[allow(clippy::too_many_arguments)]
+/// The split of an update's value that [`linear_terms`] collects.
+#[derive(Default)]
+struct Split {
+    /// `scale * dot` terms.
+    terms: Vec<(Scale, NodeId)>,
+    /// Scales of the parameter's own terms, other than its one plain `p`.
+    own: Vec<Scale>,
+    /// Whether the plain `p` was seen.
+    base: bool,
+    /// The nodes the split absorbs.
+    absorbed: Vec<NodeId>,
+}
+
+/// The factors of a scalar known before any kernel runs, a product of arguments, constants
+/// and dims (`lr`, `2 * l2`); None for anything else.
+fn scalar_factors(g: &Graph, a: NodeId, out: &mut Vec<Instr>) -> bool {
+    if g.ty(a).rank() != 0 {
+        return false;
+    }
+    match g.op(a) {
+        Op::Var(v) if g.vars[v as usize].kind == VarKind::Input => out.push(Instr::Arg(v)),
+        Op::Const(c) => out.push(Instr::Const(c.get())),
+        Op::DimSize(d) => out.push(Instr::DimSize(d)),
+        Op::Binary(Binary::Mul) => {
+            let [x, y] = [g.args(a)[0], g.args(a)[1]];
+            return scalar_factors(g, x, out) && scalar_factors(g, y, out);
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Splits `node` into `p + sum_j own_j p + sum_k scale_k * dot_k` when every node on the way
+/// is used only there and no dot reads a parameter (they all must see the old values).
 fn linear_terms(
     g: &Graph,
     node: NodeId,
     p: NodeId,
     scale: Scale,
     uses: &[u32],
-    terms: &mut Vec<(Scale, NodeId)>,
-    absorbed: &mut Vec<NodeId>,
-    base: &mut bool,
+    split: &mut Split,
 ) -> bool {
     if node == p {
-        let ok = !*base && scale == Scale::one();
-        *base = true;
-        return ok;
+        if !split.base && scale == Scale::one() {
+            split.base = true;
+        } else {
+            split.own.push(scale);
+        }
+        return true;
     }
     if uses[node.idx()] != 1 {
         return false;
     }
     let n = g.node(node);
-    let scalar_src = |a: NodeId| -> Option<Instr> {
-        if g.ty(a).rank() != 0 {
-            return None;
-        }
-        match g.op(a) {
-            Op::Var(v) if g.vars[v as usize].kind == VarKind::Input => Some(Instr::Arg(v)),
-            Op::Const(c) => Some(Instr::Const(c.get())),
-            Op::DimSize(d) => Some(Instr::DimSize(d)),
-            _ => None,
-        }
+    let scalar_src = |a: NodeId| -> Option<Vec<Instr>> {
+        let mut f = Vec::new();
+        scalar_factors(g, a, &mut f).then_some(f)
     };
     match n.op {
         Op::Binary(Binary::Add) => {
-            absorbed.push(node);
-            linear_terms(g, n.args[0], p, scale.clone(), uses, terms, absorbed, base)
-                && linear_terms(g, n.args[1], p, scale, uses, terms, absorbed, base)
+            split.absorbed.push(node);
+            linear_terms(g, n.args[0], p, scale.clone(), uses, split)
+                && linear_terms(g, n.args[1], p, scale, uses, split)
         }
         Op::Unary(Unary::Neg) => {
-            absorbed.push(node);
+            split.absorbed.push(node);
             let s = Scale {
                 sign: -scale.sign,
                 factors: scale.factors,
             };
-            linear_terms(g, n.args[0], p, s, uses, terms, absorbed, base)
+            linear_terms(g, n.args[0], p, s, uses, split)
         }
         Op::Binary(Binary::Mul) => {
             let (src, rest) = match (scalar_src(n.args[0]), scalar_src(n.args[1])) {
@@ -190,10 +248,10 @@ fn linear_terms(
                 (None, Some(s)) => (s, n.args[0]),
                 _ => return false,
             };
-            absorbed.push(node);
+            split.absorbed.push(node);
             let mut s = scale;
-            s.factors.push(src);
-            linear_terms(g, rest, p, s, uses, terms, absorbed, base)
+            s.factors.extend(src);
+            linear_terms(g, rest, p, s, uses, split)
         }
         Op::Dot if g.ty(node) == g.ty(p) => {
             let reads_param = n.args.iter().any(|&a| {
@@ -207,8 +265,8 @@ fn linear_terms(
             if reads_param {
                 return false;
             }
-            absorbed.push(node);
-            terms.push((scale, node));
+            split.absorbed.push(node);
+            split.terms.push((scale, node));
             true
         }
         _ => false,
@@ -235,23 +293,19 @@ pub fn schedule(f: &Function) -> Schedule {
         if g.ty(pnode).rank() != 2 {
             continue;
         }
-        let (mut terms, mut nodes, mut base) = (Vec::new(), Vec::new(), false);
-        if linear_terms(
-            g,
-            v,
-            pnode,
-            Scale::one(),
-            &uses,
-            &mut terms,
-            &mut nodes,
-            &mut base,
-        ) && base
-            && !terms.is_empty()
+        let mut split = Split::default();
+        if linear_terms(g, v, pnode, Scale::one(), &uses, &mut split)
+            && split.base
+            && !split.terms.is_empty()
         {
-            for n in nodes {
+            for n in split.absorbed {
                 absorbed[n.idx()] = true;
             }
-            inplace.push(InPlace { param: p, terms });
+            inplace.push(InPlace {
+                param: p,
+                terms: split.terms,
+                own: split.own,
+            });
         }
     }
     // Scalars computed from constants, dims and scalar arguments only (`1 / b`): recomputed
@@ -469,10 +523,13 @@ pub fn schedule(f: &Function) -> Schedule {
             .expect("param is live");
         let pbuf = buf_of[&pnode];
         let mut terms = ip.terms.into_iter().peekable();
+        // The first GEMM scales the old value by beta; the others add to what it wrote.
+        let mut own = ip.own;
         while let Some((scale, dot)) = terms.next() {
             let mut gm = gemm_of(g, dot, &buf_of, pbuf);
             gm.alpha = scale;
             gm.beta = 1.0;
+            gm.beta_terms = std::mem::take(&mut own);
             // Two products with one scale: one pass over the parameter instead of two.
             if let Some((s2, d2)) = terms.next_if(|(s2, _)| *s2 == gm.alpha) {
                 let _ = s2;
@@ -626,7 +683,11 @@ impl Schedule {
         for (i, k) in self.kernels.iter().enumerate() {
             match k {
                 Kernel::Gemm(m) => {
-                    let acc = if m.beta != 0.0 { "+" } else { "" };
+                    let acc = if m.beta != 0.0 || !m.beta_terms.is_empty() {
+                        "+"
+                    } else {
+                        ""
+                    };
                     let mut alpha = if m.alpha.sign < 0.0 {
                         "-".to_string()
                     } else {
@@ -665,6 +726,9 @@ impl Schedule {
                             t(b2),
                             g.dim_str(*k2)
                         );
+                    }
+                    if !m.beta_terms.is_empty() {
+                        let _ = write!(out, ", beta = {}", m.beta_text(g));
                     }
                     out.push('\n');
                 }
@@ -785,6 +849,7 @@ fn gemm_of(g: &Graph, id: NodeId, buf_of: &HashMap<NodeId, BufId>, out: BufId) -
         c,
         alpha: Scale::one(),
         beta: 0.0,
+        beta_terms: Vec::new(),
         node: id,
         also: None,
     }

@@ -11,7 +11,7 @@ use quote::{format_ident, quote};
 use tensor_fn_kernels as k;
 
 use crate::ir::{DType, Dim, Function, Graph, VarKind};
-use crate::schedule::{BufKind, Instr, Kernel, OutSrc, Scale, Schedule};
+use crate::schedule::{BufKind, Gemm, Instr, Kernel, OutSrc, Scale, Schedule};
 
 fn size(s: &k::Size) -> TokenStream {
     match s {
@@ -47,9 +47,8 @@ fn scalar(sign: f64, factors: &[TokenStream]) -> TokenStream {
     quote!(__gp::Bind::Scalar(#sign, &[#(#factors),*]))
 }
 
-fn scale(s: &Scale) -> Result<TokenStream, String> {
-    let factors = s
-        .factors
+fn factors(s: &Scale) -> Result<Vec<TokenStream>, String> {
+    s.factors
         .iter()
         .map(|f| match f {
             Instr::Arg(v) => Ok(quote!(__gp::Factor::Arg(#v))),
@@ -61,8 +60,25 @@ fn scale(s: &Scale) -> Result<TokenStream, String> {
             Instr::DimSize(Dim::Sym(d)) => Ok(quote!(__gp::Factor::Dim(#d))),
             other => Err(format!("GEMM scale factor {other:?}")),
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(scalar(s.sign, &factors))
+        .collect()
+}
+
+fn scale(s: &Scale) -> Result<TokenStream, String> {
+    Ok(scalar(s.sign, &factors(s)?))
+}
+
+/// A GEMM's beta: a constant, or a constant plus scales (weight decay).
+fn beta(m: &Gemm) -> Result<TokenStream, String> {
+    if m.beta_terms.is_empty() {
+        return Ok(scalar(m.beta, &[]));
+    }
+    let c = m.beta;
+    let mut terms = vec![quote!((#c, &[]))];
+    for t in &m.beta_terms {
+        let (sign, f) = (t.sign, factors(t)?);
+        terms.push(quote!((#sign, &[#(#f),*])));
+    }
+    Ok(quote!(__gp::Bind::Sum(&[#(#terms),*])))
 }
 
 /// GEMM operands of one product.
@@ -71,7 +87,7 @@ struct GemmBinds {
     b: usize,
     c: usize,
     alpha: TokenStream,
-    beta: f64,
+    beta: TokenStream,
 }
 
 /// The launches of one program with their parameters bound. `scratch0` numbers its scratch
@@ -110,7 +126,7 @@ fn launches(
                 k::Role::GemmB => buf(gemm.ok_or_else(need)?.b),
                 k::Role::GemmC => buf(gemm.ok_or_else(need)?.c),
                 k::Role::Alpha => gemm.ok_or_else(need)?.alpha.clone(),
-                k::Role::Beta => scalar(gemm.ok_or_else(need)?.beta, &[]),
+                k::Role::Beta => gemm.ok_or_else(need)?.beta.clone(),
                 k::Role::GemmBias => return Err(format!("k{step}: a GEMM bias is not bound")),
             };
             params.push(quote!(__gp::Param {
@@ -187,7 +203,7 @@ pub fn plan(
                     b: m.b.buf,
                     c: m.c.buf,
                     alpha: scale(&m.alpha)?,
-                    beta: m.beta,
+                    beta: beta(m)?,
                 };
                 let n_first = match m.also.as_deref() {
                     None => p.launches.len(),
@@ -204,7 +220,7 @@ pub fn plan(
                         b: b2.buf,
                         c: m.c.buf,
                         alpha: first.alpha.clone(),
-                        beta: 1.0,
+                        beta: scalar(1.0, &[]),
                     };
                     let tail = k::Program {
                         launches: p.launches[n_first..].to_vec(),

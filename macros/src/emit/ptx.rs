@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use tensor_fn_kernels as k;
 
 use crate::ir::{DType, Dim, Graph};
-use crate::schedule::{Instr, Kernel, Schedule};
+use crate::schedule::{Kernel, Schedule};
 
 /// The PTX module text and, per schedule kernel, its launches with their parameter bindings.
 pub struct Ptx {
@@ -103,8 +103,8 @@ pub fn emit(g: &Graph, s: &Schedule, dt: DType) -> Result<Ptx, String> {
                     if m.b.trans { " (transposed)" } else { "" },
                     m.c.buf,
                     if m.alpha.sign < 0.0 { "-" } else { "" },
-                    scale_text(g, &m.alpha),
-                    m.beta
+                    m.alpha.factors_text(g),
+                    m.beta_text(g)
                 );
                 if let Some((a2, b2, _, _)) = m.also.as_deref() {
                     let _ = writeln!(
@@ -131,20 +131,4 @@ pub fn emit(g: &Graph, s: &Schedule, dt: DType) -> Result<Ptx, String> {
         launches,
         programs,
     })
-}
-
-fn scale_text(g: &Graph, s: &crate::schedule::Scale) -> String {
-    if s.factors.is_empty() {
-        return "1".into();
-    }
-    s.factors
-        .iter()
-        .map(|f| match f {
-            Instr::Arg(v) => g.vars[*v as usize].name.clone(),
-            Instr::Const(c) => c.to_string(),
-            Instr::DimSize(d) => g.dim_str(*d),
-            other => format!("{other:?}"),
-        })
-        .collect::<Vec<_>>()
-        .join(" * ")
 }

@@ -13,7 +13,7 @@ use tensor_fn_kernels::op::PowCall;
 
 use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, IntTy, RandKind, Ret, Unary, VarKind};
 use crate::schedule::{
-    BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Schedule, ValId,
+    BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Scale, Schedule, ValId,
 };
 
 /// How the function is declared around its body.
@@ -694,15 +694,11 @@ fn strides(g: &Graph, v: &MatView) -> (TokenStream, TokenStream) {
     }
 }
 
-fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStream {
-    let (a, b, c) = (
-        buf_ident(s, m.a.buf),
-        buf_ident(s, m.b.buf),
-        buf_ident(s, m.c.buf),
-    );
+/// A GEMM scale as an expression of the function's scalars: `-1.0 * __a3 * 2.0`.
+fn scale_expr(g: &Graph, scale: &Scale, dt: DType) -> TokenStream {
     let t = scalar_ty(dt);
-    let mut alpha = num_lit(m.alpha.sign, dt);
-    for f in &m.alpha.factors {
+    let mut e = num_lit(scale.sign, dt);
+    for f in &scale.factors {
         let x = match f {
             Instr::Arg(v) => {
                 let a = format_ident!("__a{}", v);
@@ -715,9 +711,23 @@ fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStr
             }
             other => unreachable!("GEMM scales are arguments, constants and dims: {other:?}"),
         };
-        alpha = quote!(#alpha * #x);
+        e = quote!(#e * #x);
     }
-    let beta = num_lit(m.beta, dt);
+    e
+}
+
+fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStream {
+    let (a, b, c) = (
+        buf_ident(s, m.a.buf),
+        buf_ident(s, m.b.buf),
+        buf_ident(s, m.c.buf),
+    );
+    let alpha = scale_expr(g, &m.alpha, dt);
+    let mut beta = num_lit(m.beta, dt);
+    for term in &m.beta_terms {
+        let x = scale_expr(g, term, dt);
+        beta = quote!(#beta + #x);
+    }
     let (rsa, csa) = strides(g, &m.a);
     let (rsb, csb) = strides(g, &m.b);
     let (rsc, csc) = strides(g, &m.c);

@@ -729,7 +729,7 @@ mod tests {
         ] {
             let (a1, a2) = (fill(m * k1, 4), fill(m * k2, 5));
             let (b1, b2) = (fill(k1 * n, 6), fill(k2 * n, 7));
-            for (alpha, beta) in [(1.0f32, 0.0f32), (-0.1, 1.0)] {
+            for (alpha, beta) in [(1.0f32, 0.0f32), (-0.1, 1.0), (-0.1, 0.9998)] {
                 let mut c = fill(m * n, 8);
                 let mut want = c.clone();
                 // A stored transposed (k x m), as the gradient GEMMs read x and g.
@@ -786,7 +786,7 @@ mod tests {
                 let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
                 let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
                 let (rsc, csc) = if tc { (1, m as isize) } else { (n as isize, 1) };
-                for (alpha, beta) in [(1.0, 0.0), (-0.5, 1.0)] {
+                for (alpha, beta) in [(1.0, 0.0), (-0.5, 1.0), (-0.5, 0.9998)] {
                     let mut c = fill(m * n, 3);
                     let mut want = c.clone();
                     unsafe {

@@ -840,14 +840,11 @@ fn arg(
                 .ok_or_else(|| internal(plan, format!("dim {d} out of range")))? as u32,
         ),
         Bind::Arg(v) => value(scalar(plan, call, v)?),
-        Bind::Scalar(sign, factors) => {
-            let mut x = sign;
-            for f in factors {
-                x *= match *f {
-                    Factor::Arg(v) => scalar(plan, call, v)?,
-                    Factor::Const(c) => c,
-                    Factor::Dim(d) => call.dims.get(d as usize).copied().unwrap_or(0) as f64,
-                };
+        Bind::Scalar(sign, factors) => value(product(plan, call, sign, factors)?),
+        Bind::Sum(terms) => {
+            let mut x = 0.0;
+            for &(sign, factors) in terms {
+                x += product(plan, call, sign, factors)?;
             }
             value(x)
         }
@@ -863,6 +860,19 @@ fn arg(
         return Err(internal(plan, format!("parameter {ty:?} bound to {a:?}")));
     }
     Ok(a)
+}
+
+/// `sign * product(factors)` for this call.
+fn product(plan: &GpuPlan, call: &Call<'_>, sign: f64, factors: &[Factor]) -> Result<f64, Error> {
+    let mut x = sign;
+    for f in factors {
+        x *= match *f {
+            Factor::Arg(v) => scalar(plan, call, v)?,
+            Factor::Const(c) => c,
+            Factor::Dim(d) => call.dims.get(d as usize).copied().unwrap_or(0) as f64,
+        };
+    }
+    Ok(x)
 }
 
 /// Whether `key` is [`graph_key`] of this call, without building it.

@@ -105,6 +105,8 @@ pub enum Bind {
     Arg(u32),
     /// `sign * product(factors)`, in the plan's dtype.
     Scalar(f64, &'static [Factor]),
+    /// The sum of such products, in the plan's dtype (a GEMM's beta of `1 - lr * 2 * l2`).
+    Sum(&'static [(f64, &'static [Factor])]),
 }
 
 /// The value type of a kernel parameter.
