@@ -1389,6 +1389,15 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
             outer_init.push(quote!(let mut #acc: #t = #init;));
             inner_stmts.push(combine(quote!(#acc)));
             outer_fini.push(quote!(#id[__i - __lo] = #acc;));
+        } else if rank == 2 && r.kind == RedKind::Sum {
+            // The sum of a whole matrix (a weight penalty): each row in 16 lanes as above, the
+            // rows' sums added in turn.
+            let lanes = format_ident!("__lanes{}", k);
+            before.push(quote!(let mut #acc: #t = #init;));
+            outer_init.push(quote!(let mut #lanes: [#t; 16] = [#init; 16];));
+            row_sums.push((quote!(#lanes[__l] += #val;), quote!(#lanes[0] += #val;)));
+            outer_fini.push(quote!(#acc += #lanes.iter().fold(#init, |__s, __x| __s + *__x);));
+            after.push(quote!(#id[0] = #acc;));
         } else {
             before.push(quote!(let mut #acc: #t = #init;));
             inner_stmts.push(combine(quote!(#acc)));
