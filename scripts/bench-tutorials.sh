@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Times the deeplearning.net tutorial models (logistic, mlp, dA) in tensor-fn and in the peers,
-# on this machine, in one run, and prints a markdown table of seconds per epoch.
+# on this machine, in one run, and writes a table of seconds per epoch into README.md (between
+# the tutorials-bench markers).
 #
 #   bash scripts/bench-tutorials.sh PEERS_DIR [EPOCHS]
 #
@@ -48,34 +49,54 @@ for model in logistic mlp dA; do
 done
 
 python3 - "$work" "$epochs" <<'PY'
-import csv, json, os, sys
+import csv, json, os, statistics, sys
+sys.path.insert(0, "scripts")
+from bench_table import cpu_name, write_readme_section
 work, epochs = sys.argv[1], int(sys.argv[2])
 rows = [json.loads(l) for l in open(os.path.join(work, "peers.jsonl"))]
+frameworks = sorted({r["framework"] for r in rows})
 def ours(model):
     d = os.path.join(work, model, "corruption_30" if model == "dA" else "")
     with open(os.path.join(d, "epochs.csv")) as f:
         r = list(csv.DictReader(f))
     return [float(x["train_seconds"]) for x in r], [float(x["cost"]) for x in r]
-print(f"| model | tensor-fn | " + " | ".join(sorted({r['framework'] for r in rows})) + " | best peer / tensor-fn |")
-frameworks = sorted({r["framework"] for r in rows})
-print("|---|---|" + "---|" * len(frameworks) + "---|")
+def cell(secs):
+    return f"{min(secs):.3f} / {statistics.median(secs):.3f}"
+lines = [
+    f"The tutorial models, {epochs} epochs each from the same initial weights, measured in one "
+    f"run on {os.cpu_count()} cores of `{cpu_name()}`; seconds of training per epoch, best / "
+    "median (validation not timed, as the peers time it):",
+    "",
+    "| model | tensor-fn | " + " | ".join(frameworks) + " | best peer / tensor-fn (medians) |",
+    "|---|---|" + "---|" * len(frameworks) + "---|",
+]
 bad = []
 for model in ("logistic", "mlp", "dA"):
     secs, costs = ours(model)
-    mine = sum(secs) / len(secs)
     cells, best = [], None
     for fw in frameworks:
         r = next(x for x in rows if x["model"] == model and x["framework"] == fw)
-        t = sum(r["epoch_s"]) / len(r["epoch_s"])
+        t = statistics.median(r["epoch_s"])
         best = t if best is None else min(best, t)
-        cells.append(f"{t:.3f}")
+        cells.append(cell(r["epoch_s"]))
         if model != "dA":
             c0 = r["epoch_cost"][0]
             if abs(c0 - costs[0]) > 1e-4 * abs(c0):
                 bad.append(f"{model}: {fw} epoch-1 cost {c0} vs ours {costs[0]}")
-    print(f"| {model} | {mine:.3f} | " + " | ".join(cells) + f" | {best / mine:.2f}x |")
-print(f"\nseconds per epoch of training, mean of {epochs} epochs; epoch-1 costs (ours): "
-      + ", ".join(f"{m} {ours(m)[1][0]:.6f}" for m in ("logistic", "mlp", "dA")))
+    lines.append(f"| {model} | {cell(secs)} | " + " | ".join(cells)
+                 + f" | {best / statistics.median(secs):.2f}x |")
+lines += [
+    "",
+    "Epoch-1 costs of tensor-fn: " + ", ".join(f"{m} {ours(m)[1][0]:.6f}" for m in
+                                              ("logistic", "mlp", "dA"))
+    + " (logistic and mlp agree with every peer's to 1e-4, or the run fails; dA's masks differ).",
+    "",
+    f"Command: `bash scripts/bench-tutorials.sh ../shared/bench/tutorials {epochs}` (peers' "
+    "setup: `bash ../shared/bench/setup.sh`).",
+]
 if bad:
-    sys.exit("costs disagree: " + "; ".join(bad))
+    sys.exit("costs disagree, README.md not updated: " + "; ".join(bad))
+text = "\n".join(lines)
+print(text)
+write_readme_section("tutorials-bench", text)
 PY

@@ -10,7 +10,8 @@
 # the same initial W (write_init.py), so the per-epoch costs must agree too: a peer that fails,
 # or whose costs differ from ours by more than 1e-4 relative, fails the run (scripts/bench_table.py)
 # and README.md is left as it was. BENCH_PEERS lists the peers (default: pytensor jax-scan
-# jax-step).
+# jax-step). Then, if PEERS_DIR has the tutorial models (tutorials/run.sh), the same for them:
+# scripts/bench-tutorials.sh (its own BENCH_PEERS: set BENCH_TUTORIAL_PEERS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peers="$(cd "${1:?usage: bash scripts/bench.sh PEERS_DIR [EPOCHS]}" && pwd)"
@@ -55,3 +56,12 @@ for peer in ${BENCH_PEERS:-pytensor jax-scan jax-step}; do
 done
 
 python3 scripts/bench_table.py "$work" "$epochs" ${BENCH_PEERS:-pytensor jax-scan jax-step}
+
+if [ -f "$peers/tutorials/run.sh" ]; then
+  echo "== the tutorial models"
+  if [ -n "${BENCH_TUTORIAL_PEERS:-}" ]; then
+    BENCH_PEERS="$BENCH_TUTORIAL_PEERS" bash scripts/bench-tutorials.sh "$peers/tutorials" "$epochs"
+  else
+    env -u BENCH_PEERS bash scripts/bench-tutorials.sh "$peers/tutorials" "$epochs"
+  fi
+fi

@@ -68,10 +68,26 @@ def disagreements(rows):
     return out
 
 
+def cpu_name():
+    return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                 if l.startswith("model name")), "?")
+
+
+def write_readme_section(name, text):
+    """Replaces what README.md holds between the `<!-- NAME:start -->` and `<!-- NAME:end -->`
+    markers with `text`."""
+    readme = open("README.md").read()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start in readme and end in readme:
+        head, rest = readme.split(start, 1)
+        _, tail = rest.split(end, 1)
+        open("README.md", "w").write(head + start + "\n" + text + "\n" + end + tail)
+        print("README.md updated")
+
+
 def table(rows, epochs, gemm_lines):
     ours_min = min(rows[0][1])
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), "?")
+    cpu = cpu_name()
     lines = [
         f"Seed workload (50000 images, minibatch 20, 2500 steps per epoch), {epochs} epochs each, "
         f"same initial W, measured in one run on {os.cpu_count()} cores of `{cpu}`:",
@@ -114,13 +130,7 @@ def main():
     gemm_lines = open(gemm_path).readlines() if os.path.exists(gemm_path) else []
     text = table(rows, epochs, gemm_lines)
     print(text)
-    readme = open("README.md").read()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start in readme and end in readme:
-        head, rest = readme.split(start, 1)
-        _, tail = rest.split(end, 1)
-        open("README.md", "w").write(head + start + "\n" + text + "\n" + end + tail)
-        print("README.md updated")
+    write_readme_section("bench", text)
 
 
 if __name__ == "__main__":
