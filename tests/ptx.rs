@@ -200,7 +200,9 @@ fn a_weight_penalty_costs_no_pass_of_its_own() {
     // The bias's penalty, sum(b1 * b1), is summed in the pass that updates b1 (which reads
     // b1 anyway) rather than in one of its own: 17 kernels without that.
     assert!(
-        info.plan.lines().any(|l| l.contains("loop [h]") && l.contains("store") && l.contains("sum ->")),
+        info.plan
+            .lines()
+            .any(|l| l.contains("loop [h]") && l.contains("store") && l.contains("sum ->")),
         "{}",
         info.plan
     );

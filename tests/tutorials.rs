@@ -1,6 +1,10 @@
 //! The tutorial examples' shared parts: numpy's `RandomState` reproduced bit for bit (the
 //! tutorials' initial weights), the tutorials' early stopping rule, their error measure, and a
-//! short run of the logistic regression example's training loop with its files.
+//! short run of the logistic regression example's training loop with its files, and the stacked
+//! denoising autoencoders example end to end on a small network.
+
+// Each example binary has its own copy of the shared tutorials module; this test loads two.
+#![allow(clippy::duplicate_mod)]
 
 #[allow(dead_code)]
 #[path = "../examples/logistic_sgd.rs"]

@@ -512,6 +512,8 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
         impl #name {
             /// Makes the model from initial parameter values, checking them against the
             /// declared shapes (static dims, and symbolic dims shared between parameters).
+            /// It takes one argument per parameter, in the declared order, however many.
+            #[allow(clippy::too_many_arguments)]
             pub fn new(#(#args),*) -> ::core::result::Result<Self, ::tensor_fn::Error> {
                 let __m = Self { #(#inits,)* __tf_stream: ::tensor_fn::RandomStream::default() };
                 {
