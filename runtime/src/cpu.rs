@@ -10,6 +10,7 @@ use ndarray::{Array2, ArrayBase, Data, Dimension};
 use crate::{Error, FnInfo};
 
 mod chunks;
+pub mod conv;
 mod pool;
 mod sgemm;
 

@@ -137,6 +137,45 @@ pub unsafe fn sgemm(
     matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
 }
 
+/// [`sgemm`] on the calling thread alone, for callers that already split their work between
+/// the pool's threads (a pool job cannot start another).
+///
+/// # Safety
+/// As for [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_serial(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bcast = csb == 1 && csc == 1;
+        if k > 0 && (bcast || (csa == 1 && rsb == 1)) && std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the caller's contract, and the layout checked above.
+            unsafe {
+                whole(
+                    bcast, m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+                )
+            };
+            return;
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) };
+}
+
 /// Below this many multiply-adds a GEMM runs on the calling thread alone.
 const PARALLEL_FLOPS: usize = 1 << 16;
 

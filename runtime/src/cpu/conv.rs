@@ -1,0 +1,764 @@
+//! 2-D convolution and max-pooling on the CPU, for `f32` tensors in NCHW layout: the kernels a
+//! compiled `conv2d` / `max_pool` will call. Convolution is "valid" with stride 1:
+//! `x [n, c, h, w]`, filters `[k, c, fh, fw]`, output `[n, k, h - fh + 1, w - fw + 1]`.
+//! With `flip` the filters are flipped in both spatial axes (a true convolution, Theano's
+//! `conv2d`); without, it is PyTorch's cross-correlation.
+//!
+//! Two algorithms, both measured by `conv_shapes` (an ignored test that prints GFLOP/s):
+//! - [`conv2d_im2col`]: per image, the patches as the columns of a matrix (`c fh fw` x
+//!   `oh ow`), times the filters as a `k` x `c fh fw` matrix, with our SGEMM. Its gradients
+//!   reuse the same patch matrix ([`conv2d_backward_im2col`]).
+//! - [`conv2d_direct`]: every output row accumulated from input rows, one filter tap at a time,
+//!   vectorized along the row.
+//!
+//! Images are split between the pool's threads, each part with its own patch matrix in the
+//! calling thread's scratch, which grows once and is then reused. These functions start a
+//! pool job, so they are not to be called from inside one.
+
+use std::cell::RefCell;
+
+use super::pool::{run_chunks, threads};
+use super::sgemm::sgemm_serial;
+
+/// The sizes of a valid, stride-1 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Images.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Filters (output channels).
+    pub k: usize,
+    pub fh: usize,
+    pub fw: usize,
+}
+
+impl ConvShape {
+    pub fn oh(&self) -> usize {
+        self.h + 1 - self.fh
+    }
+    pub fn ow(&self) -> usize {
+        self.w + 1 - self.fw
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn f_len(&self) -> usize {
+        self.k * self.c * self.fh * self.fw
+    }
+    pub fn out_len(&self) -> usize {
+        self.n * self.k * self.oh() * self.ow()
+    }
+    /// Multiply-adds of the forward pass.
+    pub fn macs(&self) -> usize {
+        self.out_len() * self.c * self.fh * self.fw
+    }
+
+    /// Panics unless the sizes make a convolution and the slices have their lengths: a
+    /// broken call is a bug of the caller, caught before any unchecked access.
+    fn check(&self, x: usize, f: usize, out: usize) {
+        assert!(
+            self.fh >= 1 && self.fw >= 1 && self.fh <= self.h && self.fw <= self.w,
+            "conv2d: filters {}x{} do not fit images {}x{}",
+            self.fh,
+            self.fw,
+            self.h,
+            self.w
+        );
+        assert_eq!(x, self.x_len(), "conv2d: input length for {self:?}");
+        assert_eq!(f, self.f_len(), "conv2d: filter length for {self:?}");
+        assert_eq!(out, self.out_len(), "conv2d: output length for {self:?}");
+    }
+
+    /// Writes the filters as a `k` x `c fh fw` matrix in patch order, flipped if asked.
+    fn filter_matrix(&self, f: &[f32], flip: bool, m: &mut [f32]) {
+        let (fh, fw) = (self.fh, self.fw);
+        for (o, block) in m.chunks_mut(self.c * fh * fw).enumerate() {
+            for ch in 0..self.c {
+                for u in 0..fh {
+                    for v in 0..fw {
+                        let (su, sv) = if flip {
+                            (fh - 1 - u, fw - 1 - v)
+                        } else {
+                            (u, v)
+                        };
+                        block[(ch * fh + u) * fw + v] = f[((o * self.c + ch) * fh + su) * fw + sv];
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The calling thread's scratch: the filter matrix, and for each part of the images the
+    /// patch matrix (and the filter gradient) its pool thread works on, through pointers.
+    /// It grows, never shrinks, and only on the calling thread: once it has grown to a call's
+    /// sizes, calls allocate nothing, whichever pool thread takes which part.
+    static CALLER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How many parts the images are split into.
+fn parts(n: usize) -> usize {
+    threads().min(n).max(1)
+}
+
+/// Runs `f` on the calling thread's scratch, at least `len` long.
+fn with_caller_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    CALLER.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+/// Image `b`'s patches: row `(ch, u, v)`, column `(i, j)` holds `x[b, ch, i + u, j + v]`.
+fn im2col(s: &ConvShape, img: &[f32], cols: &mut [f32]) {
+    let (oh, ow) = (s.oh(), s.ow());
+    for ch in 0..s.c {
+        let plane = &img[ch * s.h * s.w..(ch + 1) * s.h * s.w];
+        for u in 0..s.fh {
+            for v in 0..s.fw {
+                let row = &mut cols[((ch * s.fh + u) * s.fw + v) * oh * ow..][..oh * ow];
+                for i in 0..oh {
+                    row[i * ow..(i + 1) * ow].copy_from_slice(&plane[(i + u) * s.w + v..][..ow]);
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each patch entry back into the image position it came from.
+fn col2im_add(s: &ConvShape, cols: &[f32], img: &mut [f32]) {
+    let (oh, ow) = (s.oh(), s.ow());
+    for ch in 0..s.c {
+        let plane = &mut img[ch * s.h * s.w..(ch + 1) * s.h * s.w];
+        for u in 0..s.fh {
+            for v in 0..s.fw {
+                let row = &cols[((ch * s.fh + u) * s.fw + v) * oh * ow..][..oh * ow];
+                for i in 0..oh {
+                    let dst = &mut plane[(i + u) * s.w + v..][..ow];
+                    for (d, x) in dst.iter_mut().zip(&row[i * ow..(i + 1) * ow]) {
+                        *d += *x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(part, first, last)` over the [`parts`] of the images, on the pool's threads.
+fn by_images(n: usize, f: &(dyn Fn(usize, usize, usize) + Sync)) {
+    let parts = parts(n);
+    run_chunks(parts, &|t| {
+        let (lo, hi) = (n * t / parts, n * (t + 1) / parts);
+        if lo < hi {
+            f(t, lo, hi);
+        }
+    });
+}
+
+/// A pointer to disjoint per-image parts of one output, handed to the pool's threads.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each thread writes only the images it was given.
+unsafe impl Sync for Out {}
+unsafe impl Send for Out {}
+impl Out {
+    /// Image `b`'s `len` elements.
+    ///
+    /// # Safety
+    /// `b * len + len` is within the allocation, and no other thread uses image `b`.
+    unsafe fn image<'a>(self, b: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(b * len), len) }
+    }
+}
+
+/// Forward convolution by im2col and SGEMM: `out = conv2d(x, f)`.
+pub fn conv2d_im2col(s: &ConvShape, x: &[f32], f: &[f32], flip: bool, out: &mut [f32]) {
+    s.check(x.len(), f.len(), out.len());
+    let patch = s.c * s.fh * s.fw * s.oh() * s.ow();
+    with_caller_scratch(s.f_len() + parts(s.n) * patch, |scratch| {
+        let (fm, patches) = scratch.split_at_mut(s.f_len());
+        s.filter_matrix(f, flip, fm);
+        im2col_forward(s, x, fm, patches, out);
+    });
+}
+
+fn im2col_forward(s: &ConvShape, x: &[f32], fm: &[f32], patches: &mut [f32], out: &mut [f32]) {
+    let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
+    let (img_len, out_len) = (s.c * s.h * s.w, s.k * p);
+    let (o, pa) = (Out(out.as_mut_ptr()), Out(patches.as_mut_ptr()));
+    by_images(s.n, &|t, lo, hi| {
+        {
+            // SAFETY: part t's patch matrix is this thread's alone.
+            let cols = unsafe { pa.image(t, ckk * p) };
+            for b in lo..hi {
+                im2col(s, &x[b * img_len..(b + 1) * img_len], cols);
+                // SAFETY: image b of `out` is this thread's alone; the GEMM's operands are
+                // k x ckk (fm), ckk x p (cols) and k x p, all row-major within their slices.
+                unsafe {
+                    let dst = o.image(b, out_len);
+                    sgemm_serial(
+                        s.k,
+                        ckk,
+                        p,
+                        1.0,
+                        fm.as_ptr(),
+                        ckk as isize,
+                        1,
+                        cols.as_ptr(),
+                        p as isize,
+                        1,
+                        0.0,
+                        dst.as_mut_ptr(),
+                        p as isize,
+                        1,
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// Forward convolution computed directly: for each output row, each input channel and each
+/// filter tap, `out[i, ..] += f * x[i + u, v ..]`, a multiply-add along the row.
+pub fn conv2d_direct(s: &ConvShape, x: &[f32], f: &[f32], flip: bool, out: &mut [f32]) {
+    s.check(x.len(), f.len(), out.len());
+    with_caller_scratch(s.f_len(), |fm| {
+        s.filter_matrix(f, flip, fm);
+        direct_forward(s, x, fm, out);
+    });
+}
+
+fn direct_forward(s: &ConvShape, x: &[f32], fm: &[f32], out: &mut [f32]) {
+    let (img_len, out_len) = (s.c * s.h * s.w, s.k * s.oh() * s.ow());
+    let o = Out(out.as_mut_ptr());
+    by_images(s.n, &|_, lo, hi| {
+        for b in lo..hi {
+            let img = &x[b * img_len..(b + 1) * img_len];
+            // SAFETY: image b of `out` is this thread's alone.
+            let dst = unsafe { o.image(b, out_len) };
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the function is compiled for.
+                unsafe { direct_image_avx512(s, img, fm, dst) };
+                continue;
+            }
+            direct_image(s, img, fm, dst);
+        }
+    });
+}
+
+/// [`direct_image`] compiled for AVX-512, so the row loops use 16-lane multiply-adds.
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn direct_image_avx512(s: &ConvShape, img: &[f32], fm: &[f32], dst: &mut [f32]) {
+    direct_image(s, img, fm, dst)
+}
+
+/// One image of [`conv2d_direct`]; `fm` is the filter matrix in patch order.
+#[inline(always)]
+fn direct_image(s: &ConvShape, img: &[f32], fm: &[f32], dst: &mut [f32]) {
+    let (oh, ow) = (s.oh(), s.ow());
+    dst.fill(0.0);
+    for (oc, plane_out) in dst.chunks_mut(oh * ow).enumerate() {
+        let taps = &fm[oc * s.c * s.fh * s.fw..(oc + 1) * s.c * s.fh * s.fw];
+        for ch in 0..s.c {
+            let plane = &img[ch * s.h * s.w..(ch + 1) * s.h * s.w];
+            for i in 0..oh {
+                let row = &mut plane_out[i * ow..(i + 1) * ow];
+                for u in 0..s.fh {
+                    let src = &plane[(i + u) * s.w..(i + u + 1) * s.w];
+                    for v in 0..s.fw {
+                        let t = taps[(ch * s.fh + u) * s.fw + v];
+                        for (r, xv) in row.iter_mut().zip(&src[v..v + ow]) {
+                            *r += t * *xv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The gradients of [`conv2d_im2col`]'s output with respect to its input and its filters, given
+/// `gout`, the gradient of the output: `gx` (overwritten) and `gf` (overwritten), both by
+/// im2col: `gf = sum over images of gout_b cols_b^T`, and `gx_b = col2im(F^T gout_b)`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_im2col(
+    s: &ConvShape,
+    x: &[f32],
+    f: &[f32],
+    flip: bool,
+    gout: &[f32],
+    gx: &mut [f32],
+    gf: &mut [f32],
+) {
+    s.check(x.len(), f.len(), gout.len());
+    assert_eq!(gx.len(), x.len(), "conv2d: input gradient length for {s:?}");
+    assert_eq!(
+        gf.len(),
+        f.len(),
+        "conv2d: filter gradient length for {s:?}"
+    );
+    let parts = parts(s.n);
+    let patch = s.c * s.fh * s.fw * s.oh() * s.ow();
+    // The filter matrix; each part's share of the filter gradient (patch order); each part's
+    // patch matrix and its gradient.
+    with_caller_scratch((1 + parts) * s.f_len() + parts * 2 * patch, |scratch| {
+        let (fm, rest) = scratch.split_at_mut(s.f_len());
+        let (partial, patches) = rest.split_at_mut(parts * s.f_len());
+        s.filter_matrix(f, flip, fm);
+        partial.fill(0.0);
+        im2col_backward(s, x, fm, flip, gout, (gx, gf), parts, partial, patches);
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn im2col_backward(
+    s: &ConvShape,
+    x: &[f32],
+    fm: &[f32],
+    flip: bool,
+    gout: &[f32],
+    (gx, gf): (&mut [f32], &mut [f32]),
+    parts: usize,
+    partial: &mut [f32],
+    patches: &mut [f32],
+) {
+    let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
+    let (img_len, out_len) = (s.c * s.h * s.w, s.k * p);
+    let (gxo, po) = (Out(gx.as_mut_ptr()), Out(partial.as_mut_ptr()));
+    let pa = Out(patches.as_mut_ptr());
+    run_chunks(parts, &|t| {
+        let (lo, hi) = (s.n * t / parts, s.n * (t + 1) / parts);
+        {
+            // SAFETY: part t's two patch matrices are this thread's alone.
+            let both = unsafe { pa.image(t, 2 * ckk * p) };
+            let (cols, dcols) = both.split_at_mut(ckk * p);
+            // SAFETY: block t of the partials is this thread's alone.
+            let gfm = unsafe { po.image(t, s.k * ckk) };
+            for b in lo..hi {
+                im2col(s, &x[b * img_len..(b + 1) * img_len], cols);
+                let g = &gout[b * out_len..(b + 1) * out_len];
+                // SAFETY: operands row-major within their slices: g is k x p, cols ckk x p
+                // (read as its transpose, p x ckk), gfm k x ckk; fm k x ckk read transposed,
+                // dcols ckk x p.
+                unsafe {
+                    sgemm_serial(
+                        s.k,
+                        p,
+                        ckk,
+                        1.0,
+                        g.as_ptr(),
+                        p as isize,
+                        1,
+                        cols.as_ptr(),
+                        1,
+                        p as isize,
+                        1.0,
+                        gfm.as_mut_ptr(),
+                        ckk as isize,
+                        1,
+                    );
+                    sgemm_serial(
+                        ckk,
+                        s.k,
+                        p,
+                        1.0,
+                        fm.as_ptr(),
+                        1,
+                        ckk as isize,
+                        g.as_ptr(),
+                        p as isize,
+                        1,
+                        0.0,
+                        dcols.as_mut_ptr(),
+                        p as isize,
+                        1,
+                    );
+                }
+                // SAFETY: image b of gx is this thread's alone.
+                let gimg = unsafe { gxo.image(b, img_len) };
+                gimg.fill(0.0);
+                col2im_add(s, dcols, gimg);
+            }
+        }
+    });
+    // Sum the threads' parts, and undo the flip: gf[o, ch, su, sv] for patch entry (u, v).
+    let (fh, fw) = (s.fh, s.fw);
+    for o in 0..s.k {
+        for ch in 0..s.c {
+            for u in 0..fh {
+                for v in 0..fw {
+                    let at = o * ckk + (ch * fh + u) * fw + v;
+                    let sum: f32 = (0..parts).map(|t| partial[t * s.k * ckk + at]).sum();
+                    let (su, sv) = if flip {
+                        (fh - 1 - u, fw - 1 - v)
+                    } else {
+                        (u, v)
+                    };
+                    gf[((o * s.c + ch) * fh + su) * fw + sv] = sum;
+                }
+            }
+        }
+    }
+}
+
+/// Non-overlapping `ph` x `pw` max-pooling of `x [planes, h, w]` (planes = images x
+/// channels), ignoring the border rows and columns that do not fill a window (Theano's
+/// `ignore_border = True`): `out [planes, h / ph, w / pw]`.
+pub fn max_pool(
+    planes: usize,
+    h: usize,
+    w: usize,
+    (ph, pw): (usize, usize),
+    x: &[f32],
+    out: &mut [f32],
+) {
+    assert!(ph >= 1 && pw >= 1, "max_pool: window {ph}x{pw}");
+    let (oh, ow) = (h / ph, w / pw);
+    assert_eq!(x.len(), planes * h * w, "max_pool: input length");
+    assert_eq!(out.len(), planes * oh * ow, "max_pool: output length");
+    for pl in 0..planes {
+        let src = &x[pl * h * w..(pl + 1) * h * w];
+        let dst = &mut out[pl * oh * ow..(pl + 1) * oh * ow];
+        for i in 0..oh {
+            for j in 0..ow {
+                dst[i * ow + j] = window_max(src, w, (i * ph, j * pw), (ph, pw)).0;
+            }
+        }
+    }
+}
+
+/// The maximum of one window and its position: the first maximum in row-major order within
+/// the window, and a NaN wins (it is the maximum a NaN-propagating max reports).
+fn window_max(
+    src: &[f32],
+    w: usize,
+    (r0, c0): (usize, usize),
+    (ph, pw): (usize, usize),
+) -> (f32, usize) {
+    let mut best = (src[r0 * w + c0], r0 * w + c0);
+    for r in r0..r0 + ph {
+        for c in c0..c0 + pw {
+            let v = src[r * w + c];
+            if !best.0.is_nan() && (v > best.0 || v.is_nan()) {
+                best = (v, r * w + c);
+            }
+        }
+    }
+    best
+}
+
+/// The gradient of [`max_pool`]: each window's output gradient goes to the window's maximum
+/// (the first one, row-major, on ties); every other input, and the ignored border, gets 0.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_backward(
+    planes: usize,
+    h: usize,
+    w: usize,
+    (ph, pw): (usize, usize),
+    x: &[f32],
+    gout: &[f32],
+    gx: &mut [f32],
+) {
+    assert!(ph >= 1 && pw >= 1, "max_pool: window {ph}x{pw}");
+    let (oh, ow) = (h / ph, w / pw);
+    assert_eq!(x.len(), planes * h * w, "max_pool: input length");
+    assert_eq!(gx.len(), x.len(), "max_pool: input gradient length");
+    assert_eq!(
+        gout.len(),
+        planes * oh * ow,
+        "max_pool: output gradient length"
+    );
+    gx.fill(0.0);
+    for pl in 0..planes {
+        let src = &x[pl * h * w..(pl + 1) * h * w];
+        let dst = &mut gx[pl * h * w..(pl + 1) * h * w];
+        for i in 0..oh {
+            for j in 0..ow {
+                let (_, at) = window_max(src, w, (i * ph, j * pw), (ph, pw));
+                dst[at] += gout[(pl * oh + i) * ow + j];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let v = (i as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(seed.wrapping_mul(40503));
+                (v >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The definition, in f64: out[b, o, i, j] = sum x[b, ch, i + u, j + v] f'[o, ch, u, v].
+    fn naive(s: &ConvShape, x: &[f32], f: &[f32], flip: bool) -> Vec<f64> {
+        let (oh, ow) = (s.oh(), s.ow());
+        let mut out = vec![0.0; s.out_len()];
+        for b in 0..s.n {
+            for o in 0..s.k {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut acc = 0.0f64;
+                        for ch in 0..s.c {
+                            for u in 0..s.fh {
+                                for v in 0..s.fw {
+                                    let (fu, fv) = if flip {
+                                        (s.fh - 1 - u, s.fw - 1 - v)
+                                    } else {
+                                        (u, v)
+                                    };
+                                    let xv = x[((b * s.c + ch) * s.h + i + u) * s.w + j + v];
+                                    let fval = f[((o * s.c + ch) * s.fh + fu) * s.fw + fv];
+                                    acc += xv as f64 * fval as f64;
+                                }
+                            }
+                        }
+                        out[((b * s.k + o) * oh + i) * ow + j] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    const SHAPES: [ConvShape; 4] = [
+        // Odd sizes: 7x9 images, 3x2 filters, 3 channels.
+        ConvShape {
+            n: 5,
+            c: 3,
+            h: 7,
+            w: 9,
+            k: 4,
+            fh: 3,
+            fw: 2,
+        },
+        ConvShape {
+            n: 1,
+            c: 1,
+            h: 1,
+            w: 1,
+            k: 1,
+            fh: 1,
+            fw: 1,
+        },
+        ConvShape {
+            n: 3,
+            c: 2,
+            h: 6,
+            w: 5,
+            k: 3,
+            fh: 6,
+            fw: 5,
+        },
+        // LeNet's second layer, two images.
+        ConvShape {
+            n: 2,
+            c: 20,
+            h: 12,
+            w: 12,
+            k: 50,
+            fh: 5,
+            fw: 5,
+        },
+    ];
+
+    fn close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn both_algorithms_match_the_definition_with_and_without_flip() {
+        for s in SHAPES {
+            let (x, f) = (fill(s.x_len(), 1), fill(s.f_len(), 2));
+            for flip in [true, false] {
+                let want = naive(&s, &x, &f, flip);
+                let mut out = vec![f32::NAN; s.out_len()];
+                conv2d_im2col(&s, &x, &f, flip, &mut out);
+                close(&format!("im2col {s:?} flip {flip}"), &out, &want, 1e-5);
+                let mut out = vec![f32::NAN; s.out_len()];
+                conv2d_direct(&s, &x, &f, flip, &mut out);
+                close(&format!("direct {s:?} flip {flip}"), &out, &want, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn flipping_is_a_true_convolution() {
+        // One channel, one 1x2 filter [a, b] over [x0, x1, x2]: a true convolution gives
+        // b x0 + a x1, cross-correlation a x0 + b x1.
+        let s = ConvShape {
+            n: 1,
+            c: 1,
+            h: 1,
+            w: 3,
+            k: 1,
+            fh: 1,
+            fw: 2,
+        };
+        let (x, f) = ([1.0, 10.0, 100.0], [2.0, 3.0]);
+        let mut out = [0.0; 2];
+        conv2d_im2col(&s, &x, &f, true, &mut out);
+        assert_eq!(out, [3.0 * 1.0 + 2.0 * 10.0, 3.0 * 10.0 + 2.0 * 100.0]);
+        conv2d_direct(&s, &x, &f, false, &mut out);
+        assert_eq!(out, [2.0 * 1.0 + 3.0 * 10.0, 2.0 * 10.0 + 3.0 * 100.0]);
+    }
+
+    #[test]
+    fn gradients_are_the_adjoints_of_the_definition() {
+        for s in SHAPES {
+            let (x, f, g) = (fill(s.x_len(), 3), fill(s.f_len(), 4), fill(s.out_len(), 5));
+            let (oh, ow) = (s.oh(), s.ow());
+            for flip in [true, false] {
+                // By the definition: each output term x * f' sends g to both factors.
+                let mut wx = vec![0.0f64; s.x_len()];
+                let mut wf = vec![0.0f64; s.f_len()];
+                for b in 0..s.n {
+                    for o in 0..s.k {
+                        for i in 0..oh {
+                            for j in 0..ow {
+                                let gv = g[((b * s.k + o) * oh + i) * ow + j] as f64;
+                                for ch in 0..s.c {
+                                    for u in 0..s.fh {
+                                        for v in 0..s.fw {
+                                            let (fu, fv) = if flip {
+                                                (s.fh - 1 - u, s.fw - 1 - v)
+                                            } else {
+                                                (u, v)
+                                            };
+                                            let xi = ((b * s.c + ch) * s.h + i + u) * s.w + j + v;
+                                            let fi = ((o * s.c + ch) * s.fh + fu) * s.fw + fv;
+                                            wx[xi] += gv * f[fi] as f64;
+                                            wf[fi] += gv * x[xi] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                let (mut gx, mut gf) = (vec![f32::NAN; s.x_len()], vec![f32::NAN; s.f_len()]);
+                conv2d_backward_im2col(&s, &x, &f, flip, &g, &mut gx, &mut gf);
+                close(&format!("gx {s:?} flip {flip}"), &gx, &wx, 1e-5);
+                close(&format!("gf {s:?} flip {flip}"), &gf, &wf, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_ignores_the_border_and_sends_the_gradient_to_the_first_maximum() {
+        // One 3x5 plane, 2x2 windows: rows 0-1, columns 0-1 and 2-3; row 2 and column 4 are
+        // ignored.
+        let x = [
+            1.0,
+            5.0,
+            2.0,
+            2.0,
+            9.0, //
+            5.0,
+            0.0,
+            2.0,
+            f32::NAN,
+            9.0, //
+            9.0,
+            9.0,
+            9.0,
+            9.0,
+            9.0,
+        ];
+        let mut out = [0.0f32; 2];
+        max_pool(1, 3, 5, (2, 2), &x, &mut out);
+        assert_eq!(out[0], 5.0);
+        assert!(out[1].is_nan(), "a NaN wins its window");
+        let mut gx = [f32::NAN; 15];
+        max_pool_backward(1, 3, 5, (2, 2), &x, &[10.0, 20.0], &mut gx);
+        // The first 5 (row 0, column 1) gets it, not the tied 5 below; the NaN's window sends
+        // its gradient to the NaN.
+        let mut want = [0.0f32; 15];
+        want[1] = 10.0;
+        want[8] = 20.0;
+        assert_eq!(gx, want);
+    }
+
+    /// GFLOP/s of both algorithms on LeNet's convolutions (minibatch 500), forward, and of the
+    /// im2col gradients: `cargo test --release -p tensor-fn-runtime conv_shapes -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn conv_shapes() {
+        let shapes = [
+            (
+                "layer 1",
+                ConvShape {
+                    n: 500,
+                    c: 1,
+                    h: 28,
+                    w: 28,
+                    k: 20,
+                    fh: 5,
+                    fw: 5,
+                },
+            ),
+            (
+                "layer 2",
+                ConvShape {
+                    n: 500,
+                    c: 20,
+                    h: 12,
+                    w: 12,
+                    k: 50,
+                    fh: 5,
+                    fw: 5,
+                },
+            ),
+        ];
+        for (name, s) in shapes {
+            let (x, f) = (fill(s.x_len(), 1), fill(s.f_len(), 2));
+            let mut out = vec![0.0; s.out_len()];
+            let (mut gx, mut gf) = (vec![0.0; s.x_len()], vec![0.0; s.f_len()]);
+            let gflops = |secs: f64, reps: usize| 2.0 * s.macs() as f64 * reps as f64 / secs / 1e9;
+            let time = |f: &mut dyn FnMut()| {
+                f();
+                let reps = 5;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                gflops(t.elapsed().as_secs_f64(), reps)
+            };
+            let im2col = time(&mut || conv2d_im2col(&s, &x, &f, true, &mut out));
+            let direct = time(&mut || conv2d_direct(&s, &x, &f, true, &mut out));
+            let backward =
+                time(&mut || conv2d_backward_im2col(&s, &x, &f, true, &out, &mut gx, &mut gf));
+            // The backward pass is two products of the forward's size.
+            println!(
+                "conv | {name} | {s:?} | im2col {im2col:.1} GFLOP/s | direct {direct:.1} GFLOP/s | backward (im2col) {:.1} GFLOP/s",
+                2.0 * backward
+            );
+        }
+    }
+}
