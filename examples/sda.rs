@@ -227,6 +227,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut sda = match &args.pretrained {
         Some(path) => {
             let ck = Checkpoint::load(path)?;
+            require_whole_pretraining(&ck, path)?;
             let mut m = restore(&ck)?;
             if let Some((seed, calls)) = ck.random_stream(path)? {
                 m.set_random_stream(seed, calls);
@@ -289,6 +290,25 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ("pretrained_from", json_str(&pretrained_from)),
         ],
     )
+}
+
+/// Refuses a `pretrained.tfck` written before its pretraining ended (the run was stopped):
+/// fine-tuning from it would quietly skip the rest. Checkpoints of other kinds (a fine-tuned
+/// `checkpoint.tfck`) carry no pretraining record and are taken as they are.
+fn require_whole_pretraining(ck: &Checkpoint, path: &Path) -> Result<(), String> {
+    let Some(layer) = ck.meta("pretrained_layer") else {
+        return Ok(());
+    };
+    let epoch = ck.meta("pretrained_epoch").unwrap_or("?");
+    let per_layer = ck.meta("pretrain_epochs").unwrap_or("?");
+    if layer == "3" && epoch == per_layer {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: its pretraining stopped at layer {layer}, epoch {epoch} of {per_layer}; run \
+         without --pretrained to pretrain all three layers",
+        path.display()
+    ))
 }
 
 /// The tutorial's initial network: from `RandomState(seed)`, first the masks' stream seed
@@ -379,7 +399,8 @@ fn pretrain(
             io::write_atomic(out.join("pretraining.csv"), csv.as_bytes())?;
             let mut ck = snapshot(sda, 0)?;
             ck.set_meta("pretrained_layer", layer.to_string())
-                .set_meta("pretrained_epoch", epoch.to_string());
+                .set_meta("pretrained_epoch", epoch.to_string())
+                .set_meta("pretrain_epochs", args.pretrain_epochs.to_string());
             ck.save_atomic(out.join("pretrained.tfck"))?;
         }
     }

@@ -205,6 +205,26 @@ fn stacked_denoising_autoencoders_start_as_the_tutorial_and_resume_pretrained() 
     .unwrap();
     let results = std::fs::read_to_string(resumed.join("results.json")).unwrap();
     assert!(results.contains("\"pretrained_from\": \""), "{results}");
+    // A pretraining that was stopped part way: refused, saying where it stopped.
+    let mut partial = tensor_fn::io::Checkpoint::load(&pretrained).unwrap();
+    partial.set_meta("pretrained_layer", "2");
+    let partial_path = out.join("partial.tfck");
+    partial.save_atomic(&partial_path).unwrap();
+    let e = sda::run(sda::Args::parse_from([
+        "sda",
+        "--quiet",
+        "--limit",
+        "300",
+        "--out",
+        resumed.to_str().unwrap(),
+        "--pretrained",
+        partial_path.to_str().unwrap(),
+    ]))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("stopped at layer 2, epoch 2 of 2"),
+        "{e}"
+    );
     // Not a checkpoint of this model: a clear error, nothing trained.
     let e = sda::run(sda::Args::parse_from([
         "sda",
