@@ -1463,32 +1463,8 @@ impl<'d> Lowerer<'d> {
     ) -> Option<Val> {
         let v = self.lower_expr(arg)?;
         let x = self.node_of(v, None);
-        let rank = self.g.ty(x).rank() as i64;
-        let ax = match axis {
-            None => Axis::All,
-            Some((k, s, _)) => {
-                let kk = if k < 0 { k + rank } else { k };
-                if kk < 0 || kk >= rank {
-                    let help = match rank {
-                        0 => "a scalar has no axes: drop `axis = ...`".to_string(),
-                        1 => "the only axis is 0 (or -1)".to_string(),
-                        _ => {
-                            "the axes are 0 and 1 (or -2 and -1, counting from the end)".to_string()
-                        }
-                    };
-                    self.diags.error_help(
-                        s,
-                        format!(
-                            "axis {k} is out of range for {}, which has rank {rank}",
-                            self.g.type_str(self.g.ty(x))
-                        ),
-                        help,
-                    );
-                    return None;
-                }
-                Axis::One(kk as u8)
-            }
-        };
+        let rank = self.g.ty(x).rank();
+        let ax = self.axis_of(x, axis, None)?;
         if rank == 0 {
             return Some(Val::Node(x)); // reducing a scalar is the scalar
         }

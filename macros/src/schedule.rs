@@ -183,8 +183,9 @@ struct Split {
     absorbed: Vec<NodeId>,
 }
 
-/// The factors of a scalar known before any kernel runs, a product of arguments, constants
-/// and dims (`lr`, `2 * l2`); None for anything else.
+/// Appends to `out` the factors of a scalar known before any kernel runs, a product of
+/// arguments, constants and dims (`lr`, `2 * l2`); false (and `out` of no use) for anything
+/// else.
 fn scalar_factors(g: &Graph, a: NodeId, out: &mut Vec<Instr>) -> bool {
     if g.ty(a).rank() != 0 {
         return false;

@@ -46,8 +46,7 @@ pub unsafe fn sgemm(
                 if threads == 1 || m * n * k < PARALLEL_FLOPS {
                     // SAFETY: the caller's contract.
                     unsafe {
-                        whole(
-                            bcast,
+                        sgemm_serial(
                             m,
                             k,
                             n,
