@@ -42,7 +42,7 @@ pub mod __private {
     /// Every elementwise op's one definition, which the generated loops call.
     pub use tensor_fn_kernels::scalar;
     pub use tensor_fn_runtime::cpu::{
-        array2, check_ints, contiguous, conv, gemm, gemm_pair, has_avx512, loop_chunks, run_chunks,
-        Compiled, Disjoint, Real,
+        array2, array_nd, check_ints, contiguous, conv, gemm, gemm_pair, has_avx512, loop_chunks,
+        run_chunks, Compiled, Disjoint, Real,
     };
 }

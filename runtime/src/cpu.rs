@@ -68,6 +68,14 @@ pub fn array2<T>(v: Vec<T>, rows: usize, cols: usize) -> Array2<T> {
     })
 }
 
+/// An array of rank 3 or 4 from a row-major vector of exactly its size.
+pub fn array_nd<T, D: Dimension>(v: Vec<T>, shape: D) -> ndarray::Array<T, D> {
+    let len = v.len();
+    let dims = format!("{:?}", shape.slice());
+    ndarray::Array::from_shape_vec(shape, v)
+        .unwrap_or_else(|_| unreachable!("generated code sizes outputs as {dims}, got {len}"))
+}
+
 /// Whether this CPU runs the AVX-512 versions of generated loops (detected once, cached).
 #[inline]
 pub fn has_avx512() -> bool {

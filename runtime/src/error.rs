@@ -59,6 +59,13 @@ pub enum Error {
     /// A check inside generated code failed: a bug in tensor-fn, never the caller's fault.
     #[error("internal error in tensor-fn: {0}")]
     Internal(String),
+    /// A function was called on a GPU, but one of its ops runs on the CPU only.
+    #[error("`{function}`: `{op}` has no GPU kernel yet, so the function cannot run on {device}; run it on the CPU")]
+    CpuOnly {
+        function: &'static str,
+        op: &'static str,
+        device: String,
+    },
     /// A device that is not present or not compiled in was asked for.
     #[error("device unavailable: {0}")]
     DeviceUnavailable(String),

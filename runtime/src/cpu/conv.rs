@@ -1,4 +1,4 @@
-//! 2-D convolution and max-pooling on the CPU, for `f32` tensors in NCHW layout: the kernels a
+//! 2-D convolution and max-pooling on the CPU, for `f32` (and `f64`) tensors in NCHW layout: the kernels a
 //! compiled `conv2d` / `max_pool` will call. Convolution is "valid" with stride 1:
 //! `x [n, c, h, w]`, filters `[k, c, fh, fw]`, output `[n, k, h - fh + 1, w - fw + 1]`.
 //! With `flip` the filters are flipped in both spatial axes (a true convolution, Theano's
@@ -73,7 +73,7 @@ impl ConvShape {
     }
 
     /// Writes the filters as a `k` x `c fh fw` matrix in patch order, flipped if asked.
-    fn filter_matrix(&self, f: &[f32], flip: bool, m: &mut [f32]) {
+    fn filter_matrix<T: Elem>(&self, f: &[T], flip: bool, m: &mut [T]) {
         let (fh, fw) = (self.fh, self.fw);
         for (o, block) in m.chunks_mut(self.c * fh * fw).enumerate() {
             for ch in 0..self.c {
@@ -96,9 +96,96 @@ thread_local! {
     /// The calling thread's scratch: the filter matrix, and for each part of the images the
     /// patch matrix (and the filter gradient) its pool thread works on, through pointers.
     /// It grows, never shrinks, and only on the calling thread: once it has grown to a call's
-    /// sizes, calls allocate nothing, whichever pool thread takes which part.
-    static CALLER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// sizes, calls allocate nothing, whichever pool thread takes which part. One per element
+    /// type.
+    static CALLER32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static CALLER64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The element types of the convolution kernels: `f32` (our SGEMM) and `f64` (for gradient
+/// checks against finite differences; matrixmultiply's DGEMM).
+pub trait Elem:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+    + std::iter::Sum
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn is_nan(self) -> bool;
+    /// The calling thread's scratch of this type, at least `len` long.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+    /// C = alpha A B + beta C on the calling thread, strided (`rs`/`cs` in elements).
+    ///
+    /// # Safety
+    /// Every element each operand's strides reach is inside its allocation, and C's strides
+    /// map no two elements to one place.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_serial(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+macro_rules! elem_impl {
+    ($t:ty, $cell:ident, $gemm:path) => {
+        impl Elem for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                $cell.with(|s| {
+                    let mut s = s.borrow_mut();
+                    if s.len() < len {
+                        s.resize(len, 0.0);
+                    }
+                    f(&mut s[..len])
+                })
+            }
+            unsafe fn gemm_serial(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                // SAFETY: the caller's contract, which is the callee's.
+                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            }
+        }
+    };
+}
+
+elem_impl!(f32, CALLER32, sgemm_serial);
+elem_impl!(f64, CALLER64, matrixmultiply::dgemm);
 
 /// How many parts the images are split into.
 fn parts(n: usize) -> usize {
@@ -106,18 +193,12 @@ fn parts(n: usize) -> usize {
 }
 
 /// Runs `f` on the calling thread's scratch, at least `len` long.
-fn with_caller_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    CALLER.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < len {
-            s.resize(len, 0.0);
-        }
-        f(&mut s[..len])
-    })
+fn with_caller_scratch<T: Elem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    T::with_scratch(len, f)
 }
 
 /// Image `b`'s patches: row `(ch, u, v)`, column `(i, j)` holds `x[b, ch, i + u, j + v]`.
-fn im2col(s: &ConvShape, img: &[f32], cols: &mut [f32]) {
+fn im2col<T: Elem>(s: &ConvShape, img: &[T], cols: &mut [T]) {
     let (oh, ow) = (s.oh(), s.ow());
     for ch in 0..s.c {
         let plane = &img[ch * s.h * s.w..(ch + 1) * s.h * s.w];
@@ -125,15 +206,34 @@ fn im2col(s: &ConvShape, img: &[f32], cols: &mut [f32]) {
             for v in 0..s.fw {
                 let row = &mut cols[((ch * s.fh + u) * s.fw + v) * oh * ow..][..oh * ow];
                 for i in 0..oh {
-                    row[i * ow..(i + 1) * ow].copy_from_slice(&plane[(i + u) * s.w + v..][..ow]);
+                    copy_short(
+                        &mut row[i * ow..(i + 1) * ow],
+                        &plane[(i + u) * s.w + v..][..ow],
+                    );
                 }
             }
         }
     }
 }
 
+/// `dst = src` for the short rows of a patch matrix (8 or 24 values on LeNet's layers): in
+/// blocks of 8 moved as arrays, where `copy_from_slice` would call `memmove` for each row.
+#[inline(always)]
+fn copy_short<T: Elem>(dst: &mut [T], src: &[T]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (a, b) in (&mut d).zip(&mut s) {
+        let b: &[T; 8] = b.try_into().expect("chunks of 8");
+        let a: &mut [T; 8] = a.try_into().expect("chunks of 8");
+        *a = *b;
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a = *b;
+    }
+}
+
 /// The adjoint of [`im2col`]: adds each patch entry back into the image position it came from.
-fn col2im_add(s: &ConvShape, cols: &[f32], img: &mut [f32]) {
+fn col2im_add<T: Elem>(s: &ConvShape, cols: &[T], img: &mut [T]) {
     let (oh, ow) = (s.oh(), s.ow());
     for ch in 0..s.c {
         let plane = &mut img[ch * s.h * s.w..(ch + 1) * s.h * s.w];
@@ -163,24 +263,29 @@ fn by_images(n: usize, f: &(dyn Fn(usize, usize, usize) + Sync)) {
 }
 
 /// A pointer to disjoint per-image parts of one output, handed to the pool's threads.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
+struct Out<T>(*mut T);
+impl<T> Clone for Out<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Out<T> {}
 // SAFETY: each thread writes only the images it was given.
-unsafe impl Sync for Out {}
-unsafe impl Send for Out {}
-impl Out {
+unsafe impl<T> Sync for Out<T> {}
+unsafe impl<T> Send for Out<T> {}
+impl<T> Out<T> {
     /// Image `b`'s `len` elements.
     ///
     /// # Safety
     /// `b * len + len` is within the allocation, and no other thread uses image `b`.
-    unsafe fn image<'a>(self, b: usize, len: usize) -> &'a mut [f32] {
+    unsafe fn image<'a>(self, b: usize, len: usize) -> &'a mut [T] {
         // SAFETY: the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(b * len), len) }
     }
 }
 
 /// Forward convolution by im2col and SGEMM: `out = conv2d(x, f)`.
-pub fn conv2d_im2col(s: &ConvShape, x: &[f32], f: &[f32], flip: bool, out: &mut [f32]) {
+pub fn conv2d_im2col<T: Elem>(s: &ConvShape, x: &[T], f: &[T], flip: bool, out: &mut [T]) {
     s.check(x.len(), f.len(), out.len());
     let patch = s.c * s.fh * s.fw * s.oh() * s.ow();
     with_caller_scratch(s.f_len() + parts(s.n) * patch, |scratch| {
@@ -190,7 +295,7 @@ pub fn conv2d_im2col(s: &ConvShape, x: &[f32], f: &[f32], flip: bool, out: &mut 
     });
 }
 
-fn im2col_forward(s: &ConvShape, x: &[f32], fm: &[f32], patches: &mut [f32], out: &mut [f32]) {
+fn im2col_forward<T: Elem>(s: &ConvShape, x: &[T], fm: &[T], patches: &mut [T], out: &mut [T]) {
     let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
     let (img_len, out_len) = (s.c * s.h * s.w, s.k * p);
     let (o, pa) = (Out(out.as_mut_ptr()), Out(patches.as_mut_ptr()));
@@ -204,18 +309,18 @@ fn im2col_forward(s: &ConvShape, x: &[f32], fm: &[f32], patches: &mut [f32], out
                 // k x ckk (fm), ckk x p (cols) and k x p, all row-major within their slices.
                 unsafe {
                     let dst = o.image(b, out_len);
-                    sgemm_serial(
+                    T::gemm_serial(
                         s.k,
                         ckk,
                         p,
-                        1.0,
+                        T::ONE,
                         fm.as_ptr(),
                         ckk as isize,
                         1,
                         cols.as_ptr(),
                         p as isize,
                         1,
-                        0.0,
+                        T::ZERO,
                         dst.as_mut_ptr(),
                         p as isize,
                         1,
@@ -294,22 +399,52 @@ fn direct_image(s: &ConvShape, img: &[f32], fm: &[f32], dst: &mut [f32]) {
 /// `gout`, the gradient of the output: `gx` (overwritten) and `gf` (overwritten), both by
 /// im2col: `gf = sum over images of gout_b cols_b^T`, and `gx_b = col2im(F^T gout_b)`.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward_im2col(
+pub fn conv2d_backward_im2col<T: Elem>(
     s: &ConvShape,
-    x: &[f32],
-    f: &[f32],
+    x: &[T],
+    f: &[T],
     flip: bool,
-    gout: &[f32],
-    gx: &mut [f32],
-    gf: &mut [f32],
+    gout: &[T],
+    gx: &mut [T],
+    gf: &mut [T],
 ) {
     s.check(x.len(), f.len(), gout.len());
     assert_eq!(gx.len(), x.len(), "conv2d: input gradient length for {s:?}");
-    assert_eq!(
-        gf.len(),
-        f.len(),
-        "conv2d: filter gradient length for {s:?}"
-    );
+    backward(s, Some(x), f, flip, gout, Some(gx), Some(gf));
+}
+
+/// The gradient of [`conv2d_im2col`]'s output with respect to its input alone: `gx`
+/// (overwritten) `= col2im(F^T gout_b)` per image. The input itself is not needed.
+pub fn conv2d_grad_input<T: Elem>(s: &ConvShape, f: &[T], flip: bool, gout: &[T], gx: &mut [T]) {
+    s.check(gx.len(), f.len(), gout.len());
+    backward(s, None, f, flip, gout, Some(gx), None);
+}
+
+/// The gradient of [`conv2d_im2col`]'s output with respect to its filters alone: `gf`
+/// (overwritten) `= sum over images of gout_b cols_b^T`.
+pub fn conv2d_grad_filter<T: Elem>(s: &ConvShape, x: &[T], flip: bool, gout: &[T], gf: &mut [T]) {
+    s.check(x.len(), gf.len(), gout.len());
+    backward(s, Some(x), &[], flip, gout, None, Some(gf));
+}
+
+/// The shared body of the gradients: `x` is needed for `gf`, `f` for `gx`.
+#[allow(clippy::too_many_arguments)]
+fn backward<T: Elem>(
+    s: &ConvShape,
+    x: Option<&[T]>,
+    f: &[T],
+    flip: bool,
+    gout: &[T],
+    gx: Option<&mut [T]>,
+    gf: Option<&mut [T]>,
+) {
+    if let Some(gf) = &gf {
+        assert_eq!(
+            gf.len(),
+            s.f_len(),
+            "conv2d: filter gradient length for {s:?}"
+        );
+    }
     let parts = parts(s.n);
     let patch = s.c * s.fh * s.fw * s.oh() * s.ow();
     // The filter matrix; each part's share of the filter gradient (patch order); each part's
@@ -317,28 +452,32 @@ pub fn conv2d_backward_im2col(
     with_caller_scratch((1 + parts) * s.f_len() + parts * 2 * patch, |scratch| {
         let (fm, rest) = scratch.split_at_mut(s.f_len());
         let (partial, patches) = rest.split_at_mut(parts * s.f_len());
-        s.filter_matrix(f, flip, fm);
-        partial.fill(0.0);
+        if gx.is_some() {
+            s.filter_matrix(f, flip, fm);
+        }
+        partial.fill(T::ZERO);
         im2col_backward(s, x, fm, flip, gout, (gx, gf), parts, partial, patches);
     });
 }
 
 #[allow(clippy::too_many_arguments)]
-fn im2col_backward(
+fn im2col_backward<T: Elem>(
     s: &ConvShape,
-    x: &[f32],
-    fm: &[f32],
+    x: Option<&[T]>,
+    fm: &[T],
     flip: bool,
-    gout: &[f32],
-    (gx, gf): (&mut [f32], &mut [f32]),
+    gout: &[T],
+    (gx, gf): (Option<&mut [T]>, Option<&mut [T]>),
     parts: usize,
-    partial: &mut [f32],
-    patches: &mut [f32],
+    partial: &mut [T],
+    patches: &mut [T],
 ) {
     let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
     let (img_len, out_len) = (s.c * s.h * s.w, s.k * p);
-    let (gxo, po) = (Out(gx.as_mut_ptr()), Out(partial.as_mut_ptr()));
+    let gxo = gx.map(|g| Out(g.as_mut_ptr()));
+    let po = Out(partial.as_mut_ptr());
     let pa = Out(patches.as_mut_ptr());
+    let want_gf = gf.is_some();
     run_chunks(parts, &|t| {
         let (lo, hi) = (s.n * t / parts, s.n * (t + 1) / parts);
         {
@@ -348,52 +487,61 @@ fn im2col_backward(
             // SAFETY: block t of the partials is this thread's alone.
             let gfm = unsafe { po.image(t, s.k * ckk) };
             for b in lo..hi {
-                im2col(s, &x[b * img_len..(b + 1) * img_len], cols);
                 let g = &gout[b * out_len..(b + 1) * out_len];
-                // SAFETY: operands row-major within their slices: g is k x p, cols ckk x p
-                // (read as its transpose, p x ckk), gfm k x ckk; fm k x ckk read transposed,
-                // dcols ckk x p.
-                unsafe {
-                    sgemm_serial(
-                        s.k,
-                        p,
-                        ckk,
-                        1.0,
-                        g.as_ptr(),
-                        p as isize,
-                        1,
-                        cols.as_ptr(),
-                        1,
-                        p as isize,
-                        1.0,
-                        gfm.as_mut_ptr(),
-                        ckk as isize,
-                        1,
-                    );
-                    sgemm_serial(
-                        ckk,
-                        s.k,
-                        p,
-                        1.0,
-                        fm.as_ptr(),
-                        1,
-                        ckk as isize,
-                        g.as_ptr(),
-                        p as isize,
-                        1,
-                        0.0,
-                        dcols.as_mut_ptr(),
-                        p as isize,
-                        1,
-                    );
+                if let (true, Some(x)) = (want_gf, x) {
+                    im2col(s, &x[b * img_len..(b + 1) * img_len], cols);
+                    // SAFETY: operands row-major within their slices: g is k x p, cols ckk x
+                    // p (read as its transpose, p x ckk), gfm k x ckk.
+                    unsafe {
+                        T::gemm_serial(
+                            s.k,
+                            p,
+                            ckk,
+                            T::ONE,
+                            g.as_ptr(),
+                            p as isize,
+                            1,
+                            cols.as_ptr(),
+                            1,
+                            p as isize,
+                            T::ONE,
+                            gfm.as_mut_ptr(),
+                            ckk as isize,
+                            1,
+                        );
+                    }
                 }
-                // SAFETY: image b of gx is this thread's alone.
-                let gimg = unsafe { gxo.image(b, img_len) };
-                gimg.fill(0.0);
-                col2im_add(s, dcols, gimg);
+                if let Some(gxo) = gxo {
+                    // SAFETY: fm is k x ckk read transposed, g k x p, dcols ckk x p.
+                    unsafe {
+                        T::gemm_serial(
+                            ckk,
+                            s.k,
+                            p,
+                            T::ONE,
+                            fm.as_ptr(),
+                            1,
+                            ckk as isize,
+                            g.as_ptr(),
+                            p as isize,
+                            1,
+                            T::ZERO,
+                            dcols.as_mut_ptr(),
+                            p as isize,
+                            1,
+                        );
+                    }
+                    // SAFETY: image b of gx is this thread's alone.
+                    let gimg = unsafe { gxo.image(b, img_len) };
+                    gimg.fill(T::ZERO);
+                    col2im_add(s, dcols, gimg);
+                }
             }
         }
     });
+    let Some(gf) = gf else {
+        return;
+    };
     // Sum the threads' parts, and undo the flip: gf[o, ch, su, sv] for patch entry (u, v).
     let (fh, fw) = (s.fh, s.fw);
     for o in 0..s.k {
@@ -401,7 +549,7 @@ fn im2col_backward(
             for u in 0..fh {
                 for v in 0..fw {
                     let at = o * ckk + (ch * fh + u) * fw + v;
-                    let sum: f32 = (0..parts).map(|t| partial[t * s.k * ckk + at]).sum();
+                    let sum: T = (0..parts).map(|t| partial[t * s.k * ckk + at]).sum();
                     let (su, sv) = if flip {
                         (fh - 1 - u, fw - 1 - v)
                     } else {
@@ -416,38 +564,91 @@ fn im2col_backward(
 
 /// Non-overlapping `ph` x `pw` max-pooling of `x [planes, h, w]` (planes = images x
 /// channels), ignoring the border rows and columns that do not fill a window (Theano's
-/// `ignore_border = True`): `out [planes, h / ph, w / pw]`.
-pub fn max_pool(
+/// `ignore_border = True`): `out [planes, h / ph, w / pw]`. A NaN in a window is its maximum.
+/// Planes are split between the pool's threads.
+pub fn max_pool<T: Elem>(
     planes: usize,
     h: usize,
     w: usize,
     (ph, pw): (usize, usize),
-    x: &[f32],
-    out: &mut [f32],
+    x: &[T],
+    out: &mut [T],
 ) {
     assert!(ph >= 1 && pw >= 1, "max_pool: window {ph}x{pw}");
     let (oh, ow) = (h / ph, w / pw);
     assert_eq!(x.len(), planes * h * w, "max_pool: input length");
     assert_eq!(out.len(), planes * oh * ow, "max_pool: output length");
-    for pl in 0..planes {
-        let src = &x[pl * h * w..(pl + 1) * h * w];
-        let dst = &mut out[pl * oh * ow..(pl + 1) * oh * ow];
-        for i in 0..oh {
-            for j in 0..ow {
-                dst[i * ow + j] = window_max(src, w, (i * ph, j * pw), (ph, pw)).0;
+    let o = Out(out.as_mut_ptr());
+    by_planes(planes, &|lo, hi| {
+        for pl in lo..hi {
+            let src = &x[pl * h * w..(pl + 1) * h * w];
+            // SAFETY: plane pl of `out` is this thread's alone.
+            let dst = unsafe { o.image(pl, oh * ow) };
+            if (ph, pw) == (2, 2) {
+                pool_plane_2x2(src, w, oh, ow, dst);
+                continue;
+            }
+            for i in 0..oh {
+                for j in 0..ow {
+                    dst[i * ow + j] = window_max(src, w, (i * ph, j * pw), (ph, pw)).0;
+                }
+            }
+        }
+    });
+}
+
+/// The larger of two values, or the NaN if either is one (`a` first): a compare and a blend.
+#[inline(always)]
+fn max_nan<T: Elem>(a: T, b: T) -> T {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+/// One plane of 2x2 pooling: the maximum of each row pair (contiguous, vectorized), then of
+/// each column pair, in blocks of 32 columns.
+#[inline]
+fn pool_plane_2x2<T: Elem>(src: &[T], w: usize, oh: usize, ow: usize, dst: &mut [T]) {
+    const B: usize = 32;
+    let mut rows = [T::ZERO; 2 * B];
+    for i in 0..oh {
+        let r0 = &src[2 * i * w..][..2 * ow];
+        let r1 = &src[(2 * i + 1) * w..][..2 * ow];
+        let d = &mut dst[i * ow..(i + 1) * ow];
+        for (jb, out) in d.chunks_mut(B).enumerate() {
+            let cols = 2 * out.len();
+            let (a, b) = (&r0[2 * B * jb..][..cols], &r1[2 * B * jb..][..cols]);
+            for ((m, x), y) in rows[..cols].iter_mut().zip(a).zip(b) {
+                *m = max_nan(*x, *y);
+            }
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = max_nan(rows[2 * j], rows[2 * j + 1]);
             }
         }
     }
 }
 
+/// Runs `f(first, last)` over parts of `planes` on the pool's threads.
+fn by_planes(planes: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    let parts = threads().min(planes).max(1);
+    run_chunks(parts, &|t| {
+        let (lo, hi) = (planes * t / parts, planes * (t + 1) / parts);
+        if lo < hi {
+            f(lo, hi);
+        }
+    });
+}
+
 /// The maximum of one window and its position: the first maximum in row-major order within
 /// the window, and a NaN wins (it is the maximum a NaN-propagating max reports).
-fn window_max(
-    src: &[f32],
+fn window_max<T: Elem>(
+    src: &[T],
     w: usize,
     (r0, c0): (usize, usize),
     (ph, pw): (usize, usize),
-) -> (f32, usize) {
+) -> (T, usize) {
     let mut best = (src[r0 * w + c0], r0 * w + c0);
     for r in r0..r0 + ph {
         for c in c0..c0 + pw {
@@ -461,16 +662,17 @@ fn window_max(
 }
 
 /// The gradient of [`max_pool`]: each window's output gradient goes to the window's maximum
-/// (the first one, row-major, on ties); every other input, and the ignored border, gets 0.
+/// (the first one, row-major, on ties; the first NaN if there is one); every other input, and
+/// the ignored border, gets 0.
 #[allow(clippy::too_many_arguments)]
-pub fn max_pool_backward(
+pub fn max_pool_backward<T: Elem>(
     planes: usize,
     h: usize,
     w: usize,
     (ph, pw): (usize, usize),
-    x: &[f32],
-    gout: &[f32],
-    gx: &mut [f32],
+    x: &[T],
+    gout: &[T],
+    gx: &mut [T],
 ) {
     assert!(ph >= 1 && pw >= 1, "max_pool: window {ph}x{pw}");
     let (oh, ow) = (h / ph, w / pw);
@@ -481,17 +683,45 @@ pub fn max_pool_backward(
         planes * oh * ow,
         "max_pool: output gradient length"
     );
-    gx.fill(0.0);
-    for pl in 0..planes {
-        let src = &x[pl * h * w..(pl + 1) * h * w];
-        let dst = &mut gx[pl * h * w..(pl + 1) * h * w];
-        for i in 0..oh {
-            for j in 0..ow {
-                let (_, at) = window_max(src, w, (i * ph, j * pw), (ph, pw));
-                dst[at] += gout[(pl * oh + i) * ow + j];
+    let o = Out(gx.as_mut_ptr());
+    by_planes(planes, &|lo, hi| {
+        for pl in lo..hi {
+            let src = &x[pl * h * w..(pl + 1) * h * w];
+            let g = &gout[pl * oh * ow..(pl + 1) * oh * ow];
+            // SAFETY: plane pl of `gx` is this thread's alone.
+            let dst = unsafe { o.image(pl, h * w) };
+            dst.fill(T::ZERO);
+            for i in 0..oh {
+                for j in 0..ow {
+                    let at = if (ph, pw) == (2, 2) {
+                        first_max_2x2(src, w, 2 * i, 2 * j)
+                    } else {
+                        window_max(src, w, (i * ph, j * pw), (ph, pw)).1
+                    };
+                    dst[at] += g[i * ow + j];
+                }
             }
         }
+    });
+}
+
+/// [`window_max`]'s position for a 2x2 window, unrolled.
+#[inline(always)]
+fn first_max_2x2<T: Elem>(src: &[T], w: usize, r: usize, c: usize) -> usize {
+    let (i0, i1, i2, i3) = (
+        r * w + c,
+        r * w + c + 1,
+        (r + 1) * w + c,
+        (r + 1) * w + c + 1,
+    );
+    let mut best = (src[i0], i0);
+    for at in [i1, i2, i3] {
+        let v = src[at];
+        if !best.0.is_nan() && (v > best.0 || v.is_nan()) {
+            best = (v, at);
+        }
     }
+    best.1
 }
 
 #[cfg(test)]
@@ -665,7 +895,59 @@ mod tests {
                 conv2d_backward_im2col(&s, &x, &f, flip, &g, &mut gx, &mut gf);
                 close(&format!("gx {s:?} flip {flip}"), &gx, &wx, 1e-5);
                 close(&format!("gf {s:?} flip {flip}"), &gf, &wf, 1e-5);
+                // Each gradient alone, as a compiled function asks for them.
+                let (mut gx1, mut gf1) = (vec![f32::NAN; s.x_len()], vec![f32::NAN; s.f_len()]);
+                conv2d_grad_input(&s, &f, flip, &g, &mut gx1);
+                conv2d_grad_filter(&s, &x, flip, &g, &mut gf1);
+                assert_eq!(gx1, gx, "gx alone {s:?}");
+                assert_eq!(gf1, gf, "gf alone {s:?}");
+                // And in f64, to the definition's precision.
+                let d = |v: &[f32]| v.iter().map(|&e| f64::from(e)).collect::<Vec<f64>>();
+                let (mut gx2, mut gf2) = (vec![f64::NAN; s.x_len()], vec![f64::NAN; s.f_len()]);
+                conv2d_grad_input(&s, &d(&f), flip, &d(&g), &mut gx2);
+                conv2d_grad_filter(&s, &d(&x), flip, &d(&g), &mut gf2);
+                for (a, b) in gx2.iter().zip(&wx).chain(gf2.iter().zip(&wf)) {
+                    assert!(
+                        (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                        "f64 {s:?}: {a} vs {b}"
+                    );
+                }
             }
+        }
+    }
+
+    #[test]
+    fn pooling_matches_the_window_scan_on_ties_and_nans() {
+        // Few distinct values (many ties) and some NaNs, in several planes split between
+        // threads: the unrolled 2x2 path and the general one agree with a plain window scan.
+        let (planes, h, w) = (7, 7, 9);
+        let x: Vec<f32> = fill(planes * h * w, 7)
+            .iter()
+            .map(|v| match (v.abs() * 10.0) as i32 % 5 {
+                0 => f32::NAN,
+                k => k as f32,
+            })
+            .collect();
+        for win in [(2, 2), (3, 2), (1, 4)] {
+            let (oh, ow) = (h / win.0, w / win.1);
+            let g = fill(planes * oh * ow, 8);
+            let mut out = vec![0.0f32; planes * oh * ow];
+            let mut gx = vec![f32::NAN; planes * h * w];
+            max_pool(planes, h, w, win, &x, &mut out);
+            max_pool_backward(planes, h, w, win, &x, &g, &mut gx);
+            let mut want = vec![0.0f32; planes * h * w];
+            for pl in 0..planes {
+                let src = &x[pl * h * w..(pl + 1) * h * w];
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let (v, at) = window_max(src, w, (i * win.0, j * win.1), win);
+                        let o = out[(pl * oh + i) * ow + j];
+                        assert!(o == v || (o.is_nan() && v.is_nan()), "{win:?} {pl} {i} {j}");
+                        want[pl * h * w + at] += g[(pl * oh + i) * ow + j];
+                    }
+                }
+            }
+            assert_eq!(gx, want, "{win:?}");
         }
     }
 

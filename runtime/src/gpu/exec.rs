@@ -416,6 +416,13 @@ pub unsafe fn run(
     call: &Call<'_>,
     mode: Mode,
 ) -> Result<Vec<PendingOut>, Error> {
+    if let Some(op) = plan.cpu_only {
+        return Err(Error::CpuOnly {
+            function: plan.name,
+            op,
+            device: device.to_string(),
+        });
+    }
     let backend = backend(device)?;
     let mut states = cache.states.lock().unwrap_or_else(|p| p.into_inner());
     let idx = match states.iter().position(|s| s.device == device) {
@@ -490,6 +497,9 @@ pub unsafe fn run(
                 )?
             }
             BufSrc::Work | BufSrc::Output(_) => arena.ptr() + st.buf_offs[b] as u64,
+            BufSrc::View(base) => *ptrs
+                .get(base as usize)
+                .ok_or_else(|| internal(plan, format!("view b{b} of a later buffer")))?,
         };
         ptrs.push(p);
     }
@@ -636,8 +646,8 @@ fn outputs(
             Out::Buf(b) => {
                 let bytes = plan.bufs[b as usize].bytes(plan.dtype, call.dims);
                 let off = match plan.bufs[b as usize].src {
-                    BufSrc::Param(_) => {
-                        return Err(internal(plan, "a parameter as an output".into()))
+                    BufSrc::Param(_) | BufSrc::View(_) => {
+                        return Err(internal(plan, "a parameter or a view as an output".into()))
                     }
                     _ => buf_offs[b as usize],
                 };
@@ -718,7 +728,7 @@ fn layout(plan: &GpuPlan, st: &mut FnState, device: Device, dims: &[usize]) -> R
         .bufs
         .iter()
         .map(|b: &Buf| match b.src {
-            BufSrc::Param(_) => 0,
+            BufSrc::Param(_) | BufSrc::View(_) => 0,
             _ => place(b.bytes(plan.dtype, dims)),
         })
         .collect();

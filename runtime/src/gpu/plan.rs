@@ -58,6 +58,8 @@ pub enum BufSrc {
     Work,
     /// The output at this position (a workspace region, copied back or handed out).
     Output(u32),
+    /// The storage of an earlier buffer (never itself a view), in another shape: a reshape.
+    View(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -163,4 +165,7 @@ pub struct GpuPlan {
     /// After every launch: copy buffer -> parameter (var id, buffer id), Theano's updates.
     pub commits: &'static [(u32, u32)],
     pub outputs: &'static [Out],
+    /// An op of the function that has no GPU kernel yet (`conv2d`): calls on a GPU fail with
+    /// [`Error::CpuOnly`](crate::Error::CpuOnly) before anything runs.
+    pub cpu_only: Option<&'static str>,
 }
