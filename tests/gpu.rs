@@ -735,3 +735,72 @@ fn cuda_is_a_clear_error_without_a_gpu() {
     assert!(best == Device::Cpu || best == Device::Cuda(0));
     assert_eq!(best == Device::Cpu, why.is_some());
 }
+
+tensor_fn! {
+    /// Images as views: a reshape to rank 4, a channel bias, a flatten and sums over image axes,
+    /// which a GPU runs as views of matrices (no convolution).
+    struct Views { b: f64[3], w: f64[12, 2] }
+
+    impl Views {
+        fn step(&mut self, x: f64[n, 12], lr: f64) -> (f64, f64[n, 3, 2, 2]) {
+            let h = tanh(reshape(x, [n, 3, 2, 2]) + reshape(b, [1, 3, 1, 1]));
+            let cost = sum(pow(dot(flatten(h, 2), w), 2));
+            b -= lr * grad(cost, b);
+            w -= lr * grad(cost, w);
+            (cost, h)
+        }
+    }
+}
+
+tensor_fn! {
+    /// A convolution, which has no GPU kernel yet.
+    struct Convolve { w: f32[2, 1, 3, 3] }
+
+    impl Convolve {
+        fn forward(&self, x: f32[n, 1, 5, 5]) -> f32 {
+            sum(max_pool(conv2d(x, w), [2, 2]))
+        }
+    }
+}
+
+#[test]
+fn views_of_images_run_alike() {
+    let x = mat(4, 12, 801);
+    let make = || Views::new(vec1(3, 802), mat(12, 2, 803)).unwrap();
+    let mut cpu = make();
+    let (c0, h0) = cpu.step(x.view(), 0.01).unwrap();
+    let (c1, _) = cpu.step(x.view(), 0.01).unwrap();
+    for dev in devices() {
+        let mut g = make();
+        g.to_device(dev).expect("to device");
+        let (d0, k0) = g.step(x.view(), 0.01).unwrap();
+        let (d1, _) = g.step(x.view(), 0.01).unwrap();
+        close("cost", dev, &[c0, c1], &[d0, d1], 1e-12);
+        close("h", dev, &flat(&h0), &flat(&k0), 1e-12);
+        close(
+            "b",
+            dev,
+            &flat(&cpu.b.get_value().unwrap()),
+            &flat(&g.b.get_value().unwrap()),
+            1e-12,
+        );
+    }
+}
+
+#[test]
+fn a_convolution_on_a_gpu_is_a_clear_error() {
+    let w = ndarray::Array4::<f32>::from_elem((2, 1, 3, 3), 0.5);
+    let x = ndarray::Array4::<f32>::from_elem((3, 1, 5, 5), 1.0);
+    let cpu = Convolve::new(w.clone()).unwrap();
+    // 3x3 outputs pooled to one window each: 3 images x 2 filters x 9 taps of 0.5.
+    assert_eq!(cpu.forward(x.view()).unwrap(), 3.0 * 2.0 * 4.5);
+    for dev in devices() {
+        let mut g = Convolve::new(w.clone()).unwrap();
+        g.to_device(dev).expect("to device");
+        let e = g.forward(x.view()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("`forward`: `conv2d` has no GPU kernel yet, so the function cannot run on {dev}; run it on the CPU")
+        );
+    }
+}

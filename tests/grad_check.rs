@@ -2392,6 +2392,301 @@ mod tutorial_losses {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Images: rank-4 tensors, views, convolution and pooling, on odd sizes (7x9 images, 3x2
+// filters, 3 channels).
+
+fn v4(a: &In) -> ndarray::ArrayView4<'_, f64> {
+    a.view().into_dimensionality::<ndarray::Ix4>().unwrap()
+}
+
+mod conv2d {
+    use super::*;
+    tensor_fn! {
+        pub struct Conv { w: f64[2, 3, 3, 2], b: f64[2] }
+        impl Conv {
+            pub fn cost(&self, x: f64[n, 3, 7, 9], c: f64[n, 2, 5, 8]) -> f64 {
+                sum(tanh(conv2d(x, w) + reshape(b, [1, 2, 1, 1])) * c)
+            }
+            pub fn grads(&self, x: f64[n, 3, 7, 9], c: f64[n, 2, 5, 8]) -> (f64[n, 3, 7, 9], f64[2, 3, 3, 2], f64[2]) {
+                let cost = sum(tanh(conv2d(x, w) + reshape(b, [1, 2, 1, 1])) * c);
+                (grad(cost, x), grad(cost, w), grad(cost, b))
+            }
+            pub fn cost_xcorr(&self, x: f64[n, 3, 7, 9], c: f64[n, 2, 5, 8]) -> f64 {
+                sum(tanh(conv2d(x, w, filter_flip = false)) * c)
+            }
+            pub fn grads_xcorr(&self, x: f64[n, 3, 7, 9], c: f64[n, 2, 5, 8]) -> (f64[n, 3, 7, 9], f64[2, 3, 3, 2]) {
+                let cost = sum(tanh(conv2d(x, w, filter_flip = false)) * c);
+                (grad(cost, x), grad(cost, w))
+            }
+        }
+    }
+    fn inputs(seed: u64) -> [In; 4] {
+        let mut r = Rng::new(seed);
+        [
+            r.uniform(&[2, 3, 3, 2], -0.5, 0.5),
+            r.uniform(&[2], -0.5, 0.5),
+            r.uniform(&[2, 3, 7, 9], -1., 1.),
+            r.uniform(&[2, 2, 5, 8], -1., 1.),
+        ]
+    }
+    fn net(a: &[In]) -> Conv {
+        Conv::new(v4(&a[0]).to_owned(), v1(&a[1]).to_owned()).unwrap()
+    }
+    #[test]
+    fn flipped() {
+        let ins = inputs(401);
+        let (gx, gw, gb) = net(&ins).grads(v4(&ins[2]), v4(&ins[3])).unwrap();
+        check(
+            "conv2d",
+            &ins,
+            |a: &[In]| net(a).cost(v4(&a[2]), v4(&a[3])).unwrap(),
+            &[("w", 0, gw.dy()), ("b", 1, gb.dy()), ("x", 2, gx.dy())],
+        );
+    }
+    #[test]
+    fn cross_correlation() {
+        let ins = inputs(402);
+        let (gx, gw) = net(&ins).grads_xcorr(v4(&ins[2]), v4(&ins[3])).unwrap();
+        check(
+            "conv2d filter_flip = false",
+            &ins,
+            |a: &[In]| net(a).cost_xcorr(v4(&a[2]), v4(&a[3])).unwrap(),
+            &[("w", 0, gw.dy()), ("x", 2, gx.dy())],
+        );
+    }
+}
+
+mod max_pool {
+    use super::*;
+    tensor_fn! {
+        x: f64[n, 3, 7, 9], c: f64[n, 3, 3, 4], c32: f64[n, 3, 2, 4];
+        p22 = sum(tanh(max_pool(x, [2, 2])) * c);
+        g22 = grad(p22, x);
+        p32 = sum(max_pool(x * x, [3, 2]) * c32);
+        g32 = grad(p32, x);
+    }
+    #[test]
+    fn windows_2x2_ignoring_the_border() {
+        let mut r = Rng::new(411);
+        let ins = [
+            r.distinct(&[2, 3, 7, 9], 0.01),
+            r.uniform(&[2, 3, 3, 4], -1., 1.),
+        ];
+        let g = g22(v4(&ins[0]), v4(&ins[1])).unwrap();
+        // The last row and column fill no window: no gradient reaches them.
+        assert!(g
+            .slice(ndarray::s![.., .., 6, ..])
+            .iter()
+            .all(|v| *v == 0.0));
+        assert!(g
+            .slice(ndarray::s![.., .., .., 8])
+            .iter()
+            .all(|v| *v == 0.0));
+        check(
+            "max_pool [2, 2]",
+            &ins,
+            |a: &[In]| p22(v4(&a[0]), v4(&a[1])).unwrap(),
+            &[("x", 0, g.dy())],
+        );
+    }
+    #[test]
+    fn windows_3x2() {
+        let mut r = Rng::new(412);
+        let ins = [
+            r.distinct(&[2, 3, 7, 9], 0.01),
+            r.uniform(&[2, 3, 2, 4], -1., 1.),
+        ];
+        let g = g32(v4(&ins[0]), v4(&ins[1])).unwrap();
+        check(
+            "max_pool [3, 2]",
+            &ins,
+            |a: &[In]| p32(v4(&a[0]), v4(&a[1])).unwrap(),
+            &[("x", 0, g.dy())],
+        );
+    }
+}
+
+mod reshape {
+    use super::*;
+    tensor_fn! {
+        x: f64[n, 12], c: f64[n, 3, 2, 2];
+        imgs = sum(tanh(reshape(x, [n, 3, 2, 2])) * c) + sum(pow(sum(reshape(x, [n, 3, 2, 2]), axis = 0), 2));
+        g_imgs = grad(imgs, x);
+    }
+    tensor_fn! {
+        m: f64[4, 6], cm: f64[3, 8];
+        mat = sum(tanh(reshape(m, [3, 8])) * cm);
+        g_mat = grad(mat, m);
+    }
+    tensor_fn! {
+        x: f64[n, 12], c: f64[n, 3, 2, 2], ck: f64[3];
+        bias = sum(sum(sum(tanh(reshape(x, [n, 3, 2, 2]) * c), axis = 0), axis = 2) * reshape(ck, [3, 1]));
+        g_bias = grad(bias, x);
+    }
+    #[test]
+    fn images() {
+        let mut r = Rng::new(421);
+        let ins = [
+            r.uniform(&[2, 12], -1., 1.),
+            r.uniform(&[2, 3, 2, 2], -1., 1.),
+        ];
+        let g = g_imgs(v2(&ins[0]), v4(&ins[1])).unwrap();
+        check(
+            "reshape to images",
+            &ins,
+            |a: &[In]| imgs(v2(&a[0]), v4(&a[1])).unwrap(),
+            &[("x", 0, g.dy())],
+        );
+    }
+    #[test]
+    fn matrices() {
+        let mut r = Rng::new(422);
+        let ins = [r.uniform(&[4, 6], -1., 1.), r.uniform(&[3, 8], -1., 1.)];
+        let g = g_mat(v2(&ins[0]), v2(&ins[1])).unwrap();
+        check(
+            "reshape of a matrix",
+            &ins,
+            |a: &[In]| mat(v2(&a[0]), v2(&a[1])).unwrap(),
+            &[("m", 0, g.dy())],
+        );
+    }
+    #[test]
+    fn sums_over_image_axes() {
+        let mut r = Rng::new(423);
+        let ins = [
+            r.uniform(&[2, 12], -1., 1.),
+            r.uniform(&[2, 3, 2, 2], -1., 1.),
+            r.uniform(&[3], -1., 1.),
+        ];
+        let g = g_bias(v2(&ins[0]), v4(&ins[1]), v1(&ins[2])).unwrap();
+        check(
+            "sums over image axes",
+            &ins,
+            |a: &[In]| bias(v2(&a[0]), v4(&a[1]), v1(&a[2])).unwrap(),
+            &[("x", 0, g.dy())],
+        );
+    }
+}
+
+mod flatten {
+    use super::*;
+    tensor_fn! {
+        x: f64[n, 3, 2, 2], w: f64[12, 5], c: f64[n, 5];
+        cost = sum(tanh(dot(flatten(x, 2), w)) * c);
+        gx = grad(cost, x);
+        gw = grad(cost, w);
+    }
+    tensor_fn! {
+        v: f64[2, 3, 4];
+        rank3 = sum(pow(flatten(v, 1), 3));
+        gv = grad(rank3, v);
+    }
+    #[test]
+    fn into_rows() {
+        let mut r = Rng::new(431);
+        let ins = [
+            r.uniform(&[2, 3, 2, 2], -1., 1.),
+            r.uniform(&[12, 5], -1., 1.),
+            r.uniform(&[2, 5], -1., 1.),
+        ];
+        let (x, w, c) = (v4(&ins[0]), v2(&ins[1]), v2(&ins[2]));
+        check(
+            "flatten(x, 2)",
+            &ins,
+            |a: &[In]| cost(v4(&a[0]), v2(&a[1]), v2(&a[2])).unwrap(),
+            &[
+                ("x", 0, gx(x, w, c).unwrap().dy()),
+                ("w", 1, gw(x, w, c).unwrap().dy()),
+            ],
+        );
+    }
+    #[test]
+    fn into_one_vector() {
+        let mut r = Rng::new(432);
+        let ins = [r.uniform(&[2, 3, 4], -1., 1.)];
+        let v = ins[0].view().into_dimensionality::<ndarray::Ix3>().unwrap();
+        check(
+            "flatten(v, 1)",
+            &ins,
+            |a: &[In]| rank3(a[0].view().into_dimensionality::<ndarray::Ix3>().unwrap()).unwrap(),
+            &[("v", 0, gv(v).unwrap().dy())],
+        );
+    }
+}
+
+/// LeNet's loss in small: two conv/pool/tanh layers with channel biases, a hidden layer and a
+/// softmax output, every parameter's gradient.
+mod lenet_loss {
+    use super::*;
+    tensor_fn! {
+        pub struct LeNet {
+            w0: f64[3, 1, 3, 2], b0: f64[3], w1: f64[4, 3, 1, 2], b1: f64[4],
+            w2: f64[4, 5], b2: f64[5], w3: f64[5, 3], b3: f64[3]
+        }
+        impl LeNet {
+            pub fn cost(&self, x: f64[n, 63], y: i64[n]) -> f64 {
+                let h0 = tanh(max_pool(conv2d(reshape(x, [n, 1, 7, 9]), w0), [2, 2]) + reshape(b0, [1, 3, 1, 1]));
+                let h1 = tanh(max_pool(conv2d(h0, w1), [2, 2]) + reshape(b1, [1, 4, 1, 1]));
+                let h2 = tanh(dot(flatten(h1, 2), w2) + b2);
+                -mean(log_softmax(dot(h2, w3) + b3)[arange(n), y])
+            }
+            pub fn grads(&self, x: f64[n, 63], y: i64[n]) -> (f64[3, 1, 3, 2], f64[3], f64[4, 3, 1, 2], f64[4], f64[4, 5], f64[5], f64[5, 3], f64[3]) {
+                let h0 = tanh(max_pool(conv2d(reshape(x, [n, 1, 7, 9]), w0), [2, 2]) + reshape(b0, [1, 3, 1, 1]));
+                let h1 = tanh(max_pool(conv2d(h0, w1), [2, 2]) + reshape(b1, [1, 4, 1, 1]));
+                let h2 = tanh(dot(flatten(h1, 2), w2) + b2);
+                let cost = -mean(log_softmax(dot(h2, w3) + b3)[arange(n), y]);
+                (grad(cost, w0), grad(cost, b0), grad(cost, w1), grad(cost, b1), grad(cost, w2), grad(cost, b2), grad(cost, w3), grad(cost, b3))
+            }
+        }
+    }
+    #[test]
+    fn every_parameter() {
+        let mut r = Rng::new(441);
+        let y = labels(&mut r, 4, 3);
+        let ins = [
+            r.uniform(&[3, 1, 3, 2], -1., 1.),
+            r.uniform(&[3], -0.5, 0.5),
+            r.uniform(&[4, 3, 1, 2], -1., 1.),
+            r.uniform(&[4], -0.5, 0.5),
+            r.uniform(&[4, 5], -1., 1.),
+            r.uniform(&[5], -0.5, 0.5),
+            r.uniform(&[5, 3], -1., 1.),
+            r.uniform(&[3], -0.5, 0.5),
+            r.distinct(&[4, 63], 0.01),
+        ];
+        let net = |a: &[In]| {
+            LeNet::new(
+                v4(&a[0]).to_owned(),
+                v1(&a[1]).to_owned(),
+                v4(&a[2]).to_owned(),
+                v1(&a[3]).to_owned(),
+                v2(&a[4]).to_owned(),
+                v1(&a[5]).to_owned(),
+                v2(&a[6]).to_owned(),
+                v1(&a[7]).to_owned(),
+            )
+            .unwrap()
+        };
+        let g = net(&ins).grads(v2(&ins[8]), y.view()).unwrap();
+        check(
+            "LeNet loss",
+            &ins,
+            |a: &[In]| net(a).cost(v2(&a[8]), y.view()).unwrap(),
+            &[
+                ("w0", 0, g.0.dy()),
+                ("b0", 1, g.1.dy()),
+                ("w1", 2, g.2.dy()),
+                ("b1", 3, g.3.dy()),
+                ("w2", 4, g.4.dy()),
+                ("b2", 5, g.5.dy()),
+                ("w3", 6, g.6.dy()),
+                ("b3", 7, g.7.dy()),
+            ],
+        );
+    }
+}
+
 #[test]
 fn checker_reports_first_mismatch() {
     let ins = [ndarray::arr1(&[1.0, 2.0, 3.0]).into_dyn()];

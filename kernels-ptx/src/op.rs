@@ -306,6 +306,17 @@ pub enum Lowering {
     Random(crate::ir::RandKind),
     /// `grad(cost, x)`.
     Grad,
+    /// `reshape(x, [n, 1, 28, 28])`: the same elements in another shape of the same size.
+    Reshape,
+    /// `flatten(x, k)`: the first `k - 1` axes kept, the rest merged into one (Theano's
+    /// `flatten(ndim = k)`).
+    Flatten,
+    /// `conv2d(x, w)`: images `[n, c, h, w]` by filters `[k, c, fh, fw]`, valid, stride 1;
+    /// filters flipped (a true convolution) unless `filter_flip = false`.
+    Conv2d,
+    /// `max_pool(x, [ph, pw])`: non-overlapping windows over the last two axes, the border that
+    /// fills no window ignored.
+    MaxPool,
     /// Another expression of its arguments, in the compiler's rewrite-pattern language (`?x`
     /// the first argument, `?y` the second): no op, shape rule or derivative of its own. The
     /// domain is that of the expression (see [`Unary::domain`]).
@@ -333,6 +344,12 @@ pub enum ShapeRule {
     Index,
     /// The shape its first argument gives, in the function's float type.
     Given,
+    /// The shape its second argument gives, of the same size as the first's.
+    Reshape,
+    /// `[n, k, h - fh + 1, w - fw + 1]` from images `[n, c, h, w]` and filters `[k, c, fh, fw]`.
+    Conv,
+    /// `[n, c, h / ph, w / pw]`.
+    Pool,
 }
 
 impl Lowering {
@@ -347,6 +364,9 @@ impl Lowering {
             Lowering::OneHot => ShapeRule::OneHot,
             Lowering::Arange => ShapeRule::Index,
             Lowering::Random(_) => ShapeRule::Given,
+            Lowering::Reshape | Lowering::Flatten => ShapeRule::Reshape,
+            Lowering::Conv2d => ShapeRule::Conv,
+            Lowering::MaxPool => ShapeRule::Pool,
         }
     }
 }
@@ -503,6 +523,30 @@ pub const BUILTINS: &[Builtin] = &[
         args: 2,
         keywords: &[],
         lowering: Lowering::Grad,
+    },
+    Builtin {
+        name: "reshape",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Reshape,
+    },
+    Builtin {
+        name: "flatten",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::Flatten,
+    },
+    Builtin {
+        name: "conv2d",
+        args: 2,
+        keywords: &["filter_flip"],
+        lowering: Lowering::Conv2d,
+    },
+    Builtin {
+        name: "max_pool",
+        args: 2,
+        keywords: &[],
+        lowering: Lowering::MaxPool,
     },
 ];
 

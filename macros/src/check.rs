@@ -28,6 +28,19 @@ pub fn check(f: &Function) -> Result<(), String> {
                 None
             }
             Op::Grad(_) => return Err(format!("%{}: `grad` left after the grad stage", id.0)),
+            // The element count was checked where the reshape was written.
+            Op::Reshape => {
+                if g.ty(n.args[0]).dtype != n.ty.dtype {
+                    return Err(format!("%{}: a reshape changes the element type", id.0));
+                }
+                None
+            }
+            Op::Call(_) => {
+                return Err(format!(
+                    "%{}: a library call before the flatten stage",
+                    id.0
+                ))
+            }
             // The size is the node's own; the stream and the scalar parameters are checked.
             Op::Random(kind, _) => {
                 let stream = g.ty(n.args[0]);

@@ -10,7 +10,7 @@ use crate::ir::{self, Function};
 use crate::lower;
 use crate::schedule::{self, Schedule};
 use crate::syntax::{self, Program, TypeAst};
-use crate::{check, grad, primitives, simplify, text};
+use crate::{check, flatten, grad, primitives, simplify, text};
 
 /// A function through every stage, with the reports its `FnInfo` shows.
 pub struct Compiled {
@@ -76,6 +76,10 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
             .map(|(t, n)| format!("{t} = {}\n", text::infix(&f.graph, *n)))
             .collect();
         primitives::expand(&mut f).or_else(|e| internal(&mut diags, &f, "primitives", Err(e)))?;
+        if let Err((span, e)) = flatten::flatten(&mut f) {
+            diags.error(span, e);
+            continue;
+        }
         let schedule = schedule::schedule(&f);
         let dtype = f
             .outputs
@@ -327,21 +331,13 @@ fn emit(program: &Program, fns: &[Compiled]) -> TokenStream {
 
 fn param_field_ty(t: &TypeAst) -> TokenStream {
     let s = rs::scalar_ty(t.dtype);
-    let d = match t.dims.len() {
-        0 => quote!(::tensor_fn::__private::ndarray::Ix0),
-        1 => quote!(::tensor_fn::__private::ndarray::Ix1),
-        _ => quote!(::tensor_fn::__private::ndarray::Ix2),
-    };
+    let d = rs::ix_ty(t.dims.len());
     quote!(::tensor_fn::Shared<#s, #d>)
 }
 
 fn param_array_ty(t: &TypeAst) -> TokenStream {
     let s = rs::scalar_ty(t.dtype);
-    let d = match t.dims.len() {
-        0 => quote!(::tensor_fn::__private::ndarray::Ix0),
-        1 => quote!(::tensor_fn::__private::ndarray::Ix1),
-        _ => quote!(::tensor_fn::__private::ndarray::Ix2),
-    };
+    let d = rs::ix_ty(t.dims.len());
     quote!(::tensor_fn::__private::ndarray::Array<#s, #d>)
 }
 
@@ -349,8 +345,10 @@ fn ast_arg_ty(t: &TypeAst) -> TokenStream {
     let s = ast_elem_ty(t);
     match t.dims.len() {
         0 => s,
-        1 => quote!(::tensor_fn::__private::ndarray::ArrayView1<'_, #s>),
-        _ => quote!(::tensor_fn::__private::ndarray::ArrayView2<'_, #s>),
+        r => {
+            let d = rs::ix_ty(r);
+            quote!(::tensor_fn::__private::ndarray::ArrayView<'_, #s, #d>)
+        }
     }
 }
 
@@ -366,8 +364,10 @@ fn ast_out_ty(t: &TypeAst) -> TokenStream {
     let s = ast_elem_ty(t);
     match t.dims.len() {
         0 => s,
-        1 => quote!(::tensor_fn::__private::ndarray::Array1<#s>),
-        _ => quote!(::tensor_fn::__private::ndarray::Array2<#s>),
+        r => {
+            let d = rs::ix_ty(r);
+            quote!(::tensor_fn::__private::ndarray::Array<#s, #d>)
+        }
     }
 }
 
@@ -376,11 +376,9 @@ fn model_arg_ty(t: &TypeAst, life: &syn::Lifetime) -> TokenStream {
     let s = ast_elem_ty(t);
     match t.dims.len() {
         0 => s,
-        1 => {
-            quote!(impl ::core::convert::Into<::tensor_fn::Arg<#life, #s, ::tensor_fn::__private::ndarray::Ix1>>)
-        }
-        _ => {
-            quote!(impl ::core::convert::Into<::tensor_fn::Arg<#life, #s, ::tensor_fn::__private::ndarray::Ix2>>)
+        r => {
+            let d = rs::ix_ty(r);
+            quote!(impl ::core::convert::Into<::tensor_fn::Arg<#life, #s, #d>>)
         }
     }
 }

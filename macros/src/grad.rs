@@ -96,6 +96,8 @@ fn passes_gradient(op: Op, k: usize) -> bool {
     match op {
         Op::Compare(_) | Op::ArgMax(_) | Op::OneHot(_) | Op::Random(..) => false,
         Op::Where => k != 0,
+        // Which element of a window is its maximum does not change under a small step.
+        Op::MaxPoolGrad(..) => k != 0,
         _ => true,
     }
 }
@@ -151,18 +153,46 @@ impl B<'_> {
         self.g.add(Op::Broadcast, vec![x], ty.clone(), self.span)
     }
     /// The adjoint of an implicit broadcast: sums `x` down to `ty`.
+    ///
+    /// The leading axes go first, then the others from the last to the first, and only then
+    /// the summed axes come back as dims of 1: for images `[n, k, h, w]` summed to a channel
+    /// bias `[1, k, 1, 1]` every sum is then over the first or the last axis of what is left,
+    /// which the flatten stage keeps as sums over the rows or columns of a matrix.
     fn sum_to(&mut self, x: NodeId, ty: &Type) -> Result<NodeId, TypeError> {
         let mut x = x;
         while self.g.ty(x).rank() > ty.rank() {
             x = self.op(Op::Sum(Axis::One(0)), vec![x])?;
         }
-        for k in 0..ty.rank() {
-            let have = self.g.ty(x).shape[k];
-            if ty.shape[k] == Dim::Static(1) && have != Dim::Static(1) {
-                let s = self.op(Op::Sum(Axis::One(k as u8)), vec![x])?;
-                x = self.op(Op::ExpandDims(k as u8), vec![s])?;
+        if ty.rank() <= 2 {
+            for k in 0..ty.rank() {
+                let have = self.g.ty(x).shape[k];
+                if ty.shape[k] == Dim::Static(1) && have != Dim::Static(1) {
+                    let s = self.op(Op::Sum(Axis::One(k as u8)), vec![x])?;
+                    x = self.op(Op::ExpandDims(k as u8), vec![s])?;
+                }
             }
+            return self.same_type(x, ty);
         }
+        let summed: Vec<usize> = (0..ty.rank())
+            .filter(|&k| ty.shape[k] == Dim::Static(1) && self.g.ty(x).shape[k] != Dim::Static(1))
+            .collect();
+        let first = summed.first() == Some(&0);
+        if first {
+            x = self.op(Op::Sum(Axis::One(0)), vec![x])?;
+        }
+        // Axis k of the input is axis k - 1 once axis 0 is gone.
+        let shift = usize::from(first);
+        for &k in summed.iter().skip(shift).rev() {
+            x = self.op(Op::Sum(Axis::One((k - shift) as u8)), vec![x])?;
+        }
+        for &k in &summed {
+            x = self.op(Op::ExpandDims(k as u8), vec![x])?;
+        }
+        self.same_type(x, ty)
+    }
+
+    /// `x`, checked to have type `ty`.
+    fn same_type(&mut self, x: NodeId, ty: &Type) -> Result<NodeId, TypeError> {
         if self.g.ty(x) != ty {
             return Err(TypeError {
                 message: format!(
@@ -400,6 +430,30 @@ fn vjp(g: &mut Graph, id: NodeId, k: usize, gout: NodeId) -> Result<NodeId, Type
             let st = b.mul(s, t)?;
             let nst = b.un(Unary::Neg, st)?;
             b.bin(Binary::Add, gout, nst)?
+        }
+        // A view: the gradient is the same elements in the argument's shape.
+        Op::Reshape => b.g.add(Op::Reshape, vec![gout], arg_ty.clone(), node.span),
+        // conv2d(x, w): dx is the gradient's "full" correlation with the filters, dw the
+        // correlation of the images with the gradient.
+        Op::Conv2d { flip } => {
+            if k == 0 {
+                b.op(Op::ConvGradInput { flip }, vec![gout, args[1]])?
+            } else {
+                b.op(Op::ConvGradFilter { flip }, vec![args[0], gout])?
+            }
+        }
+        // Each window's gradient goes to the window's (first) maximum.
+        Op::MaxPool(ph, pw) => b.op(Op::MaxPoolGrad(ph, pw), vec![x, gout])?,
+        Op::ConvGradInput { .. } | Op::ConvGradFilter { .. } | Op::MaxPoolGrad(..) => {
+            return Err(TypeError::new(format!(
+                "a second derivative through `{}` is not supported",
+                crate::ir::op_name(node.op)
+            )))
+        }
+        Op::Call(_) => {
+            return Err(TypeError::new(
+                "internal: grad after the flatten stage".into(),
+            ))
         }
         // Pass no gradient (`passes_gradient`).
         Op::Compare(_) | Op::ArgMax(_) | Op::OneHot(_) | Op::Random(..) => {

@@ -5,6 +5,7 @@ mod check;
 mod diag;
 mod emit;
 mod expand;
+mod flatten;
 mod grad;
 mod ir;
 mod lower;

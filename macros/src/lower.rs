@@ -773,6 +773,7 @@ impl<'d> Lowerer<'d> {
         // (value, span of the value, span of the `axis` name)
         let mut axis: Option<(i64, Span, Span)> = None;
         let mut keepdims = false;
+        let mut filter_flip = true;
         let mut bad = false;
         for a in args {
             match a {
@@ -785,6 +786,21 @@ impl<'d> Lowerer<'d> {
                                 e.full_span(),
                                 format!(
                                     "`keepdims` is `true` or `false`, found `{}`",
+                                    expr_source(e)
+                                ),
+                            );
+                            bad = true;
+                        }
+                    }
+                }
+                Arg::Named(n, e) if n == "filter_flip" && b.keywords.contains(&"filter_flip") => {
+                    match e {
+                        Expr::Bool(v, _) => filter_flip = *v,
+                        _ => {
+                            self.diags.error(
+                                e.full_span(),
+                                format!(
+                                    "`filter_flip` is `true` or `false`, found `{}`",
                                     expr_source(e)
                                 ),
                             );
@@ -873,6 +889,18 @@ impl<'d> Lowerer<'d> {
             Lowering::Where => self.lower_where(&pos, span),
             Lowering::OneHot => self.lower_onehot(&pos, span),
             Lowering::Random(kind) => self.lower_random(kind, &fname, &pos, span),
+            Lowering::Reshape => self.lower_reshape(&pos, span),
+            Lowering::Flatten => self.lower_flatten(&pos, span),
+            Lowering::Conv2d => {
+                let (x, w) = (self.lower_expr(pos[0]), self.lower_expr(pos[1]));
+                let (x, w) = (
+                    self.tensor("conv2d", pos[0], x?)?,
+                    self.tensor("conv2d", pos[1], w?)?,
+                );
+                self.build(Op::Conv2d { flip: filter_flip }, vec![x, w], span)
+                    .map(Val::Node)
+            }
+            Lowering::MaxPool => self.lower_max_pool(&pos, span),
             Lowering::Arange => {
                 self.diags.error_help(
                     span,
@@ -901,9 +929,13 @@ impl<'d> Lowerer<'d> {
                     let help = match rank {
                         0 => "a scalar has no axes: drop `axis = ...`".to_string(),
                         1 => "the only axis is 0 (or -1)".to_string(),
-                        _ => {
+                        2 => {
                             "the axes are 0 and 1 (or -2 and -1, counting from the end)".to_string()
                         }
+                        r => format!(
+                            "the axes are 0 to {} (or -{r} to -1, counting from the end)",
+                            r - 1
+                        ),
                     };
                     self.diags.error_help(
                         s,
@@ -1085,6 +1117,229 @@ impl<'d> Lowerer<'d> {
         self.build(Op::OneHot(k), vec![y], span).map(Val::Node)
     }
 
+    /// A tensor argument of `fname`: a number is an error on it.
+    fn tensor(&mut self, fname: &str, e: &Expr, v: Val) -> Option<NodeId> {
+        match v {
+            Val::Node(n) => Some(n),
+            Val::Lit(..) => {
+                self.diags.error(
+                    e.full_span(),
+                    format!("`{fname}` takes a tensor here, found a number"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of dims, as in `[n, 1, 28, 28]`: dim names and positive integers.
+    fn dim_list(&mut self, fname: &str, items: &[Expr], help: &str) -> Option<Vec<Dim>> {
+        let mut shape = Vec::new();
+        for it in items {
+            match it {
+                Expr::Num {
+                    value,
+                    is_int: true,
+                    ..
+                } if *value >= 1.0 => shape.push(Dim::Static(*value as u64)),
+                Expr::Name(id) if self.g.syms.contains(&id.to_string()) => {
+                    shape.push(self.g.sym(&id.to_string()))
+                }
+                other => {
+                    self.diags.error_help(
+                        other.full_span(),
+                        format!(
+                            "a dim of the size of `{fname}` is a dim name or a positive integer, found `{}`",
+                            expr_source(other)
+                        ),
+                        help,
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(shape)
+    }
+
+    /// `reshape(x, [d, ...])`.
+    fn lower_reshape(&mut self, pos: &[&Expr], span: Span) -> Option<Val> {
+        let help = "the new shape is a list of dim names and integers, as in `[n, 1, 28, 28]`";
+        let x = self.lower_expr(pos[0]);
+        let shape = match pos[1] {
+            Expr::List(items, _) => self.dim_list("reshape", items, help),
+            other => {
+                self.diags.error_help(
+                    other.full_span(),
+                    format!(
+                        "the second argument of `reshape` is a shape, found `{}`",
+                        expr_source(other)
+                    ),
+                    help,
+                );
+                None
+            }
+        };
+        let x = self.tensor("reshape", pos[0], x?)?;
+        self.reshape_to(x, shape?, pos[1].full_span(), span)
+    }
+
+    /// `flatten(x, k)`: the first `k - 1` axes kept, the others merged into one.
+    fn lower_flatten(&mut self, pos: &[&Expr], span: Span) -> Option<Val> {
+        let x = self.lower_expr(pos[0]);
+        let k = literal_int(pos[1]);
+        let x = self.tensor("flatten", pos[0], x?)?;
+        let t = self.g.ty(x).clone();
+        let rank = t.rank() as i64;
+        let Some(k) = k.filter(|k| (1..=rank.max(1)).contains(k)) else {
+            self.diags.error_help(
+                pos[1].full_span(),
+                format!(
+                    "`flatten` keeps the rank it is given, from 1 to {}, found `{}`",
+                    rank.max(1),
+                    expr_source(pos[1])
+                ),
+                "`flatten(h, 2)` keeps the first axis and merges the others, as Theano's `h.flatten(2)`",
+            );
+            return None;
+        };
+        let k = k as usize;
+        let mut shape: Vec<Dim> = t.shape[..k - 1].to_vec();
+        let rest = &t.shape[k - 1..];
+        let stat: u64 = rest
+            .iter()
+            .map(|d| match d {
+                Dim::Static(v) => *v,
+                Dim::Sym(_) => 1,
+            })
+            .product();
+        let syms: Vec<Dim> = rest
+            .iter()
+            .copied()
+            .filter(|d| matches!(d, Dim::Sym(_)))
+            .collect();
+        let merged = match (syms.as_slice(), stat) {
+            ([], _) => Dim::Static(stat),
+            ([s], 1) => *s,
+            _ => {
+                self.diags.error(
+                    pos[0].full_span(),
+                    format!(
+                        "`flatten` would merge the axes of {} into one whose size is no dim: only one of them may be a name, and then the others are 1",
+                        self.g.type_str(&t)
+                    ),
+                );
+                return None;
+            }
+        };
+        shape.push(merged);
+        self.reshape_to(x, shape, span, span)
+    }
+
+    /// `x` viewed in `shape`: same element count, provably at compile time.
+    fn reshape_to(&mut self, x: NodeId, shape: Vec<Dim>, at: Span, span: Span) -> Option<Val> {
+        let t = self.g.ty(x).clone();
+        if t.int.is_some() {
+            let e = crate::ir::int_error(&self.g, "reshape", &t);
+            self.report(span, e);
+            return None;
+        }
+        if shape.len() > 4 {
+            self.diags.error(
+                at,
+                format!(
+                    "tensors have rank 0 to 4, this shape has {} dims",
+                    shape.len()
+                ),
+            );
+            return None;
+        }
+        if shape.len() > 2 && shape[1..].iter().any(|d| matches!(d, Dim::Sym(_))) {
+            self.diags.error_help(
+                at,
+                format!(
+                    "in a tensor of rank {}, only the first dim may be a name",
+                    shape.len()
+                ),
+                "give the channels and image size as integers, as in `[n, 1, 28, 28]`",
+            );
+            return None;
+        }
+        let size = |dims: &[Dim]| -> (u64, Vec<u32>) {
+            let mut syms: Vec<u32> = dims
+                .iter()
+                .filter_map(|d| match d {
+                    Dim::Sym(s) => Some(*s),
+                    Dim::Static(_) => None,
+                })
+                .collect();
+            syms.sort_unstable();
+            let stat = dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Static(v) => *v,
+                    Dim::Sym(_) => 1,
+                })
+                .product();
+            (stat, syms)
+        };
+        let new = Type::float(t.dtype, shape);
+        if size(&t.shape) != size(&new.shape) {
+            let count = |dims: &[Dim]| -> String {
+                let (stat, syms) = size(dims);
+                let mut parts: Vec<String> = syms
+                    .iter()
+                    .map(|s| self.g.syms[*s as usize].clone())
+                    .collect();
+                if stat != 1 || parts.is_empty() {
+                    parts.push(stat.to_string());
+                }
+                parts.join(" * ")
+            };
+            self.diags.error_help(
+                at,
+                format!(
+                    "`reshape` changes the number of elements: {} has {}, {} has {}",
+                    self.g.type_str(&t),
+                    count(&t.shape),
+                    self.g.type_str(&new),
+                    count(&new.shape)
+                ),
+                "a reshape keeps every element: the products of the dims must be equal, with the same dim names on both sides",
+            );
+            return None;
+        }
+        if new == t {
+            return Some(Val::Node(x));
+        }
+        Some(Val::Node(self.g.add(Op::Reshape, vec![x], new, span)))
+    }
+
+    /// `max_pool(x, [ph, pw])`.
+    fn lower_max_pool(&mut self, pos: &[&Expr], span: Span) -> Option<Val> {
+        let x = self.lower_expr(pos[0]);
+        let win = match pos[1] {
+            Expr::List(items, _) if items.len() == 2 => {
+                let a = literal_int(&items[0]).filter(|v| (1..=255).contains(v));
+                let b = literal_int(&items[1]).filter(|v| (1..=255).contains(v));
+                a.zip(b)
+            }
+            _ => None,
+        };
+        let Some((ph, pw)) = win else {
+            self.diags.error_help(
+                pos[1].full_span(),
+                format!(
+                    "the window of `max_pool` is two integers from 1 to 255, found `{}`",
+                    expr_source(pos[1])
+                ),
+                "as in `max_pool(h, [2, 2])`: rows, then columns",
+            );
+            return None;
+        };
+        let x = self.tensor("max_pool", pos[0], x?)?;
+        self.build(Op::MaxPool(ph as u8, pw as u8), vec![x], span)
+            .map(Val::Node)
+    }
+
     /// `binomial(size, p)`, `uniform(size, lo, hi)`, `normal(size, mean, std)`: a draw of
     /// `size` (`shape(x)` or `[n, 784]`) with scalar parameters, from the model's stream.
     fn lower_random(
@@ -1171,30 +1426,7 @@ impl<'d> Lowerer<'d> {
                     }
                 }
             }
-            Expr::List(items, _) => {
-                let mut shape = Vec::new();
-                for it in items {
-                    match it {
-                        Expr::Num {
-                            value,
-                            is_int: true,
-                            ..
-                        } if *value >= 1.0 => shape.push(Dim::Static(*value as u64)),
-                        Expr::Name(id) if self.g.syms.contains(&id.to_string()) => {
-                            shape.push(self.g.sym(&id.to_string()))
-                        }
-                        other => {
-                            self.diags.error_help(
-                                other.full_span(),
-                                format!("a dim of the size of `{fname}` is a dim name or a positive integer, found `{}`", expr_source(other)),
-                                help,
-                            );
-                            return None;
-                        }
-                    }
-                }
-                (shape, self.default_dtype)
-            }
+            Expr::List(items, _) => (self.dim_list(fname, items, help)?, self.default_dtype),
             other => {
                 self.diags.error_help(
                     other.full_span(),

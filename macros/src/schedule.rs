@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::ir::{Axis, Binary, Dim, Function, Graph, NodeId, Op, Type, Unary, VarKind};
+use crate::ir::{Axis, Binary, CallOp, Dim, Function, Graph, NodeId, Op, Type, Unary, VarKind};
 
 pub type BufId = usize;
 pub type ValId = usize;
@@ -23,6 +23,9 @@ pub enum BufKind {
     Work,
     /// The output at this position, returned to the caller.
     Output(usize),
+    /// The storage of another buffer (never itself a view), seen in this buffer's shape: a
+    /// `reshape`, which copies nothing.
+    View(BufId),
 }
 
 #[derive(Debug, Clone)]
@@ -123,10 +126,22 @@ pub struct Gemm {
     pub also: Option<Box<(MatView, MatView, Dim, NodeId)>>,
 }
 
+/// A library kernel (convolution, pooling) over whole buffers: `out = op(args)`.
+#[derive(Debug, Clone)]
+pub struct CallKernel {
+    pub op: CallOp,
+    pub args: Vec<BufId>,
+    pub out: BufId,
+    /// The number of images: the first dim of the first argument.
+    pub n: Dim,
+    pub node: NodeId,
+}
+
 #[derive(Debug, Clone)]
 pub enum Kernel {
     Gemm(Gemm),
     Loop(LoopKernel),
+    Call(CallKernel),
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +175,8 @@ enum TaskKind {
     Copy(BufId),
     Reduce(RedKind, Axis, BufId),
     Gemm,
+    /// A library kernel into the node's buffer.
+    Call(BufId),
 }
 
 /// An update `p <- (1 + sum_j own_j) p + sum_k alpha_k dot_k` done as GEMMs accumulating
@@ -349,6 +366,12 @@ pub fn schedule(f: &Function) -> Schedule {
                 }
             }
             Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) => {}
+            // Library kernels and views read whole buffers.
+            Op::Call(_) | Op::Reshape => {
+                for &a in &n.args {
+                    need[a.idx()] = true;
+                }
+            }
             // The labels are read at the row index only: stored, never recomputed per column.
             Op::OneHot(_) => need[n.args[0].idx()] = true,
             _ if is_elementwise(n.op) => {
@@ -374,7 +397,7 @@ pub fn schedule(f: &Function) -> Schedule {
             // `dot(ones, b)`): that one is stored once, so the GEMM has a buffer to read.
             Op::Const(_) => need[id.idx()],
             Op::DimSize(_) => false,
-            Op::Dot | Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) => true,
+            Op::Dot | Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) | Op::Call(_) | Op::Reshape => true,
             // A draw is keyed by its element's flat index in its own shape: it is computed
             // by a loop of that shape and read back from memory wherever it is used.
             Op::Random(..) => true,
@@ -409,6 +432,13 @@ pub fn schedule(f: &Function) -> Schedule {
     let mut tasks: Vec<Task> = Vec::new();
     let mut copies: Vec<Task> = Vec::new();
     for (pos, &o) in f.outputs.iter().enumerate() {
+        // An output of rank 3 or 4 is a view of the matrix that computes it: that matrix fills
+        // the output buffer, in the view's order.
+        let o = if g.op(o) == Op::Reshape && g.ty(o).rank() > 2 {
+            g.args(o)[0]
+        } else {
+            o
+        };
         if let Op::Var(v) = g.op(o) {
             if !mat[o.idx()] {
                 s.outputs.push(OutSrc::Arg(v));
@@ -416,7 +446,7 @@ pub fn schedule(f: &Function) -> Schedule {
             }
         }
         let buf = s.add_buf(BufKind::Output(pos), g.ty(o).clone());
-        let computed_here = mat[o.idx()] && !matches!(g.op(o), Op::Var(_));
+        let computed_here = mat[o.idx()] && !matches!(g.op(o), Op::Var(_) | Op::Reshape);
         if computed_here && !buf_of.contains_key(&o) {
             buf_of.insert(o, buf);
         } else {
@@ -431,7 +461,10 @@ pub fn schedule(f: &Function) -> Schedule {
         if inplace.iter().any(|ip| ip.param == p) {
             continue;
         }
-        let buf = if !buf_of.contains_key(&v) && mat[v.idx()] && !matches!(g.op(v), Op::Var(_)) {
+        let buf = if !buf_of.contains_key(&v)
+            && mat[v.idx()]
+            && !matches!(g.op(v), Op::Var(_) | Op::Reshape)
+        {
             let b = s.add_buf(BufKind::Work, g.ty(v).clone());
             buf_of.insert(v, b);
             b
@@ -449,6 +482,12 @@ pub fn schedule(f: &Function) -> Schedule {
         if !mat[id.idx()] || matches!(g.op(id), Op::Var(_)) {
             continue;
         }
+        if g.op(id) == Op::Reshape {
+            let base = s.base(buf_of[&g.args(id)[0]]);
+            let v = s.add_buf(BufKind::View(base), g.ty(id).clone());
+            buf_of.insert(id, v);
+            continue;
+        }
         let buf = *buf_of.entry(id).or_insert_with(|| s.bufs.len());
         if buf == s.bufs.len() {
             s.bufs.push(Buf {
@@ -458,6 +497,7 @@ pub fn schedule(f: &Function) -> Schedule {
         }
         let kind = match g.op(id) {
             Op::Dot => TaskKind::Gemm,
+            Op::Call(_) => TaskKind::Call(buf),
             Op::Sum(a) => TaskKind::Reduce(RedKind::Sum, a, buf),
             Op::Max(a) => TaskKind::Reduce(RedKind::Max, a, buf),
             Op::ArgMax(a) => TaskKind::Reduce(RedKind::ArgMax, a, buf),
@@ -484,6 +524,7 @@ pub fn schedule(f: &Function) -> Schedule {
     for (b, buf) in s.bufs.iter().enumerate() {
         done[b] = matches!(buf.kind, BufKind::Input(_) | BufKind::Param(_));
     }
+    s.sync_views(&mut done);
     let mut pending = tasks;
     while !pending.is_empty() {
         let pick = pending
@@ -500,6 +541,20 @@ pub fn schedule(f: &Function) -> Schedule {
                 done[gm.c.buf] = true;
                 s.kernels.push(Kernel::Gemm(gm));
             }
+            TaskKind::Call(out) => {
+                let Op::Call(op) = g.op(t.node) else {
+                    unreachable!("call tasks are made for calls")
+                };
+                let args = g.args(t.node);
+                s.kernels.push(Kernel::Call(CallKernel {
+                    op,
+                    args: args.iter().map(|a| buf_of[a]).collect(),
+                    out,
+                    n: g.ty(args[0]).shape[0],
+                    node: t.node,
+                }));
+                done[out] = true;
+            }
             TaskKind::Store(buf) => {
                 let dims = g.ty(t.node).shape.clone();
                 builder.add(&mut s, dims, t.node, None, buf, true);
@@ -514,6 +569,7 @@ pub fn schedule(f: &Function) -> Schedule {
                 builder.add(&mut s, dims, arg, Some((kind, axis, t.node)), buf, false);
             }
         }
+        s.sync_views(&mut done);
     }
     builder.flush(&mut s);
     s.inplace_from = s.kernels.len();
@@ -549,7 +605,7 @@ pub fn schedule(f: &Function) -> Schedule {
 /// The iteration space of a loop task (None for a GEMM).
 fn task_dims(g: &Graph, t: &Task) -> Option<Vec<Dim>> {
     match t.kind {
-        TaskKind::Gemm => None,
+        TaskKind::Gemm | TaskKind::Call(_) => None,
         TaskKind::Store(_) | TaskKind::Copy(_) => Some(g.ty(t.node).shape.clone()),
         TaskKind::Reduce(..) => Some(g.ty(g.args(t.node)[0]).shape.clone()),
     }
@@ -628,6 +684,11 @@ fn drop_dead_stores(s: &mut Schedule) {
                     }
                 }
             }
+            Kernel::Call(c) => {
+                for &b in &c.args {
+                    read[b] = true;
+                }
+            }
             Kernel::Gemm(m) => {
                 for v in [&m.a, &m.b, &m.c] {
                     read[v.buf] = true;
@@ -645,6 +706,13 @@ fn drop_dead_stores(s: &mut Schedule) {
     for o in &s.outputs {
         if let OutSrc::Buf(b) = *o {
             read[b] = true;
+        }
+    }
+    // A read of a view reads its base.
+    for b in 0..s.bufs.len() {
+        if read[b] {
+            let base = s.base(b);
+            read[base] = true;
         }
     }
     let dead = |b: BufId| s.bufs[b].kind == BufKind::Work && !read[b];
@@ -670,6 +738,21 @@ impl Schedule {
     fn add_buf(&mut self, kind: BufKind, ty: Type) -> BufId {
         self.bufs.push(Buf { kind, ty });
         self.bufs.len() - 1
+    }
+
+    /// The buffer whose storage `b` is: itself, or the one it views.
+    pub fn base(&self, b: BufId) -> BufId {
+        match self.bufs[b].kind {
+            BufKind::View(base) => base,
+            _ => b,
+        }
+    }
+
+    /// A view is ready when its base is.
+    fn sync_views(&self, done: &mut [bool]) {
+        for b in 0..self.bufs.len() {
+            done[b] = done[self.base(b)];
+        }
     }
 
     /// One line per kernel, for the generated docs and for tests.
@@ -733,6 +816,18 @@ impl Schedule {
                     }
                     out.push('\n');
                 }
+                Kernel::Call(c) => {
+                    let args: Vec<String> = c.args.iter().map(|b| format!("b{b}")).collect();
+                    let _ = writeln!(
+                        out,
+                        "k{i} call %{}: b{} = {}({}) over {} images",
+                        c.node.0,
+                        c.out,
+                        crate::ir::op_name(Op::Call(c.op)),
+                        args.join(", "),
+                        g.dim_str(c.n)
+                    );
+                }
                 Kernel::Loop(l) => {
                     let stores: Vec<String> =
                         l.stores.iter().map(|(_, b)| format!("b{b}")).collect();
@@ -788,10 +883,17 @@ fn is_elementwise(op: Op) -> bool {
         | Op::Sum(_)
         | Op::Max(_)
         | Op::ArgMax(_)
-        | Op::Grad(_) => false,
+        | Op::Grad(_)
+        | Op::Reshape
+        | Op::Call(_) => false,
         Op::Softmax(_) | Op::LogSoftmax(_) => {
             unreachable!("softmax is expanded before scheduling")
         }
+        Op::Conv2d { .. }
+        | Op::ConvGradInput { .. }
+        | Op::ConvGradFilter { .. }
+        | Op::MaxPool(..)
+        | Op::MaxPoolGrad(..) => unreachable!("image ops are library calls after flatten"),
     }
 }
 
@@ -906,7 +1008,7 @@ impl LoopBuilder<'_> {
             return false;
         };
         let (node, dims, compute) = match t.kind {
-            TaskKind::Gemm => return false,
+            TaskKind::Gemm | TaskKind::Call(_) => return false,
             TaskKind::Store(_) => (t.node, &g.ty(t.node).shape, true),
             TaskKind::Copy(_) => (t.node, &g.ty(t.node).shape, false),
             TaskKind::Reduce(..) => {
@@ -1099,9 +1201,20 @@ impl LoopBuilder<'_> {
                     params: [p0, p1],
                 }
             }
-            Op::Dot | Op::Sum(_) | Op::Max(_) | Op::ArgMax(_) | Op::Grad(_) => {
+            Op::Dot
+            | Op::Sum(_)
+            | Op::Max(_)
+            | Op::ArgMax(_)
+            | Op::Grad(_)
+            | Op::Reshape
+            | Op::Call(_) => {
                 unreachable!("materialized ops are loaded, never inlined")
             }
+            Op::Conv2d { .. }
+            | Op::ConvGradInput { .. }
+            | Op::ConvGradFilter { .. }
+            | Op::MaxPool(..)
+            | Op::MaxPoolGrad(..) => unreachable!("image ops are library calls after flatten"),
             Op::Softmax(_) | Op::LogSoftmax(_) => {
                 unreachable!("softmax is expanded before scheduling")
             }

@@ -669,19 +669,34 @@ impl Parse for TypeAst {
                     c.parse::<Token![,]>()?;
                 }
             }
-            if dims.len() > 2 {
-                // On the first dim past the second: the one to remove.
-                let at = match &dims[2] {
+            if dims.len() > 4 {
+                // On the first dim past the fourth: the one to remove.
+                let at = match &dims[4] {
                     DimAst::Static(_, s) => *s,
                     DimAst::Sym(id) => id.span(),
                 };
                 return Err(syn::Error::new(
                     at,
                     format!(
-                        "tensors have rank 0, 1 or 2, found rank {}\n\nhelp: flatten the trailing axes into one, as in `f32[b, 784]` for 28 x 28 images",
+                        "tensors have rank 0 to 4, found rank {}\n\nhelp: merge axes into one, as in `f32[b, 784]` for 28 x 28 images",
                         dims.len()
                     ),
                 ));
+            }
+            if dims.len() > 2 {
+                // Rank 3 and 4 are batches of images: the batch may be a name, the image's
+                // own dims are fixed (the kernels see them as one row of known length).
+                if let Some(DimAst::Sym(id)) =
+                    dims[1..].iter().find(|d| matches!(d, DimAst::Sym(_)))
+                {
+                    return Err(syn::Error::new(
+                        id.span(),
+                        format!(
+                            "in a tensor of rank {}, only the first dim may be a name, found `{id}`\n\nhelp: give the channels and image size as integers, as in `f32[n, 1, 28, 28]`",
+                            dims.len()
+                        ),
+                    ));
+                }
             }
         }
         Ok(TypeAst {

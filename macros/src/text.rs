@@ -38,6 +38,14 @@ pub fn op_text(g: &Graph, id: NodeId) -> String {
         Op::Softmax(k) => format!("softmax[axis={k}]"),
         Op::LogSoftmax(k) => format!("log_softmax[axis={k}]"),
         Op::Random(kind, site) => format!("{}[site={site}]", kind.name()),
+        Op::Reshape => "reshape".into(),
+        Op::Conv2d { flip } | Op::ConvGradInput { flip } | Op::ConvGradFilter { flip } => {
+            format!("{}[flip={flip}]", crate::ir::op_name(n.op))
+        }
+        Op::MaxPool(a, b) | Op::MaxPoolGrad(a, b) => {
+            format!("{}[{a}x{b}]", crate::ir::op_name(n.op))
+        }
+        Op::Call(c) => format!("call {c:?}"),
     }
 }
 
@@ -168,6 +176,26 @@ fn infix_node(g: &Graph, id: NodeId, done: &[Option<(String, u8)>]) -> (String, 
         Op::Where => (format!("where({}, {}, {})", a(0).0, a(1).0, a(2).0), 4),
         Op::Softmax(k) => (format!("softmax({}, axis = {k})", a(0).0), 4),
         Op::LogSoftmax(k) => (format!("log_softmax({}, axis = {k})", a(0).0), 4),
+        Op::Reshape => {
+            let dims: Vec<String> = n.ty.shape.iter().map(|d| g.dim_str(*d)).collect();
+            (format!("reshape({}, [{}])", a(0).0, dims.join(", ")), 4)
+        }
+        Op::Conv2d { flip: true } => (format!("conv2d({}, {})", a(0).0, a(1).0), 4),
+        Op::Conv2d { flip: false } => (
+            format!("conv2d({}, {}, filter_flip = false)", a(0).0, a(1).0),
+            4,
+        ),
+        Op::MaxPool(ph, pw) => (format!("max_pool({}, [{ph}, {pw}])", a(0).0), 4),
+        Op::ConvGradInput { .. }
+        | Op::ConvGradFilter { .. }
+        | Op::MaxPoolGrad(..)
+        | Op::Call(_) => {
+            let args: Vec<String> = (0..n.args.len()).map(|k| a(k).0).collect();
+            (
+                format!("{}({})", crate::ir::op_name(n.op), args.join(", ")),
+                4,
+            )
+        }
         // The size is the node's shape; arg 0 is the stream.
         Op::Random(kind, _) => {
             let dims: Vec<String> = n.ty.shape.iter().map(|d| g.dim_str(*d)).collect();

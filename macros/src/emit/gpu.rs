@@ -10,7 +10,7 @@ use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 use tensor_fn_kernels as k;
 
-use crate::ir::{DType, Dim, Function, Graph, VarKind};
+use crate::ir::{DType, Dim, Function, Graph, Op, VarKind};
 use crate::schedule::{BufKind, Gemm, Instr, Kernel, OutSrc, Scale, Schedule};
 
 fn size(s: &k::Size) -> TokenStream {
@@ -176,6 +176,10 @@ pub fn plan(
                     let p = p as u32;
                     quote!(Output(#p))
                 }
+                BufKind::View(base) => {
+                    let base = base as u32;
+                    quote!(View(#base))
+                }
             };
             let l = size(&len(&b.ty.shape));
             let int = match crate::emit::rust::int_storage(s, i) {
@@ -190,8 +194,12 @@ pub fn plan(
         .collect();
     let mut all = Vec::new();
     let mut scratch = Vec::new();
+    let mut cpu_only = None;
     for (step, (p, kern)) in programs.iter().zip(&s.kernels).enumerate() {
         match kern {
+            Kernel::Call(c) => {
+                cpu_only.get_or_insert(crate::ir::op_name(Op::Call(c.op)));
+            }
             Kernel::Loop(_) => {
                 all.extend(launches(step, p, None, scratch.len())?);
                 scratch.extend(p.scratch.iter().map(|sc| size(&sc.bytes)));
@@ -259,6 +267,10 @@ pub fn plan(
         DType::F64 => quote!(F64),
     };
     let dims = g.syms.len() as u32;
+    let cpu_only = match cpu_only {
+        Some(op) => quote!(::core::option::Option::Some(#op)),
+        None => quote!(::core::option::Option::None),
+    };
     Ok(quote!(__gp::GpuPlan {
         name: #name,
         ptx: __PTX,
@@ -269,6 +281,7 @@ pub fn plan(
         launches: &[#(#all),*],
         commits: &[#(#commits),*],
         outputs: &[#(#outputs),*],
+        cpu_only: #cpu_only,
     }))
 }
 
@@ -386,10 +399,10 @@ pub fn call(
             0 if ty.int.is_some() => quote!(#id.scalar::<#t>() as #e),
             0 => quote!(#id.scalar::<#t>()),
             1 => quote!(::tensor_fn::__private::ndarray::Array1::from_vec(#id.elems::<#e>())),
-            _ => {
-                let d0 = dim_value(g, &bound, ty.shape[0]);
-                let d1 = dim_value(g, &bound, ty.shape[1]);
-                quote!(::tensor_fn::__private::ndarray::Array2::from_shape_vec((#d0, #d1), #id.elems::<#e>())
+            r => {
+                let ds = ty.shape.iter().map(|d| dim_value(g, &bound, *d));
+                let ix = crate::emit::rust::ix_ty(r);
+                quote!(::tensor_fn::__private::ndarray::Array::from_shape_vec(#ix(#(#ds),*), #id.elems::<#e>())
                     .map_err(|e| ::tensor_fn::Error::Internal(e.to_string()))?)
             }
         });

@@ -11,9 +11,13 @@ use quote::{format_ident, quote};
 
 use tensor_fn_kernels::op::PowCall;
 
-use crate::ir::{Axis, Binary, DType, Dim, Function, Graph, IntTy, RandKind, Ret, Unary, VarKind};
+use crate::ir::{
+    Axis, Binary, CallOp, ConvGeom, DType, Dim, Function, Graph, IntTy, RandKind, Ret, Unary,
+    VarKind,
+};
 use crate::schedule::{
-    BufKind, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Scale, Schedule, ValId,
+    BufKind, CallKernel, Gemm, Instr, Ix, Kernel, LoopKernel, MatView, OutSrc, RedKind, Scale,
+    Schedule, ValId,
 };
 
 /// How the function is declared around its body.
@@ -64,6 +68,7 @@ pub fn int_storage(s: &Schedule, b: usize) -> Option<IntTy> {
         BufKind::Input(_) => buf.ty.int,
         BufKind::Output(_) if buf.ty.rank() > 0 => buf.ty.int,
         BufKind::Output(_) | BufKind::Param(_) | BufKind::Work => None,
+        BufKind::View(base) => int_storage(s, base),
     }
 }
 
@@ -119,14 +124,22 @@ pub fn int_checks(
     })
 }
 
+/// ndarray's dimension type for a rank (`Ix0` to `Ix4`).
+pub fn ix_ty(rank: usize) -> TokenStream {
+    let ix = format_ident!("Ix{}", rank.min(4));
+    quote!(::tensor_fn::__private::ndarray::#ix)
+}
+
 /// The Rust type of an argument of this type: a scalar by value, arrays as views.
 pub fn arg_ty(g: &Graph, ty: &crate::ir::Type) -> TokenStream {
     let t = elem_ty(ty);
     let _ = g;
     match ty.rank() {
         0 => t,
-        1 => quote!(::tensor_fn::__private::ndarray::ArrayView1<'_, #t>),
-        _ => quote!(::tensor_fn::__private::ndarray::ArrayView2<'_, #t>),
+        r => {
+            let d = ix_ty(r);
+            quote!(::tensor_fn::__private::ndarray::ArrayView<'_, #t, #d>)
+        }
     }
 }
 
@@ -135,8 +148,10 @@ pub fn out_ty(ty: &crate::ir::Type) -> TokenStream {
     let t = elem_ty(ty);
     match ty.rank() {
         0 => t,
-        1 => quote!(::tensor_fn::__private::ndarray::Array1<#t>),
-        _ => quote!(::tensor_fn::__private::ndarray::Array2<#t>),
+        r => {
+            let d = ix_ty(r);
+            quote!(::tensor_fn::__private::ndarray::Array<#t, #d>)
+        }
     }
 }
 
@@ -173,10 +188,7 @@ fn model_arg_ty(ty: &crate::ir::Type) -> TokenStream {
 /// [`model_arg_ty`] with the view's lifetime.
 fn model_arg_ty_at(ty: &crate::ir::Type, life: TokenStream) -> TokenStream {
     let t = elem_ty(ty);
-    let d = match ty.rank() {
-        1 => quote!(::tensor_fn::__private::ndarray::Ix1),
-        _ => quote!(::tensor_fn::__private::ndarray::Ix2),
-    };
+    let d = ix_ty(ty.rank());
     quote!(::tensor_fn::Arg<#life, #t, #d>)
 }
 
@@ -290,6 +302,7 @@ fn buf_ident(s: &Schedule, b: usize) -> Ident {
         BufKind::Param(v) => format_ident!("__p{}", v),
         BufKind::Work => format_ident!("__b{}", b),
         BufKind::Output(p) => format_ident!("__out{}", p),
+        BufKind::View(base) => buf_ident(s, base),
     }
 }
 
@@ -411,7 +424,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                 out_allocs.push(quote!(let mut #id: ::std::vec::Vec<#e> = ::std::vec![Default::default(); #len];));
             }
             BufKind::Output(_) | BufKind::Work => ws_bufs.push(b),
-            BufKind::Input(_) | BufKind::Param(_) => {}
+            BufKind::Input(_) | BufKind::Param(_) | BufKind::View(_) => {}
         }
     }
     let lens: Vec<TokenStream> = ws_bufs
@@ -447,6 +460,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             let code = match k {
                 Kernel::Gemm(m) => emit_gemm(g, s, m, i, dtype),
                 Kernel::Loop(l) => emit_loop(g, s, l, dtype, i),
+                Kernel::Call(c) => emit_call(g, s, c, i),
             };
             let guard = nan_guard(f, s, k, i);
             quote!(#code #guard)
@@ -474,7 +488,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                     }
                 }
             }
-            Kernel::Loop(_) => unreachable!("only GEMMs run in place"),
+            Kernel::Loop(_) | Kernel::Call(_) => unreachable!("only GEMMs run in place"),
         })
         .collect();
 
@@ -504,9 +518,14 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                     match ty.rank() {
                         0 => quote!(#id[0]),
                         1 => quote!(::tensor_fn::__private::ndarray::Array1::from_vec(#id)),
-                        _ => {
+                        2 => {
                             let (d0, d1) = (dim_expr(g, ty.shape[0]), dim_expr(g, ty.shape[1]));
                             quote!(::tensor_fn::__private::array2(#id, #d0, #d1))
+                        }
+                        r => {
+                            let ds = ty.shape.iter().map(|d| dim_expr(g, *d));
+                            let ix = ix_ty(r);
+                            quote!(::tensor_fn::__private::array_nd(#id, #ix(#(#ds),*)))
                         }
                     }
                 }
@@ -662,6 +681,7 @@ fn nan_guard(f: &Function, s: &Schedule, k: &Kernel, ki: usize) -> TokenStream {
     }
     let writes: Vec<(usize, crate::ir::NodeId)> = match k {
         Kernel::Gemm(m) => vec![(m.c.buf, m.node)],
+        Kernel::Call(c) => vec![(c.out, c.node)],
         Kernel::Loop(l) => l
             .written
             .iter()
@@ -759,6 +779,54 @@ fn emit_gemm(g: &Graph, s: &Schedule, m: &Gemm, i: usize, dt: DType) -> TokenStr
             (#k2, &#a2[..], #rsa2, #csa2, &#b2[..], #rsb2),
             #beta, &mut #c[..], #rsc,
         )?;
+    }
+}
+
+/// A library kernel: convolution and pooling from the runtime, for the function's float type.
+fn emit_call(g: &Graph, s: &Schedule, c: &CallKernel, i: usize) -> TokenStream {
+    let n = dim_expr(g, c.n);
+    let a: Vec<Ident> = c.args.iter().map(|b| buf_ident(s, *b)).collect();
+    let out = buf_ident(s, c.out);
+    let note = format!("k{i}: {}", crate::ir::op_name(crate::ir::Op::Call(c.op)));
+    let shape = |geom: &ConvGeom| {
+        let [cc, h, w, k, fh, fw] = [geom.c, geom.h, geom.w, geom.k, geom.fh, geom.fw]
+            .map(|v| Literal::usize_unsuffixed(v as usize));
+        quote!(::tensor_fn::__private::conv::ConvShape { n: #n, c: #cc, h: #h, w: #w, k: #k, fh: #fh, fw: #fw })
+    };
+    let call = match c.op {
+        CallOp::Conv { flip, geom } => {
+            let sh = shape(&geom);
+            let (x, f) = (&a[0], &a[1]);
+            quote!(::tensor_fn::__private::conv::conv2d_im2col(&#sh, &#x[..], &#f[..], #flip, &mut #out[..]);)
+        }
+        CallOp::ConvGradInput { flip, geom } => {
+            let sh = shape(&geom);
+            let (gy, f) = (&a[0], &a[1]);
+            quote!(::tensor_fn::__private::conv::conv2d_grad_input(&#sh, &#f[..], #flip, &#gy[..], &mut #out[..]);)
+        }
+        CallOp::ConvGradFilter { flip, geom } => {
+            let sh = shape(&geom);
+            let (x, gy) = (&a[0], &a[1]);
+            quote!(::tensor_fn::__private::conv::conv2d_grad_filter(&#sh, &#x[..], #flip, &#gy[..], &mut #out[..]);)
+        }
+        CallOp::Pool { planes, h, w, win } | CallOp::PoolGrad { planes, h, w, win } => {
+            let [planes, h, w] = [planes, h, w].map(|v| Literal::usize_unsuffixed(v as usize));
+            let (ph, pw) = (
+                Literal::usize_unsuffixed(win.0 as usize),
+                Literal::usize_unsuffixed(win.1 as usize),
+            );
+            let x = &a[0];
+            if matches!(c.op, CallOp::Pool { .. }) {
+                quote!(::tensor_fn::__private::conv::max_pool(#n * #planes, #h, #w, (#ph, #pw), &#x[..], &mut #out[..]);)
+            } else {
+                let gy = &a[1];
+                quote!(::tensor_fn::__private::conv::max_pool_backward(#n * #planes, #h, #w, (#ph, #pw), &#x[..], &#gy[..], &mut #out[..]);)
+            }
+        }
+    };
+    quote! {
+        let _ = #note;
+        #call
     }
 }
 

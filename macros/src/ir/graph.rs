@@ -23,7 +23,7 @@ impl NodeId {
 
 pub use tensor_fn_kernels::ir::Dim;
 
-/// Element type and shape. Rank 0 to 2.
+/// Element type and shape. Rank 0 to 4 (rank 3 and 4 only until the `flatten` stage).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Type {
     /// The float type values are computed in: for an integer tensor, the function's float type,
@@ -102,6 +102,70 @@ pub enum Op {
     /// the function's stream (`[seed, call]`), the others the draw's scalar parameters. No
     /// two sites are one node, and a draw is a constant to `grad`.
     Random(RandKind, u32),
+    /// The same elements in another shape of the same size (the node's type): a view, no copy.
+    Reshape,
+    /// `conv2d(x, w)`: x `[n, c, h, w]`, filters `[k, c, fh, fw]`, valid, stride 1, out
+    /// `[n, k, h - fh + 1, w - fw + 1]`; `flip`: a true convolution (Theano's), else a
+    /// cross-correlation.
+    Conv2d {
+        flip: bool,
+    },
+    /// The gradient of a `conv2d` with respect to its images: args (output gradient, filters),
+    /// the node's type that of the images.
+    ConvGradInput {
+        flip: bool,
+    },
+    /// The gradient of a `conv2d` with respect to its filters: args (images, output gradient),
+    /// the node's type that of the filters.
+    ConvGradFilter {
+        flip: bool,
+    },
+    /// Non-overlapping max-pooling of the last two axes of a rank-4 tensor by (rows, cols),
+    /// ignoring the border that does not fill a window.
+    MaxPool(u8, u8),
+    /// Its gradient: args (pooled input, output gradient); each window's gradient goes to the
+    /// first maximum of the window.
+    MaxPoolGrad(u8, u8),
+    /// A library kernel over buffers, with the sizes it needs: what the `flatten` stage makes of
+    /// the ops above once every tensor is a matrix of rows.
+    Call(CallOp),
+}
+
+/// The sizes of a 2-D convolution other than the number of images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConvGeom {
+    pub c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub k: u32,
+    pub fh: u32,
+    pub fw: u32,
+}
+
+/// A library kernel of the schedule. Its buffers are rows of whole images: the number of
+/// images is the first dim of the first argument's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallOp {
+    /// args (images, filters).
+    Conv { flip: bool, geom: ConvGeom },
+    /// args (output gradient, filters).
+    ConvGradInput { flip: bool, geom: ConvGeom },
+    /// args (images, output gradient).
+    ConvGradFilter { flip: bool, geom: ConvGeom },
+    /// args (images): `planes` = channels of `h` x `w`, pooled by `win`.
+    Pool {
+        planes: u32,
+        h: u32,
+        w: u32,
+        win: (u8, u8),
+    },
+    /// args (images, output gradient).
+    PoolGrad {
+        planes: u32,
+        h: u32,
+        w: u32,
+        win: (u8, u8),
+    },
 }
 
 /// The name of the hidden input of a model method that draws random numbers: its stream,
@@ -398,6 +462,19 @@ pub fn op_name(op: Op) -> &'static str {
         Op::Where => "where",
         Op::Softmax(_) => "softmax",
         Op::LogSoftmax(_) => "log_softmax",
+        Op::Reshape => "reshape",
+        Op::Conv2d { .. } => "conv2d",
+        Op::ConvGradInput { .. } => "conv2d_grad_input",
+        Op::ConvGradFilter { .. } => "conv2d_grad_filter",
+        Op::MaxPool(..) => "max_pool",
+        Op::MaxPoolGrad(..) => "max_pool_grad",
+        Op::Call(c) => match c {
+            CallOp::Conv { .. } => "conv2d",
+            CallOp::ConvGradInput { .. } => "conv2d_grad_input",
+            CallOp::ConvGradFilter { .. } => "conv2d_grad_filter",
+            CallOp::Pool { .. } => "max_pool",
+            CallOp::PoolGrad { .. } => "max_pool_grad",
+        },
     }
 }
 

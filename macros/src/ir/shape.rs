@@ -81,6 +81,8 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         | Op::DimSize(_)
         | Op::Broadcast
         | Op::Grad(_)
+        | Op::Reshape
+        | Op::Call(_)
         | Op::Random(..) => Err(TypeError::new(format!(
             "internal: `{}` has no shape rule",
             op_name(op)
@@ -115,6 +117,7 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         Op::ArgMax(axis) => {
             arity(1)?;
             numbers(g, "argmax", args)?;
+            matrices(g, "argmax", args[0])?;
             let mut t = reduced(g, args[0], axis)?;
             t.int = Some(crate::ir::IntTy::I64);
             Ok(t)
@@ -129,6 +132,7 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         Op::Softmax(axis) | Op::LogSoftmax(axis) => {
             arity(1)?;
             numbers(g, op_symbol(op), args)?;
+            matrices(g, op_symbol(op), args[0])?;
             if axis as usize >= args[0].rank() {
                 return Err(TypeError::new(format!(
                     "internal: softmax over axis {axis} of {}",
@@ -139,6 +143,12 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         }
         Op::Transpose => {
             arity(1)?;
+            if args[0].rank() > 2 {
+                return Err(TypeError::new(format!(
+                    "`.T` transposes matrices, found {}",
+                    g.type_str(args[0])
+                )));
+            }
             let mut t = args[0].clone();
             t.shape.reverse();
             Ok(t)
@@ -146,7 +156,7 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
         Op::ExpandDims(k) => {
             arity(1)?;
             let mut t = args[0].clone();
-            if k as usize > t.shape.len() || t.shape.len() >= 2 {
+            if k as usize > t.shape.len() || t.shape.len() >= 4 {
                 return Err(TypeError::new("internal: expand_dims out of range".into()));
             }
             t.shape.insert(k as usize, Dim::Static(1));
@@ -170,7 +180,137 @@ pub fn infer(g: &Graph, op: Op, args: &[&Type]) -> Result<Type, TypeError> {
             numbers(g, op_symbol(op), args)?;
             reduced(g, args[0], axis)
         }
+        Op::Conv2d { .. } => {
+            arity(2)?;
+            conv_type(g, args[0], args[1])
+        }
+        Op::ConvGradInput { .. } => {
+            arity(2)?;
+            let (gy, w) = (args[0], args[1]);
+            let [n, _, oh, ow] = dims4(gy)?;
+            let [_, c, fh, fw] = dims4(w)?;
+            let (oh, ow, fh, fw) = (stat(oh)?, stat(ow)?, stat(fh)?, stat(fw)?);
+            Ok(Type::float(
+                gy.dtype,
+                vec![n, c, Dim::Static(oh + fh - 1), Dim::Static(ow + fw - 1)],
+            ))
+        }
+        Op::ConvGradFilter { .. } => {
+            arity(2)?;
+            let (x, gy) = (args[0], args[1]);
+            let [_, c, h, w] = dims4(x)?;
+            let [_, k, oh, ow] = dims4(gy)?;
+            let (h, w, oh, ow) = (stat(h)?, stat(w)?, stat(oh)?, stat(ow)?);
+            Ok(Type::float(
+                x.dtype,
+                vec![k, c, Dim::Static(h + 1 - oh), Dim::Static(w + 1 - ow)],
+            ))
+        }
+        Op::MaxPool(ph, pw) => {
+            arity(1)?;
+            pool_type(g, args[0], (ph, pw))
+        }
+        Op::MaxPoolGrad(..) => {
+            arity(2)?;
+            Ok(args[0].clone())
+        }
     }
+}
+
+/// Refuses images where `what` takes vectors or matrices.
+fn matrices(g: &Graph, what: &str, t: &Type) -> Result<(), TypeError> {
+    if t.rank() <= 2 {
+        return Ok(());
+    }
+    Err(TypeError {
+        message: format!(
+            "`{what}` takes vectors or matrices, found {}",
+            g.type_str(t)
+        ),
+        help: Some("flatten the images first, as in `flatten(h, 2)`".into()),
+    })
+}
+
+/// The four dims of a rank-4 type.
+fn dims4(t: &Type) -> Result<[Dim; 4], TypeError> {
+    <[Dim; 4]>::try_from(t.shape.as_slice())
+        .map_err(|_| TypeError::new("internal: a rank-4 op of another rank".into()))
+}
+
+/// A dim that must be known at compile time.
+fn stat(d: Dim) -> Result<u64, TypeError> {
+    match d {
+        Dim::Static(k) => Ok(k),
+        Dim::Sym(_) => Err(TypeError::new("internal: an image dim is a name".into())),
+    }
+}
+
+/// What `what` takes: a batch of images, `[n, c, h, w]`.
+fn images(
+    g: &Graph,
+    what: &str,
+    role: &str,
+    t: &Type,
+    example: &str,
+) -> Result<[Dim; 4], TypeError> {
+    if t.int.is_some() {
+        return Err(int_error(g, what, t));
+    }
+    if t.rank() != 4 {
+        return Err(TypeError {
+            message: format!("`{what}` takes {role} of rank 4, found {}", g.type_str(t)),
+            help: Some(format!("reshape it first, as in `{example}`")),
+        });
+    }
+    dims4(t)
+}
+
+/// `conv2d(x, w)`: images `[n, c, h, w]` and filters `[k, c, fh, fw]` give
+/// `[n, k, h - fh + 1, w - fw + 1]` (valid, stride 1).
+fn conv_type(g: &Graph, x: &Type, f: &Type) -> Result<Type, TypeError> {
+    let [n, c, h, w] = images(g, "conv2d", "images", x, "reshape(x, [n, 1, 28, 28])")?;
+    let [k, fc, fh, fw] = images(g, "conv2d", "filters", f, "w: f32[20, 1, 5, 5]")?;
+    if c != fc {
+        return Err(TypeError {
+            message: format!(
+                "`conv2d` channels differ: the images {} have {} channels, the filters {} expect {}",
+                g.type_str(x),
+                g.dim_str(c),
+                g.type_str(f),
+                g.dim_str(fc)
+            ),
+            help: Some(
+                "images are `[n, channels, rows, cols]` and filters `[filters, channels, rows, cols]`"
+                    .into(),
+            ),
+        });
+    }
+    let (h, w, fh, fw) = (stat(h)?, stat(w)?, stat(fh)?, stat(fw)?);
+    if fh > h || fw > w {
+        return Err(TypeError::new(format!(
+            "`conv2d` filters of {fh}x{fw} do not fit in images of {h}x{w} (valid convolution)"
+        )));
+    }
+    Ok(Type::float(
+        x.dtype,
+        vec![n, k, Dim::Static(h + 1 - fh), Dim::Static(w + 1 - fw)],
+    ))
+}
+
+/// `max_pool(x, [ph, pw])`: `[n, c, h / ph, w / pw]`, the border that fills no window dropped.
+fn pool_type(g: &Graph, x: &Type, (ph, pw): (u8, u8)) -> Result<Type, TypeError> {
+    let [n, c, h, w] = images(g, "max_pool", "images", x, "reshape(x, [n, 1, 28, 28])")?;
+    let (h, w) = (stat(h)?, stat(w)?);
+    let (ph, pw) = (u64::from(ph), u64::from(pw));
+    if ph > h || pw > w {
+        return Err(TypeError::new(format!(
+            "`max_pool` windows of {ph}x{pw} do not fit in images of {h}x{w}"
+        )));
+    }
+    Ok(Type::float(
+        x.dtype,
+        vec![n, c, Dim::Static(h / ph), Dim::Static(w / pw)],
+    ))
 }
 
 /// The type of a reduction of `t` over `axis`.
@@ -291,6 +431,16 @@ pub fn dot_type(
     }
     numbers(g, "dot", &[ta, tb])?;
     let (a, b) = (&ta.shape, &tb.shape);
+    if a.len() > 2 || b.len() > 2 {
+        return Err(TypeError {
+            message: format!(
+                "`dot` multiplies vectors and matrices: left is {}, right is {}",
+                g.type_str(ta),
+                g.type_str(tb)
+            ),
+            help: Some("flatten the images first, as in `dot(flatten(h, 2), w)`".into()),
+        });
+    }
     if a.is_empty() || b.is_empty() {
         return Err(TypeError {
             message: format!(
