@@ -37,7 +37,9 @@
 
 use std::path::Path;
 
-use ndarray::{ArrayBase, ArrayD, ArrayView1, ArrayView2, Data, Dimension, Ix1, Ix2, IxDyn};
+use ndarray::{
+    ArrayBase, ArrayD, ArrayView1, ArrayView2, ArrayView4, Data, Dimension, Ix1, Ix2, Ix4, IxDyn,
+};
 
 use super::{format_error, read_file, write_atomic};
 use crate::Error;
@@ -171,6 +173,18 @@ impl Checkpoint {
         self.shaped(name, &[len])?
             .into_dimensionality::<Ix1>()
             .map_err(|e| Error::Internal(format!("checked 1-D view: {e}")))
+    }
+
+    /// The tensor named `name` as a rank-4 array of exactly `shape` (convolution filters,
+    /// `[out_channels, in_channels, rows, cols]`); errors as [`matrix`](Self::matrix).
+    pub fn array4(
+        &self,
+        name: &str,
+        shape: (usize, usize, usize, usize),
+    ) -> Result<ArrayView4<'_, f32>, Error> {
+        self.shaped(name, &[shape.0, shape.1, shape.2, shape.3])?
+            .into_dimensionality::<Ix4>()
+            .map_err(|e| Error::Internal(format!("checked 4-D view: {e}")))
     }
 
     fn shaped(&self, name: &str, shape: &[usize]) -> Result<ndarray::ArrayViewD<'_, f32>, Error> {
@@ -578,6 +592,28 @@ mod tests {
             e,
             "checkpoint tensor `V`: missing; the checkpoint has `W`, `b1`, `b2`"
         );
+    }
+
+    #[test]
+    fn rank_4_tensors_round_trip_through_array4() {
+        let w = Array::from_shape_fn((3, 2, 5, 4), |(o, i, r, c)| {
+            (o * 1000 + i * 100 + r * 10 + c) as f32 - 0.5
+        });
+        let mut ck = small();
+        ck.insert("w0", &w);
+        let back = Checkpoint::from_bytes(&ck.to_bytes().unwrap()).unwrap();
+        let v = back.array4("w0", (3, 2, 5, 4)).unwrap();
+        assert_eq!(v, w.view());
+        assert_eq!(v[[2, 1, 4, 3]], 2142.5);
+        let e = back.array4("w0", (3, 2, 4, 5)).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "checkpoint tensor `w0`: has shape [3, 2, 5, 4], expected [3, 2, 4, 5]"
+        );
+        let e = back.array4("W", (4, 3, 1, 1)).unwrap_err().to_string();
+        assert!(e.contains("has shape [4, 3], expected [4, 3, 1, 1]"), "{e}");
+        let e = back.array4("w9", (3, 2, 5, 4)).unwrap_err().to_string();
+        assert!(e.contains("`w9`: missing"), "{e}");
     }
 
     #[test]
