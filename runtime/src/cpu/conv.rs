@@ -1036,11 +1036,45 @@ mod tests {
             let direct = time(&mut || conv2d_direct(&s, &x, &f, true, &mut out));
             let backward =
                 time(&mut || conv2d_backward_im2col(&s, &x, &f, true, &out, &mut gx, &mut gf));
-            // The backward pass is two products of the forward's size.
+            let grad_input = time(&mut || conv2d_grad_input(&s, &f, true, &out, &mut gx));
+            let grad_filter = time(&mut || conv2d_grad_filter(&s, &x, true, &out, &mut gf));
+            // The backward pass is two products of the forward's size; each gradient one.
             println!(
-                "conv | {name} | {s:?} | im2col {im2col:.1} GFLOP/s | direct {direct:.1} GFLOP/s | backward (im2col) {:.1} GFLOP/s",
+                "conv | {name} | {s:?} | im2col {im2col:.1} GFLOP/s | direct {direct:.1} GFLOP/s | backward (im2col) {:.1} GFLOP/s: input gradient {grad_input:.1}, filter gradient {grad_filter:.1}",
                 2.0 * backward
             );
         }
+        // The machine's SGEMM rate on a large square product, in the same run.
+        let n = 1024;
+        let (a, b) = (fill(n * n, 3), fill(n * n, 4));
+        let mut c = vec![0.0f32; n * n];
+        let mut run = || {
+            // SAFETY: three n x n row-major matrices.
+            unsafe {
+                super::super::sgemm::sgemm(
+                    n,
+                    n,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    n as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            }
+        };
+        run();
+        let t = std::time::Instant::now();
+        for _ in 0..5 {
+            run();
+        }
+        let rate = 2.0 * (n * n * n) as f64 * 5.0 / t.elapsed().as_secs_f64() / 1e9;
+        println!("sgemm | {n}x{n}x{n} | {rate:.1} GFLOP/s on {} threads", threads());
     }
 }
