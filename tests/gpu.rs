@@ -752,17 +752,6 @@ tensor_fn! {
     }
 }
 
-tensor_fn! {
-    /// A convolution, which has no GPU kernel yet.
-    struct Convolve { w: f32[2, 1, 3, 3] }
-
-    impl Convolve {
-        fn forward(&self, x: f32[n, 1, 5, 5]) -> f32 {
-            sum(max_pool(conv2d(x, w), [2, 2]))
-        }
-    }
-}
-
 #[test]
 fn views_of_images_run_alike() {
     let x = mat(4, 12, 801);
@@ -787,20 +776,315 @@ fn views_of_images_run_alike() {
     }
 }
 
+tensor_fn! {
+    /// Convolutions and pooling on odd sizes (nothing is a tile multiple): 5 images of 3 x 7 x 9,
+    /// 3 x 2 filters with and without the flip, a channel bias, 2 x 2 and 3 x 2 windows (with
+    /// ignored borders), and a second layer of each kind of convolution, so that a training
+    /// step needs every gradient: of the filters, of the input of a convolution (flipped and
+    /// not), and of the pooling.
+    struct Images64 {
+        w: f64[4, 3, 3, 2], b: f64[4], v: f64[4, 3, 3, 2], w2: f64[2, 4, 2, 3], w3: f64[3, 4, 2, 2]
+    }
+
+    impl Images64 {
+        fn step(&mut self, x: f64[n, 3, 7, 9], lr: f64) -> (f64, f64[n, 4, 2, 4], f64[n, 4, 1, 4]) {
+            let h = max_pool(tanh(conv2d(x, w) + reshape(b, [1, 4, 1, 1])), [2, 2]);
+            let q = tanh(max_pool(conv2d(x, v, filter_flip = false), [3, 2]));
+            let h2 = conv2d(h, w2, filter_flip = false);
+            let h3 = conv2d(h, w3);
+            let cost = sum(h2 * h2) + sum(tanh(h3)) + sum(q * q);
+            w -= lr * grad(cost, w);
+            b -= lr * grad(cost, b);
+            v -= lr * grad(cost, v);
+            w2 -= lr * grad(cost, w2);
+            w3 -= lr * grad(cost, w3);
+            (cost, h, q)
+        }
+    }
+}
+
+tensor_fn! {
+    /// [`Images64`] in f32.
+    struct Images32 {
+        w: f32[4, 3, 3, 2], b: f32[4], v: f32[4, 3, 3, 2], w2: f32[2, 4, 2, 3], w3: f32[3, 4, 2, 2]
+    }
+
+    impl Images32 {
+        fn step(&mut self, x: f32[n, 3, 7, 9], lr: f32) -> (f32, f32[n, 4, 2, 4], f32[n, 4, 1, 4]) {
+            let h = max_pool(tanh(conv2d(x, w) + reshape(b, [1, 4, 1, 1])), [2, 2]);
+            let q = tanh(max_pool(conv2d(x, v, filter_flip = false), [3, 2]));
+            let h2 = conv2d(h, w2, filter_flip = false);
+            let h3 = conv2d(h, w3);
+            let cost = sum(h2 * h2) + sum(tanh(h3)) + sum(q * q);
+            w -= lr * grad(cost, w);
+            b -= lr * grad(cost, b);
+            v -= lr * grad(cost, v);
+            w2 -= lr * grad(cost, w2);
+            w3 -= lr * grad(cost, w3);
+            (cost, h, q)
+        }
+    }
+}
+
+fn arr4(shape: [usize; 4], seed: u32, scale: f64) -> ndarray::Array4<f64> {
+    fill(&shape, seed, -scale, scale)
+        .into_dimensionality()
+        .expect("rank 4")
+}
+
+/// The parameters of [`Images64`] (and, rounded, of [`Images32`]).
+fn image_params() -> [ArrayD<f64>; 5] {
+    [
+        arr4([4, 3, 3, 2], 901, 0.5).into_dyn(),
+        fill(&[4], 902, -0.5, 0.5),
+        arr4([4, 3, 3, 2], 903, 0.5).into_dyn(),
+        arr4([2, 4, 2, 3], 904, 0.5).into_dyn(),
+        arr4([3, 4, 2, 2], 905, 0.5).into_dyn(),
+    ]
+}
+
+fn images64() -> Images64 {
+    let [w, b, v, w2, w3] = image_params().map(|a| a.into_dyn());
+    let d4 = |a: ArrayD<f64>| a.into_dimensionality::<ndarray::Ix4>().unwrap();
+    Images64::new(
+        d4(w),
+        b.into_dimensionality().unwrap(),
+        d4(v),
+        d4(w2),
+        d4(w3),
+    )
+    .unwrap()
+}
+
+fn images32() -> Images32 {
+    let [w, b, v, w2, w3] = image_params().map(|a| a.mapv(|x| x as f32));
+    let d4 = |a: ArrayD<f32>| a.into_dimensionality::<ndarray::Ix4>().unwrap();
+    Images32::new(
+        d4(w),
+        b.into_dimensionality().unwrap(),
+        d4(v),
+        d4(w2),
+        d4(w3),
+    )
+    .unwrap()
+}
+
+fn flat32<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> Vec<f64> {
+    a.iter().map(|&x| f64::from(x)).collect()
+}
+
 #[test]
-fn a_convolution_on_a_gpu_is_a_clear_error() {
-    let w = ndarray::Array4::<f32>::from_elem((2, 1, 3, 3), 0.5);
-    let x = ndarray::Array4::<f32>::from_elem((3, 1, 5, 5), 1.0);
-    let cpu = Convolve::new(w.clone()).unwrap();
-    // 3x3 outputs pooled to one window each: 3 images x 2 filters x 9 taps of 0.5.
-    assert_eq!(cpu.forward(x.view()).unwrap(), 3.0 * 2.0 * 4.5);
-    for dev in devices() {
-        let mut g = Convolve::new(w.clone()).unwrap();
-        g.to_device(dev).expect("to device");
-        let e = g.forward(x.view()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("`forward`: `conv2d` has no GPU kernel yet, so the function cannot run on {dev}; run it on the CPU")
+fn convolutions_and_pooling_train_alike_in_f64() {
+    // Every call of the step has a GPU kernel: the launch text names them.
+    for op in [
+        "conv2d(",
+        "conv2d_grad_input(",
+        "conv2d_grad_filter(",
+        "max_pool(",
+        "max_pool_grad(",
+    ] {
+        assert!(
+            Images64::STEP_INFO.launches.contains(op),
+            "{op}: {}",
+            Images64::STEP_INFO.launches
         );
+    }
+    let x = arr4([5, 3, 7, 9], 906, 1.0);
+    let mut cpu = images64();
+    let want: Vec<_> = (0..2)
+        .map(|_| cpu.step(x.view(), 0.05).expect("cpu"))
+        .collect();
+    for dev in devices() {
+        let mut g = images64();
+        g.to_device(dev).expect("to device");
+        for (i, w) in want.iter().enumerate() {
+            let (cost, h, q) = g.step(x.view(), 0.05).expect("gpu");
+            close(&format!("cost {i}"), dev, &[w.0], &[cost], 1e-12);
+            close(&format!("pooled h {i}"), dev, &flat(&w.1), &flat(&h), 1e-12);
+            close(&format!("pooled q {i}"), dev, &flat(&w.2), &flat(&q), 1e-12);
+        }
+        for (name, a, b) in [
+            (
+                "w",
+                flat(&cpu.w.get_value().unwrap()),
+                flat(&g.w.get_value().unwrap()),
+            ),
+            (
+                "b",
+                flat(&cpu.b.get_value().unwrap()),
+                flat(&g.b.get_value().unwrap()),
+            ),
+            (
+                "v",
+                flat(&cpu.v.get_value().unwrap()),
+                flat(&g.v.get_value().unwrap()),
+            ),
+            (
+                "w2",
+                flat(&cpu.w2.get_value().unwrap()),
+                flat(&g.w2.get_value().unwrap()),
+            ),
+            (
+                "w3",
+                flat(&cpu.w3.get_value().unwrap()),
+                flat(&g.w3.get_value().unwrap()),
+            ),
+        ] {
+            close(&format!("{name} after 2 steps"), dev, &a, &b, 1e-12);
+        }
+    }
+}
+
+#[test]
+fn convolutions_and_pooling_train_alike_in_f32() {
+    let x = arr4([5, 3, 7, 9], 906, 1.0).mapv(|v| v as f32);
+    let mut cpu = images32();
+    let want: Vec<_> = (0..2)
+        .map(|_| cpu.step(x.view(), 0.05).expect("cpu"))
+        .collect();
+    for dev in devices() {
+        let mut g = images32();
+        g.to_device(dev).expect("to device");
+        for (i, w) in want.iter().enumerate() {
+            let (cost, h, q) = g.step(x.view(), 0.05).expect("gpu");
+            close(
+                &format!("cost {i}"),
+                dev,
+                &[f64::from(w.0)],
+                &[f64::from(cost)],
+                1e-4,
+            );
+            close(
+                &format!("pooled h {i}"),
+                dev,
+                &flat32(&w.1),
+                &flat32(&h),
+                1e-4,
+            );
+            close(
+                &format!("pooled q {i}"),
+                dev,
+                &flat32(&w.2),
+                &flat32(&q),
+                1e-4,
+            );
+        }
+        for (name, a, b) in [
+            (
+                "w",
+                flat32(&cpu.w.get_value().unwrap()),
+                flat32(&g.w.get_value().unwrap()),
+            ),
+            (
+                "b",
+                flat32(&cpu.b.get_value().unwrap()),
+                flat32(&g.b.get_value().unwrap()),
+            ),
+            (
+                "v",
+                flat32(&cpu.v.get_value().unwrap()),
+                flat32(&g.v.get_value().unwrap()),
+            ),
+            (
+                "w2",
+                flat32(&cpu.w2.get_value().unwrap()),
+                flat32(&g.w2.get_value().unwrap()),
+            ),
+            (
+                "w3",
+                flat32(&cpu.w3.get_value().unwrap()),
+                flat32(&g.w3.get_value().unwrap()),
+            ),
+        ] {
+            close(&format!("{name} after 2 steps"), dev, &a, &b, 1e-4);
+        }
+    }
+}
+
+tensor_fn! {
+    /// The LeNet tutorial's step: 28 x 28 images, 20 and 50 filters of 5 x 5, 2 x 2 pooling,
+    /// channel biases, tanh, a hidden layer of 500 and softmax.
+    struct LeNet {
+        w0: f32[20, 1, 5, 5], b0: f32[20], w1: f32[50, 20, 5, 5], b1: f32[50],
+        w2: f32[800, 500], b2: f32[500], w3: f32[500, 10], b3: f32[10]
+    }
+    impl LeNet {
+        fn train(&mut self, x: f32[n, 784], y: i64[n], lr: f32) -> f32 {
+            let h0 = tanh(max_pool(conv2d(reshape(x, [n, 1, 28, 28]), w0), [2, 2]) + reshape(b0, [1, 20, 1, 1]));
+            let h1 = tanh(max_pool(conv2d(h0, w1), [2, 2]) + reshape(b1, [1, 50, 1, 1]));
+            let h2 = tanh(dot(flatten(h1, 2), w2) + b2);
+            let cost = -mean(log_softmax(dot(h2, w3) + b3)[arange(n), y]);
+            w0 -= lr * grad(cost, w0);
+            b0 -= lr * grad(cost, b0);
+            w1 -= lr * grad(cost, w1);
+            b1 -= lr * grad(cost, b1);
+            w2 -= lr * grad(cost, w2);
+            b2 -= lr * grad(cost, b2);
+            w3 -= lr * grad(cost, w3);
+            b3 -= lr * grad(cost, b3);
+            cost
+        }
+    }
+}
+
+fn lenet() -> LeNet {
+    let f = |shape: &[usize], seed: u32, scale: f64| {
+        fill(shape, seed, -scale, scale).mapv(|v| v as f32)
+    };
+    let d4 = |a: ArrayD<f32>| a.into_dimensionality::<ndarray::Ix4>().unwrap();
+    let d2 = |a: ArrayD<f32>| a.into_dimensionality::<ndarray::Ix2>().unwrap();
+    let d1 = |a: ArrayD<f32>| a.into_dimensionality::<ndarray::Ix1>().unwrap();
+    LeNet::new(
+        d4(f(&[20, 1, 5, 5], 911, 0.2)),
+        d1(f(&[20], 912, 0.1)),
+        d4(f(&[50, 20, 5, 5], 913, 0.04)),
+        d1(f(&[50], 914, 0.1)),
+        d2(f(&[800, 500], 915, 0.07)),
+        d1(f(&[500], 916, 0.1)),
+        d2(f(&[500, 10], 917, 0.1)),
+        d1(f(&[10], 918, 0.1)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_lenet_training_step_runs_alike() {
+    let n = 2;
+    let x = fill(&[n, 784], 919, 0.0, 1.0)
+        .mapv(|v| v as f32)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let y: Array1<i64> = (0..n as i64).map(|i| (i * 3 + 1) % 10).collect();
+    let mut cpu = lenet();
+    let want: Vec<f32> = (0..2)
+        .map(|_| cpu.train(x.view(), y.view(), 0.1).expect("cpu"))
+        .collect();
+    for dev in devices() {
+        let mut g = lenet();
+        g.to_device(dev).expect("to device");
+        let got: Vec<f32> = (0..2)
+            .map(|_| g.train(x.view(), y.view(), 0.1).expect("gpu"))
+            .collect();
+        let d = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        close("costs", dev, &d(&want), &d(&got), 1e-4);
+        for (name, a, b) in [
+            (
+                "w0",
+                flat32(&cpu.w0.get_value().unwrap()),
+                flat32(&g.w0.get_value().unwrap()),
+            ),
+            (
+                "b1",
+                flat32(&cpu.b1.get_value().unwrap()),
+                flat32(&g.b1.get_value().unwrap()),
+            ),
+            (
+                "w1",
+                flat32(&cpu.w1.get_value().unwrap()),
+                flat32(&g.w1.get_value().unwrap()),
+            ),
+        ] {
+            close(&format!("{name} after 2 steps"), dev, &a, &b, 1e-4);
+        }
     }
 }

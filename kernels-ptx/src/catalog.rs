@@ -3,7 +3,8 @@
 //! kernels that use every op, index pattern and grouping. The `ptxas` test assembles all of
 //! them; the interpreter tests run them.
 
-use crate::gemm::{gemm, Activation, Bias, GemmSpec};
+use crate::conv::{CallOp, ConvGeom};
+use crate::gemm::{gemm, Activation, Batch, Bias, GemmSpec};
 use crate::ir::{
     Axis, Binary, Buffer, DType, Dim, Instr, IntTy, Ix, LoopKernel, Num, RandKind, RedKind,
     Reduction, Unary,
@@ -43,6 +44,7 @@ pub fn gemm_specs() -> Vec<GemmSpec> {
                 trans_b,
                 bias: Bias::PerColumn,
                 activation: Activation::Sigmoid,
+                batch: None,
             });
             v.push(GemmSpec {
                 dtype,
@@ -53,6 +55,7 @@ pub fn gemm_specs() -> Vec<GemmSpec> {
                 trans_b,
                 bias: Bias::None,
                 activation: Activation::Identity,
+                batch: None,
             });
             v.push(GemmSpec {
                 dtype,
@@ -63,6 +66,41 @@ pub fn gemm_specs() -> Vec<GemmSpec> {
                 trans_b,
                 bias: Bias::PerRow,
                 activation: Activation::Sigmoid,
+                batch: None,
+            });
+            // Batched over grid z: a shared (stride 0) A or B, a symbolic or static count,
+            // sizes that are not tile multiples (a convolution's shapes).
+            v.push(GemmSpec {
+                dtype,
+                m: Dim::Static(20),
+                n: Dim::Static(61),
+                k: Dim::Static(25),
+                trans_a,
+                trans_b,
+                bias: Bias::None,
+                activation: Activation::Identity,
+                batch: Some(Batch {
+                    count: Dim::Sym(3),
+                    a: 0,
+                    b: 25 * 61,
+                    c: 20 * 61,
+                }),
+            });
+            v.push(GemmSpec {
+                dtype,
+                m: Dim::Sym(0),
+                n: Dim::Sym(1),
+                k: Dim::Sym(2),
+                trans_a,
+                trans_b,
+                bias: Bias::PerColumn,
+                activation: Activation::Sigmoid,
+                batch: Some(Batch {
+                    count: Dim::Static(5),
+                    a: 1 << 33,
+                    b: 0,
+                    c: 1 << 33,
+                }),
             });
             // Tile multiples: the bounds checks compile away.
             v.push(GemmSpec {
@@ -74,6 +112,7 @@ pub fn gemm_specs() -> Vec<GemmSpec> {
                 trans_b,
                 bias: Bias::None,
                 activation: Activation::Identity,
+                batch: None,
             });
         }
     }
@@ -565,12 +604,60 @@ pub fn loop_kernels() -> Vec<(String, LoopKernel)> {
     v
 }
 
+/// Library calls of every kind (convolution and its gradients with and without flip, pooling
+/// and its gradient), each with the number of images: LeNet's second layer over a symbolic
+/// count, odd sizes that are no tile multiple, filters and windows too wide to unroll.
+/// Arguments are buffers 0 (and 1), the output buffer 2.
+pub fn calls() -> Vec<(CallOp, Dim)> {
+    let lenet = ConvGeom {
+        c: 20,
+        h: 12,
+        w: 12,
+        k: 50,
+        fh: 5,
+        fw: 5,
+    };
+    let odd = ConvGeom {
+        c: 3,
+        h: 7,
+        w: 9,
+        k: 4,
+        fh: 3,
+        fw: 2,
+    };
+    let wide = ConvGeom {
+        c: 2,
+        h: 11,
+        w: 12,
+        k: 3,
+        fh: 10,
+        fw: 9,
+    };
+    let mut v = Vec::new();
+    for (geom, n) in [
+        (lenet, Dim::Sym(0)),
+        (odd, Dim::Static(5)),
+        (wide, Dim::Sym(0)),
+    ] {
+        for flip in [true, false] {
+            v.push((CallOp::Conv { flip, geom }, n));
+            v.push((CallOp::ConvGradInput { flip, geom }, n));
+            v.push((CallOp::ConvGradFilter { flip, geom }, n));
+        }
+    }
+    for (planes, h, w, win) in [(20, 24, 24, (2, 2)), (3, 7, 9, (3, 2)), (2, 5, 21, (1, 10))] {
+        v.push((CallOp::Pool { planes, h, w, win }, Dim::Sym(0)));
+        v.push((CallOp::PoolGrad { planes, h, w, win }, Dim::Sym(0)));
+    }
+    v
+}
+
 /// Every program the catalog describes, named.
 pub fn programs() -> Vec<(String, Program)> {
     let mut v = Vec::new();
     for s in gemm_specs() {
         let name = format!(
-            "gemm {} {}{} m={} n={} k={} {:?} {:?}",
+            "gemm {} {}{} m={} n={} k={} {:?} {:?}{}",
             s.dtype.name(),
             if s.trans_a { 't' } else { 'n' },
             if s.trans_b { 't' } else { 'n' },
@@ -578,9 +665,20 @@ pub fn programs() -> Vec<(String, Program)> {
             s.n,
             s.k,
             s.bias,
-            s.activation
+            s.activation,
+            match s.batch {
+                None => String::new(),
+                Some(b) => format!(" x{} strides {}/{}/{}", b.count, b.a, b.b, b.c),
+            }
         );
         v.push((name, gemm(&s).expect("catalog GEMMs are valid")));
+    }
+    for dtype in DTYPES {
+        for (op, n) in calls() {
+            let args = &[0, 1][..op.arity()];
+            let p = crate::conv::call(dtype, op, n, args, 2).expect("catalog calls are valid");
+            v.push((format!("{} {op:?} over {n} images", dtype.name()), p));
+        }
     }
     for (name, k) in loop_kernels() {
         v.push((

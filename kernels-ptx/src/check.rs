@@ -475,6 +475,7 @@ pub fn run_program_elems(
                 DType::F64 => Value::F64(*x),
             }),
             Role::Scratch(_)
+            | Role::Const(_)
             | Role::GemmA
             | Role::GemmB
             | Role::GemmC

@@ -15,13 +15,19 @@
 //! unnecessary (a multiple of the tile) are left out. `beta == 0` never reads C (BLAS
 //! semantics: C may hold garbage or NaN then).
 //!
-//! Limits: every dim below 2^31, and n at most 65535 tiles (4,194,240 columns for f32).
+//! A batched GEMM ([`Batch`]) runs `count` such products in one launch: grid z walks the batch
+//! (a block loops over `z, z + 65535, ...` past 65535 matrices), and each operand's matrix `b`
+//! starts `b * stride` elements after its first (64-bit offsets; stride 0: one matrix shared by
+//! the whole batch). A spec without a batch is the single product, with no batch code at all.
+//!
+//! Limits: every dim below 2^31, each matrix below 2^32 elements, and n at most 65535 tiles
+//! (4,194,240 columns for f32).
 
 use crate::ir::{DType, Dim, IrError, MAX_EXTENT};
 use crate::math::Fx;
 use crate::meta::{KernelMeta, Launch, Param, ParamTy, Program, Role, Size};
 use crate::ptx::{
-    Address, Axis3, BinOp, Cmp, Inst, KernelBuilder, Operand, Reg, Space, Special, Type,
+    Address, Axis3, BinOp, Cmp, CvtRound, Inst, KernelBuilder, Operand, Reg, Space, Special, Type,
 };
 
 /// What is added before the activation.
@@ -53,6 +59,19 @@ pub struct GemmSpec {
     pub trans_b: bool,
     pub bias: Bias,
     pub activation: Activation,
+    /// `Some`: a batch of products, one per matrix of the batch; `None`: one product.
+    pub batch: Option<Batch>,
+}
+
+/// A batch of `count` products `C_b = act(alpha * op(A_b) op(B_b) + beta * C_b + bias)` in one
+/// launch. Matrix `b` of an operand starts `b * stride` elements after the operand's address
+/// (stride 0: every product reads the same matrix). The bias, alpha and beta are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Batch {
+    pub count: Dim,
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
 }
 
 /// A block tile and the per-thread micro-tile.
@@ -95,11 +114,23 @@ const GRID_Y_CAP: u64 = 65535;
 /// Generates the GEMM kernel of a spec.
 pub fn gemm(spec: &GemmSpec) -> Result<Program, IrError> {
     let t = Tile::of(spec.dtype);
-    for d in [spec.m, spec.n, spec.k] {
+    let count = spec.batch.map(|b| b.count);
+    for d in [spec.m, spec.n, spec.k].into_iter().chain(count) {
         if let Dim::Static(x) = d {
             if x >= MAX_EXTENT {
                 return Err(IrError(format!("GEMM dim {x} is 2^31 or more")));
             }
+        }
+    }
+    if let Some(b) = spec.batch {
+        let es = spec.dtype.bytes() as u64;
+        if [b.a, b.b, b.c]
+            .iter()
+            .any(|s| s.checked_mul(es).is_none_or(|x| x > i64::MAX as u64))
+        {
+            return Err(IrError(format!(
+                "batched GEMM strides {b:?} are 2^63 bytes or more"
+            )));
         }
     }
     if let Dim::Static(n) = spec.n {
@@ -188,6 +219,7 @@ impl Gen {
         let pbeta = g.param("beta", dt.param(), Role::Beta);
         let mut syms: Vec<u32> = [spec.m, spec.n, spec.k]
             .iter()
+            .chain(spec.batch.as_ref().map(|b| &b.count))
             .filter_map(|d| match d {
                 Dim::Sym(id) => Some(*id),
                 Dim::Static(_) => None,
@@ -210,6 +242,34 @@ impl Gen {
             g.dims.push((id, r));
         }
         let (m, n, kd) = (g.dim(spec.m), g.dim(spec.n), g.dim(spec.k));
+        // A batch: a loop over the block's matrices, each with its own operand addresses.
+        let (a, b, c, batch) = match spec.batch {
+            None => (a, b, c, None),
+            Some(bt) => {
+                let z = g.k.special(Special::Ctaid(Axis3::Z));
+                let top = g.k.label();
+                let end = g.k.label();
+                g.k.place(top);
+                let count = g.dim(bt.count);
+                let past = g.k.setp(Cmp::Ge, Type::U32, z, count);
+                g.k.bra_if(past, false, end);
+                let z64 = g.k.cvt(CvtRound::None, Type::U64, Type::U32, z);
+                let mut at = |base: Reg, stride: u64| -> Reg {
+                    if stride == 0 {
+                        return base;
+                    }
+                    let off = g.k.bin(
+                        BinOp::Mul,
+                        Type::U64,
+                        z64,
+                        Operand::Imm((stride * es as u64) as i64),
+                    );
+                    g.k.bin(BinOp::Add, Type::U64, base, off)
+                };
+                let (a, b, c) = (at(a, bt.a), at(b, bt.b), at(c, bt.c));
+                (a, b, c, Some((z, top, end)))
+            }
+        };
 
         let tid = g.k.special(Special::Tid(Axis3::X));
         let bx = g.k.special(Special::Ctaid(Axis3::X));
@@ -459,14 +519,28 @@ impl Gen {
                 g.k.place(skip);
             }
         }
+        if let Some((z, top, end)) = batch {
+            // Every thread of a block has the same z, so the barriers above stay uniform.
+            let nz = g.k.special(Special::Nctaid(Axis3::Z));
+            g.k.push(Inst::Bin {
+                op: BinOp::Add,
+                ty: Type::U32,
+                dst: z,
+                a: Operand::Reg(z),
+                b: Operand::Reg(nz),
+            });
+            g.k.bra(top);
+            g.k.place(end);
+        }
 
         let layout = |tr: bool| if tr { 't' } else { 'n' };
         let prefix = format!(
-            "tf_{}gemm_{}{}",
+            "tf_{}gemm{}_{}{}",
             match dt {
                 DType::F32 => 's',
                 DType::F64 => 'd',
             },
+            if spec.batch.is_some() { "b" } else { "" },
             layout(spec.trans_a),
             layout(spec.trans_b)
         );
@@ -481,7 +555,10 @@ impl Gen {
             grid: [
                 Size::clamp(Size::ceil_div(size(spec.m), t.bm as u64), 1, (1 << 31) - 1),
                 Size::clamp(Size::ceil_div(size(spec.n), t.bn as u64), 1, GRID_Y_CAP),
-                Size::Const(1),
+                match spec.batch {
+                    None => Size::Const(1),
+                    Some(bt) => Size::clamp(size(bt.count), 1, GRID_Y_CAP),
+                },
             ],
             block: [threads, 1, 1],
             shared_bytes: kernel.shared_bytes(),

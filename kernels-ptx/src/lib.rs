@@ -7,7 +7,10 @@
 //! - [`ir`] and [`lower`]: the kernel IR of fused loop kernels (the schedule's `LoopKernel`) and
 //!   its lowering to launches: grid-stride elementwise loops, row reductions by block or warp,
 //!   column reductions, two-pass full reductions.
-//! - [`mod@gemm`]: tiled SGEMM/DGEMM with layouts, alpha/beta and a bias + activation epilogue.
+//! - [`mod@gemm`]: tiled SGEMM/DGEMM with layouts, alpha/beta and a bias + activation epilogue,
+//!   single or batched over grid z.
+//! - [`conv`]: convolution (im2col and the batched GEMM) and max-pooling, with their gradients:
+//!   the programs of the schedule's library calls ([`conv::CallOp`]).
 //! - [`reduce`]: library sum/max/argmax reductions.
 //! - [`rng`]: counter-based random numbers (Philox4x32-10), bit-identical in Rust and in PTX.
 //! - [`meta`]: launch metadata as data ([`meta::KernelMeta`], [`meta::Program`]).
@@ -34,13 +37,16 @@
 //!   whose call counter it advances once per call of the compiled function;
 //! - a GEMM becomes a [`GemmSpec`] (`m`, `n`, `k`, the two `trans` flags, and an epilogue when
 //!   the schedule absorbed one; plain products use `Bias::None`, `Activation::Identity`, and
-//!   are launched with alpha = 1, beta = 0). [`gemm()`] gives a [`Program`].
+//!   are launched with alpha = 1, beta = 0). [`gemm()`] gives a [`Program`];
+//! - a library call (convolution, pooling) is a [`conv::CallOp`] (the macro's own enum: it is
+//!   defined here) over the schedule's buffer ids; [`conv::call`] gives a [`Program`] whose
+//!   launches bind those buffers, its scratch regions and constants ([`Role::Const`]).
 //!
 //! Every program's kernels go into one [`Module`] per compiled function ([`Program::add_to`]
 //! skips duplicates), printed once with [`Module::to_ptx`]; the [`KernelMeta`] of each launch
 //! is emitted as data next to it. At run time, for each launch in order, the runtime passes the
-//! parameters by [`Role`] (buffer addresses, symbolic dim values as `u32`, rank-0 arguments
-//! and alpha/beta by value, its scratch regions), evaluates the [`Size`] formulas of the grid
+//! parameters by [`Role`] (buffer addresses, symbolic dim values as `u32`, rank-0 arguments,
+//! alpha/beta and constants by value, its scratch regions), evaluates the [`Size`] formulas of the grid
 //! with the dims' values, uses `block` as given and 0 bytes of dynamic shared memory.
 //! [`vm::run`] does exactly that on the interpreter.
 //!
@@ -49,6 +55,7 @@
 
 pub mod catalog;
 pub mod check;
+pub mod conv;
 pub mod gemm;
 pub mod ir;
 pub mod lower;
@@ -63,7 +70,7 @@ pub mod samples;
 pub mod scalar;
 pub mod vm;
 
-pub use gemm::{gemm, Activation, Bias, GemmSpec};
+pub use gemm::{gemm, Activation, Batch, Bias, GemmSpec};
 pub use ir::{
     Axis, Binary, Buffer, DType, Dim, Instr, IntTy, IrError, Ix, LoopKernel, Num, RandKind,
     RedKind, Reduction, Unary,

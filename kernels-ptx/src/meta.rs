@@ -38,6 +38,9 @@ pub enum Role {
     Arg(u32),
     /// The device address of scratch region `index` of the [`Program`].
     Scratch(usize),
+    /// A constant, by value in the parameter's float type: the bits of an `f64` (alpha = 1 and
+    /// beta = 0 of a GEMM inside a library program, which has no schedule scale to bind).
+    Const(u64),
     /// GEMM operands: `C = act(alpha * op(A) op(B) + beta * C + bias)`.
     GemmA,
     GemmB,
@@ -151,7 +154,12 @@ impl fmt::Display for KernelMeta {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{}: {:?} = {:?}", p.name, p.ty, p.role)?;
+            match p.role {
+                Role::Const(bits) => {
+                    write!(f, "{}: {:?} = {:?}", p.name, p.ty, f64::from_bits(bits))?
+                }
+                r => write!(f, "{}: {:?} = {:?}", p.name, p.ty, r)?,
+            }
         }
         f.write_str(")")
     }

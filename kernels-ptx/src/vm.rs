@@ -1121,8 +1121,9 @@ pub enum Value {
 }
 
 /// Runs a program the way a runtime would, from its metadata alone: allocates its scratch
-/// regions, binds every parameter by role through `bind`, evaluates the grid formulas with the
-/// dims `bind(Role::Dim(id))` gives, and launches each kernel in order.
+/// regions, binds constants ([`Role::Const`]) itself and every other parameter by role through
+/// `bind`, evaluates the grid formulas with the dims `bind(Role::Dim(id))` gives, and launches
+/// each kernel in order.
 pub fn run(
     program: &Program,
     mem: &mut Memory,
@@ -1155,9 +1156,11 @@ pub fn run(
         }
         let mut args = Vec::new();
         for p in &m.params {
-            let v = match p.role {
-                Role::Scratch(i) => Some(Value::Ptr(scratch[i])),
-                r => bind(r),
+            let v = match (p.role, p.ty) {
+                (Role::Scratch(i), _) => Some(Value::Ptr(scratch[i])),
+                (Role::Const(bits), ParamTy::F32) => Some(Value::F32(f64::from_bits(bits) as f32)),
+                (Role::Const(bits), ParamTy::F64) => Some(Value::F64(f64::from_bits(bits))),
+                (r, _) => bind(r),
             };
             let a = match (p.ty, v) {
                 (ParamTy::Ptr, Some(Value::Ptr(x))) => Arg::U64(x),

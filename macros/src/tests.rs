@@ -344,6 +344,50 @@ fn emitted_loop_kernels_match_the_reference_on_the_interpreter() {
     assert!(checked >= 15, "only {checked} kernels");
 }
 
+/// Every library call gets GPU launches; one whose sizes exceed the GPU kernels' 32-bit
+/// indexing leaves its function to the CPU (the plan's `cpu_only`) instead of failing to
+/// compile.
+#[test]
+fn library_calls_have_gpu_launches_unless_too_large() {
+    let c = compiled(
+        "x: f32[n, 3, 7, 9], w: f32[4, 3, 3, 2]; y = max_pool(conv2d(x, w), [2, 2]); g = grad(sum(y), w);",
+    );
+    for f in &c {
+        let plan = f.gpu_plan.to_string();
+        assert!(
+            plan.contains("cpu_only : :: core :: option :: Option :: None"),
+            "{plan}"
+        );
+        assert!(
+            !f.ptx.launches.contains("no GPU kernel"),
+            "{}",
+            f.ptx.launches
+        );
+    }
+    assert!(
+        c[1].ptx.launches.contains("conv2d_grad_filter("),
+        "{}",
+        c[1].ptx.launches
+    );
+    assert!(
+        c[1].ptx.launches.contains("max_pool_grad("),
+        "{}",
+        c[1].ptx.launches
+    );
+    // 3 x 50000 x 20000 pixels: 3e9 elements an image.
+    let c = compiled("x: f32[n, 3, 50000, 20000], w: f32[1, 3, 1, 1]; y = conv2d(x, w);");
+    let plan = c[0].gpu_plan.to_string();
+    assert!(
+        plan.contains(r#"cpu_only : :: core :: option :: Option :: Some ("conv2d")"#),
+        "{plan}"
+    );
+    assert!(
+        c[0].ptx.launches.contains("no GPU kernel"),
+        "{}",
+        c[0].ptx.launches
+    );
+}
+
 #[test]
 fn nan_guard_adds_checks_only_when_asked() {
     let src = "x: f64[n]; y = sum(log(x) * x); z = exp(x);";

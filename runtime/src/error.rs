@@ -59,8 +59,9 @@ pub enum Error {
     /// A check inside generated code failed: a bug in tensor-fn, never the caller's fault.
     #[error("internal error in tensor-fn: {0}")]
     Internal(String),
-    /// A function was called on a GPU, but one of its ops runs on the CPU only.
-    #[error("`{function}`: `{op}` has no GPU kernel yet, so the function cannot run on {device}; run it on the CPU")]
+    /// A function was called on a GPU, but one of its ops runs on the CPU only (a convolution
+    /// whose per-image matrices are beyond the GPU kernels' 32-bit indexing).
+    #[error("`{function}`: `{op}` has no GPU kernel for these sizes, so the function cannot run on {device}; run it on the CPU")]
     CpuOnly {
         function: &'static str,
         op: &'static str,

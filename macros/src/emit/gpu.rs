@@ -3,8 +3,10 @@
 //!
 //! The plan is the schedule once more, with every kernel parameter bound: buffer ids are the
 //! schedule's, GEMM operands resolve to their buffers, alphas to products of arguments,
-//! constants and dims, scratch regions are numbered across the function. The launches come
-//! from the same `tensor_fn_kernels` programs the PTX module was printed from.
+//! constants and dims, scratch regions are numbered across the function. Library calls
+//! (convolution, pooling) are programs like loop kernels: their launches bind schedule buffers,
+//! their own scratch regions and constants. The launches come from the same
+//! `tensor_fn_kernels` programs the PTX module was printed from.
 
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
@@ -122,6 +124,7 @@ fn launches(
                     let i = (scratch0 + i) as u32;
                     quote!(__gp::Bind::Scratch(#i))
                 }
+                k::Role::Const(bits) => scalar(f64::from_bits(bits), &[]),
                 k::Role::GemmA => buf(gemm.ok_or_else(need)?.a),
                 k::Role::GemmB => buf(gemm.ok_or_else(need)?.b),
                 k::Role::GemmC => buf(gemm.ok_or_else(need)?.c),
@@ -197,10 +200,12 @@ pub fn plan(
     let mut cpu_only = None;
     for (step, (p, kern)) in programs.iter().zip(&s.kernels).enumerate() {
         match kern {
-            Kernel::Call(c) => {
+            // A call without launches has no GPU kernel (its sizes are beyond the kernels'
+            // 32-bit indexing): the plan says so, and a call on a GPU fails before anything runs.
+            Kernel::Call(c) if p.launches.is_empty() => {
                 cpu_only.get_or_insert(crate::ir::op_name(Op::Call(c.op)));
             }
-            Kernel::Loop(_) => {
+            Kernel::Loop(_) | Kernel::Call(_) => {
                 all.extend(launches(step, p, None, scratch.len())?);
                 scratch.extend(p.scratch.iter().map(|sc| size(&sc.bytes)));
             }

@@ -2,8 +2,9 @@
 //!
 //! Loop kernels are the kernel crate's IR already (`tensor_fn_kernels::ir`: the schedule's
 //! instructions, ops, dims and dtypes are its types), completed here with the buffer table;
-//! GEMMs map onto the library's tiled GEMM. Neither emitter re-derives what the schedule
-//! decided.
+//! GEMMs map onto the library's tiled GEMM, library calls (convolution, pooling) onto the
+//! library's programs for them (`tensor_fn_kernels::conv`, whose `CallOp` the schedule uses).
+//! Neither emitter re-derives what the schedule decided.
 
 use std::fmt::Write as _;
 
@@ -42,17 +43,23 @@ pub fn loop_kernel(s: &Schedule, l: &crate::schedule::LoopKernel, dt: DType) -> 
     }
 }
 
+/// The program of a library call (convolution, pooling).
+fn call_program(c: &crate::schedule::CallKernel, dt: DType) -> Result<k::Program, k::IrError> {
+    k::conv::call(dt, c.op, c.n, &c.args, c.out)
+}
+
 /// The programs of every kernel of the schedule, in plan order.
 pub fn programs(s: &Schedule, dt: DType) -> Result<Vec<k::Program>, String> {
     let mut out = Vec::new();
     for kern in &s.kernels {
         let p = match kern {
             Kernel::Loop(l) => k::lower_loop(&loop_kernel(s, l, dt)),
-            // No GPU kernel yet: the plan says so, and a call on a GPU fails before it runs.
-            Kernel::Call(_) => Ok(k::Program {
+            // Sizes beyond the GPU kernels' 32-bit indexing leave the call to the CPU: no
+            // launches, and the plan makes a call on a GPU fail before anything runs.
+            Kernel::Call(c) => Ok(call_program(c, dt).unwrap_or(k::Program {
                 launches: Vec::new(),
                 scratch: Vec::new(),
-            }),
+            })),
             Kernel::Gemm(m) => {
                 let spec = |kk: Dim, a: &crate::schedule::MatView, b: &crate::schedule::MatView| {
                     k::GemmSpec {
@@ -64,6 +71,7 @@ pub fn programs(s: &Schedule, dt: DType) -> Result<Vec<k::Program>, String> {
                         trans_b: b.trans,
                         bias: k::Bias::None,
                         activation: k::Activation::Identity,
+                        batch: None,
                     }
                 };
                 // A second product into the same C is a second launch with beta = 1.
@@ -127,11 +135,21 @@ pub fn emit(g: &Graph, s: &Schedule, dt: DType) -> Result<Ptx, String> {
                 let _ = writeln!(launches, "k{i}: loop");
             }
             Kernel::Call(c) => {
-                let _ = writeln!(
+                let args: Vec<String> = c.args.iter().map(|b| format!("b{b}")).collect();
+                let _ = write!(
                     launches,
-                    "k{i}: {} (no GPU kernel yet)",
-                    crate::ir::op_name(crate::ir::Op::Call(c.op))
+                    "k{i}: {}({}) -> b{} over {} images",
+                    crate::ir::op_name(crate::ir::Op::Call(c.op)),
+                    args.join(", "),
+                    c.out,
+                    g.dim_str(c.n)
                 );
+                match call_program(c, dt) {
+                    Ok(_) => launches.push('\n'),
+                    Err(e) => {
+                        let _ = writeln!(launches, ": no GPU kernel ({e}), CPU only");
+                    }
+                }
             }
         }
         for line in p.describe().lines() {

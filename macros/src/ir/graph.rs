@@ -131,42 +131,9 @@ pub enum Op {
     Call(CallOp),
 }
 
-/// The sizes of a 2-D convolution other than the number of images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConvGeom {
-    pub c: u32,
-    pub h: u32,
-    pub w: u32,
-    pub k: u32,
-    pub fh: u32,
-    pub fw: u32,
-}
-
-/// A library kernel of the schedule. Its buffers are rows of whole images: the number of
-/// images is the first dim of the first argument's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum CallOp {
-    /// args (images, filters).
-    Conv { flip: bool, geom: ConvGeom },
-    /// args (output gradient, filters).
-    ConvGradInput { flip: bool, geom: ConvGeom },
-    /// args (images, output gradient).
-    ConvGradFilter { flip: bool, geom: ConvGeom },
-    /// args (images): `planes` = channels of `h` x `w`, pooled by `win`.
-    Pool {
-        planes: u32,
-        h: u32,
-        w: u32,
-        win: (u8, u8),
-    },
-    /// args (images, output gradient).
-    PoolGrad {
-        planes: u32,
-        h: u32,
-        w: u32,
-        win: (u8, u8),
-    },
-}
+/// The library calls (convolution, pooling) and their sizes live with their GPU kernels, in the
+/// kernel crate: one definition for the macro and the kernels.
+pub use tensor_fn_kernels::conv::{CallOp, ConvGeom};
 
 /// The name of the hidden input of a model method that draws random numbers: its stream,
 /// `[seed, call]` as an `i64[2]` (the bits of two `u64`s), passed by the method itself.

@@ -165,7 +165,8 @@ pub struct GpuPlan {
     /// After every launch: copy buffer -> parameter (var id, buffer id), Theano's updates.
     pub commits: &'static [(u32, u32)],
     pub outputs: &'static [Out],
-    /// An op of the function that has no GPU kernel yet (`conv2d`): calls on a GPU fail with
-    /// [`Error::CpuOnly`](crate::Error::CpuOnly) before anything runs.
+    /// An op of the function that has no GPU kernel: calls on a GPU fail with
+    /// [`Error::CpuOnly`](crate::Error::CpuOnly) before anything runs. (`tensor_fn!` sets it
+    /// for a convolution or pooling whose sizes exceed the GPU kernels' 32-bit indexing.)
     pub cpu_only: Option<&'static str>,
 }
