@@ -33,7 +33,11 @@ fn naive(x: ArrayView4<f64>, w: ArrayView4<f64>, flip: bool) -> Array4<f64> {
         for ch in 0..c {
             for u in 0..fh {
                 for v in 0..fw {
-                    let (fu, fv) = if flip { (fh - 1 - u, fw - 1 - v) } else { (u, v) };
+                    let (fu, fv) = if flip {
+                        (fh - 1 - u, fw - 1 - v)
+                    } else {
+                        (u, v)
+                    };
                     acc += x[[b, ch, i + u, j + v]] * w[[o, ch, fu, fv]];
                 }
             }
@@ -56,7 +60,10 @@ fn conv2d_is_the_definition_with_and_without_flip() {
         }
     }
     // The flip matters: a true convolution differs from a cross-correlation here.
-    let (a, b) = (conv(x.view(), w.view()).unwrap(), xcorr(x.view(), w.view()).unwrap());
+    let (a, b) = (
+        conv(x.view(), w.view()).unwrap(),
+        xcorr(x.view(), w.view()).unwrap(),
+    );
     assert!(a.iter().zip(&b).any(|(p, q)| (p - q).abs() > 1e-3));
 }
 
@@ -86,4 +93,28 @@ fn wrong_image_shapes_are_errors_naming_the_argument() {
         e,
         "argument `x` has size 8 in axis 3, but its type `f64[n, 3, 7, 9]` says 9"
     );
+}
+
+tensor_fn! {
+    m: f64[4, 6];
+    as_matrix = reshape(m, [3, 8]);
+    as_images = reshape(m * 2, [2, 3, 2, 2]);
+    as_rows = flatten(reshape(m, [2, 3, 4]), 2);
+}
+
+#[test]
+fn reshaped_outputs_keep_the_element_order() {
+    let m = ndarray::Array2::from_shape_fn((4, 6), |(i, j)| (i * 6 + j) as f64);
+    let a = as_matrix(m.view()).unwrap();
+    assert_eq!(a.dim(), (3, 8));
+    assert_eq!(
+        a.iter().copied().collect::<Vec<_>>(),
+        m.iter().copied().collect::<Vec<_>>()
+    );
+    let b = as_images(m.view()).unwrap();
+    assert_eq!(b.dim(), (2, 3, 2, 2));
+    assert_eq!(b[[1, 2, 1, 0]], 2.0 * (12.0 + 8.0 + 2.0));
+    let c = as_rows(m.view()).unwrap();
+    assert_eq!(c.dim(), (2, 12));
+    assert_eq!(c[[1, 11]], 23.0);
 }

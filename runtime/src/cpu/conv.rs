@@ -199,12 +199,18 @@ fn with_caller_scratch<T: Elem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) ->
 
 /// Image `b`'s patches: row `(ch, u, v)`, column `(i, j)` holds `x[b, ch, i + u, j + v]`.
 fn im2col<T: Elem>(s: &ConvShape, img: &[T], cols: &mut [T]) {
+    im2col_strided(s, img, cols, s.oh() * s.ow());
+}
+
+/// [`im2col`] into the first `oh ow` columns of a matrix whose rows are `stride` long (the
+/// patches of several images side by side).
+fn im2col_strided<T: Elem>(s: &ConvShape, img: &[T], cols: &mut [T], stride: usize) {
     let (oh, ow) = (s.oh(), s.ow());
     for ch in 0..s.c {
         let plane = &img[ch * s.h * s.w..(ch + 1) * s.h * s.w];
         for u in 0..s.fh {
             for v in 0..s.fw {
-                let row = &mut cols[((ch * s.fh + u) * s.fw + v) * oh * ow..][..oh * ow];
+                let row = &mut cols[((ch * s.fh + u) * s.fw + v) * stride..][..oh * ow];
                 for i in 0..oh {
                     copy_short(
                         &mut row[i * ow..(i + 1) * ow],
@@ -446,18 +452,34 @@ fn backward<T: Elem>(
         );
     }
     let parts = parts(s.n);
-    let patch = s.c * s.fh * s.fw * s.oh() * s.ow();
+    let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
+    let group = group(s);
+    // Per part: the patches of a group of images side by side, their output gradients side by
+    // side, and one image's patch gradient.
+    let per_part = ckk * group * p + s.k * group * p + ckk * p;
     // The filter matrix; each part's share of the filter gradient (patch order); each part's
-    // patch matrix and its gradient.
-    with_caller_scratch((1 + parts) * s.f_len() + parts * 2 * patch, |scratch| {
+    // workspace.
+    with_caller_scratch((1 + parts) * s.f_len() + parts * per_part, |scratch| {
         let (fm, rest) = scratch.split_at_mut(s.f_len());
-        let (partial, patches) = rest.split_at_mut(parts * s.f_len());
+        let (partial, work) = rest.split_at_mut(parts * s.f_len());
         if gx.is_some() {
             s.filter_matrix(f, flip, fm);
         }
         partial.fill(T::ZERO);
-        im2col_backward(s, x, fm, flip, gout, (gx, gf), parts, partial, patches);
+        im2col_backward(s, x, fm, flip, gout, (gx, gf), parts, partial, work);
     });
+}
+
+/// How many images one GEMM of the filter gradient covers: enough output pixels side by side
+/// (about 512) that its inner dimension is long, where one image's (64 on LeNet's second
+/// layer) would leave the GEMM re-reading its accumulator for little work.
+fn group(s: &ConvShape) -> usize {
+    (512 / (s.oh() * s.ow()).max(1)).clamp(1, 16)
+}
+
+/// Whether the filter gradient is accumulated transposed (see [`im2col_backward`]).
+fn transposed(s: &ConvShape) -> bool {
+    s.c * s.fh * s.fw >= 128
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -470,40 +492,88 @@ fn im2col_backward<T: Elem>(
     (gx, gf): (Option<&mut [T]>, Option<&mut [T]>),
     parts: usize,
     partial: &mut [T],
-    patches: &mut [T],
+    work: &mut [T],
 ) {
     let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
     let (img_len, out_len) = (s.c * s.h * s.w, s.k * p);
+    let group = group(s);
+    let per_part = ckk * group * p + s.k * group * p + ckk * p;
     let gxo = gx.map(|g| Out(g.as_mut_ptr()));
     let po = Out(partial.as_mut_ptr());
-    let pa = Out(patches.as_mut_ptr());
+    let wo = Out(work.as_mut_ptr());
     let want_gf = gf.is_some();
     run_chunks(parts, &|t| {
         let (lo, hi) = (s.n * t / parts, s.n * (t + 1) / parts);
-        {
-            // SAFETY: part t's two patch matrices are this thread's alone.
-            let both = unsafe { pa.image(t, 2 * ckk * p) };
-            let (cols, dcols) = both.split_at_mut(ckk * p);
-            // SAFETY: block t of the partials is this thread's alone.
-            let gfm = unsafe { po.image(t, s.k * ckk) };
-            for b in lo..hi {
-                let g = &gout[b * out_len..(b + 1) * out_len];
-                if let (true, Some(x)) = (want_gf, x) {
-                    im2col(s, &x[b * img_len..(b + 1) * img_len], cols);
-                    // SAFETY: operands row-major within their slices: g is k x p, cols ckk x
-                    // p (read as its transpose, p x ckk), gfm k x ckk.
-                    unsafe {
+        // SAFETY: part t's workspace is this thread's alone.
+        let mine = unsafe { wo.image(t, per_part) };
+        let (cols, rest) = mine.split_at_mut(ckk * group * p);
+        let (gcols, dcols) = rest.split_at_mut(s.k * group * p);
+        // SAFETY: block t of the partials is this thread's alone.
+        let gfm = unsafe { po.image(t, s.k * ckk) };
+        let mut b0 = lo;
+        while b0 < hi {
+            let nb = group.min(hi - b0);
+            let wide = nb * p;
+            if let (true, Some(x)) = (want_gf, x) {
+                // Images b0.. side by side: patches [ckk, nb p] and output gradients. Long
+                // patches (LeNet's second layer: 500) take the filter gradient's transpose,
+                // [ckk, k] += patches x gradients^T, a GEMM of two row-major operands; short
+                // ones (the first layer: 25) the gradient itself, [k, ckk] += gradients x
+                // patches^T, whose output rows are longer.
+                for j in 0..nb {
+                    let b = b0 + j;
+                    im2col_strided(
+                        s,
+                        &x[b * img_len..(b + 1) * img_len],
+                        &mut cols[j * p..],
+                        wide,
+                    );
+                    let g = &gout[b * out_len..(b + 1) * out_len];
+                    if transposed(s) {
+                        let gt = &mut gcols[j * p * s.k..(j + 1) * p * s.k];
+                        for (o, go) in g.chunks_exact(p).enumerate() {
+                            for (q, v) in go.iter().enumerate() {
+                                gt[q * s.k + o] = *v;
+                            }
+                        }
+                    } else {
+                        for (o, go) in g.chunks_exact(p).enumerate() {
+                            gcols[o * wide + j * p..][..p].copy_from_slice(go);
+                        }
+                    }
+                }
+                // SAFETY: cols is ckk x wide; gcols wide x k (transposed) or k x wide; gfm
+                // ckk x k (transposed) or k x ckk; all row-major within their slices.
+                unsafe {
+                    if transposed(s) {
+                        T::gemm_serial(
+                            ckk,
+                            wide,
+                            s.k,
+                            T::ONE,
+                            cols.as_ptr(),
+                            wide as isize,
+                            1,
+                            gcols.as_ptr(),
+                            s.k as isize,
+                            1,
+                            T::ONE,
+                            gfm.as_mut_ptr(),
+                            s.k as isize,
+                            1,
+                        );
+                    } else {
                         T::gemm_serial(
                             s.k,
-                            p,
+                            wide,
                             ckk,
                             T::ONE,
-                            g.as_ptr(),
-                            p as isize,
+                            gcols.as_ptr(),
+                            wide as isize,
                             1,
                             cols.as_ptr(),
                             1,
-                            p as isize,
+                            wide as isize,
                             T::ONE,
                             gfm.as_mut_ptr(),
                             ckk as isize,
@@ -511,7 +581,10 @@ fn im2col_backward<T: Elem>(
                         );
                     }
                 }
-                if let Some(gxo) = gxo {
+            }
+            if let Some(gxo) = gxo {
+                for b in b0..b0 + nb {
+                    let g = &gout[b * out_len..(b + 1) * out_len];
                     // SAFETY: fm is k x ckk read transposed, g k x p, dcols ckk x p.
                     unsafe {
                         T::gemm_serial(
@@ -537,6 +610,7 @@ fn im2col_backward<T: Elem>(
                     col2im_add(s, dcols, gimg);
                 }
             }
+            b0 += nb;
         }
     });
     let Some(gf) = gf else {
@@ -548,7 +622,12 @@ fn im2col_backward<T: Elem>(
         for ch in 0..s.c {
             for u in 0..fh {
                 for v in 0..fw {
-                    let at = o * ckk + (ch * fh + u) * fw + v;
+                    let e = (ch * fh + u) * fw + v;
+                    let at = if transposed(s) {
+                        e * s.k + o
+                    } else {
+                        o * ckk + e
+                    };
                     let sum: T = (0..parts).map(|t| partial[t * s.k * ckk + at]).sum();
                     let (su, sv) = if flip {
                         (fh - 1 - u, fw - 1 - v)
@@ -1075,6 +1154,9 @@ mod tests {
             run();
         }
         let rate = 2.0 * (n * n * n) as f64 * 5.0 / t.elapsed().as_secs_f64() / 1e9;
-        println!("sgemm | {n}x{n}x{n} | {rate:.1} GFLOP/s on {} threads", threads());
+        println!(
+            "sgemm | {n}x{n}x{n} | {rate:.1} GFLOP/s on {} threads",
+            threads()
+        );
     }
 }
