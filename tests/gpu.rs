@@ -873,9 +873,96 @@ fn flat32<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> Vec<f64> {
     a.iter().map(|&x| f64::from(x)).collect()
 }
 
+/// A test that [`Images64`] or [`Images32`] (made by `$make`) trains alike on every device:
+/// two steps from `$x`, outputs and parameters compared to `$tol` (`$flat` reads an array as
+/// f64s).
+macro_rules! images_train_alike {
+    ($name:ident, $make:expr, $x:expr, $flat:ident, $tol:expr) => {
+        #[test]
+        fn $name() {
+            let x = $x;
+            let mut cpu = $make;
+            let want: Vec<_> = (0..2)
+                .map(|_| cpu.step(x.view(), 0.05).expect("cpu"))
+                .collect();
+            for dev in devices() {
+                let mut g = $make;
+                g.to_device(dev).expect("to device");
+                for (i, w) in want.iter().enumerate() {
+                    let (cost, h, q) = g.step(x.view(), 0.05).expect("gpu");
+                    close(
+                        &format!("cost {i}"),
+                        dev,
+                        &[w.0.into()],
+                        &[cost.into()],
+                        $tol,
+                    );
+                    close(
+                        &format!("pooled h {i}"),
+                        dev,
+                        &$flat(&w.1),
+                        &$flat(&h),
+                        $tol,
+                    );
+                    close(
+                        &format!("pooled q {i}"),
+                        dev,
+                        &$flat(&w.2),
+                        &$flat(&q),
+                        $tol,
+                    );
+                }
+                for (name, a, b) in [
+                    (
+                        "w",
+                        $flat(&cpu.w.get_value().unwrap()),
+                        $flat(&g.w.get_value().unwrap()),
+                    ),
+                    (
+                        "b",
+                        $flat(&cpu.b.get_value().unwrap()),
+                        $flat(&g.b.get_value().unwrap()),
+                    ),
+                    (
+                        "v",
+                        $flat(&cpu.v.get_value().unwrap()),
+                        $flat(&g.v.get_value().unwrap()),
+                    ),
+                    (
+                        "w2",
+                        $flat(&cpu.w2.get_value().unwrap()),
+                        $flat(&g.w2.get_value().unwrap()),
+                    ),
+                    (
+                        "w3",
+                        $flat(&cpu.w3.get_value().unwrap()),
+                        $flat(&g.w3.get_value().unwrap()),
+                    ),
+                ] {
+                    close(&format!("{name} after 2 steps"), dev, &a, &b, $tol);
+                }
+            }
+        }
+    };
+}
+
+images_train_alike!(
+    convolutions_and_pooling_train_alike_in_f64,
+    images64(),
+    arr4([5, 3, 7, 9], 906, 1.0),
+    flat,
+    1e-12
+);
+images_train_alike!(
+    convolutions_and_pooling_train_alike_in_f32,
+    images32(),
+    arr4([5, 3, 7, 9], 906, 1.0).mapv(|v| v as f32),
+    flat32,
+    1e-4
+);
+
 #[test]
-fn convolutions_and_pooling_train_alike_in_f64() {
-    // Every call of the step has a GPU kernel: the launch text names them.
+fn every_image_call_has_a_gpu_kernel() {
     for op in [
         "conv2d(",
         "conv2d_grad_input(",
@@ -889,143 +976,11 @@ fn convolutions_and_pooling_train_alike_in_f64() {
             Images64::STEP_INFO.launches
         );
     }
-    let x = arr4([5, 3, 7, 9], 906, 1.0);
-    let mut cpu = images64();
-    let want: Vec<_> = (0..2)
-        .map(|_| cpu.step(x.view(), 0.05).expect("cpu"))
-        .collect();
-    for dev in devices() {
-        let mut g = images64();
-        g.to_device(dev).expect("to device");
-        for (i, w) in want.iter().enumerate() {
-            let (cost, h, q) = g.step(x.view(), 0.05).expect("gpu");
-            close(&format!("cost {i}"), dev, &[w.0], &[cost], 1e-12);
-            close(&format!("pooled h {i}"), dev, &flat(&w.1), &flat(&h), 1e-12);
-            close(&format!("pooled q {i}"), dev, &flat(&w.2), &flat(&q), 1e-12);
-        }
-        for (name, a, b) in [
-            (
-                "w",
-                flat(&cpu.w.get_value().unwrap()),
-                flat(&g.w.get_value().unwrap()),
-            ),
-            (
-                "b",
-                flat(&cpu.b.get_value().unwrap()),
-                flat(&g.b.get_value().unwrap()),
-            ),
-            (
-                "v",
-                flat(&cpu.v.get_value().unwrap()),
-                flat(&g.v.get_value().unwrap()),
-            ),
-            (
-                "w2",
-                flat(&cpu.w2.get_value().unwrap()),
-                flat(&g.w2.get_value().unwrap()),
-            ),
-            (
-                "w3",
-                flat(&cpu.w3.get_value().unwrap()),
-                flat(&g.w3.get_value().unwrap()),
-            ),
-        ] {
-            close(&format!("{name} after 2 steps"), dev, &a, &b, 1e-12);
-        }
-    }
 }
 
-#[test]
-fn convolutions_and_pooling_train_alike_in_f32() {
-    let x = arr4([5, 3, 7, 9], 906, 1.0).mapv(|v| v as f32);
-    let mut cpu = images32();
-    let want: Vec<_> = (0..2)
-        .map(|_| cpu.step(x.view(), 0.05).expect("cpu"))
-        .collect();
-    for dev in devices() {
-        let mut g = images32();
-        g.to_device(dev).expect("to device");
-        for (i, w) in want.iter().enumerate() {
-            let (cost, h, q) = g.step(x.view(), 0.05).expect("gpu");
-            close(
-                &format!("cost {i}"),
-                dev,
-                &[f64::from(w.0)],
-                &[f64::from(cost)],
-                1e-4,
-            );
-            close(
-                &format!("pooled h {i}"),
-                dev,
-                &flat32(&w.1),
-                &flat32(&h),
-                1e-4,
-            );
-            close(
-                &format!("pooled q {i}"),
-                dev,
-                &flat32(&w.2),
-                &flat32(&q),
-                1e-4,
-            );
-        }
-        for (name, a, b) in [
-            (
-                "w",
-                flat32(&cpu.w.get_value().unwrap()),
-                flat32(&g.w.get_value().unwrap()),
-            ),
-            (
-                "b",
-                flat32(&cpu.b.get_value().unwrap()),
-                flat32(&g.b.get_value().unwrap()),
-            ),
-            (
-                "v",
-                flat32(&cpu.v.get_value().unwrap()),
-                flat32(&g.v.get_value().unwrap()),
-            ),
-            (
-                "w2",
-                flat32(&cpu.w2.get_value().unwrap()),
-                flat32(&g.w2.get_value().unwrap()),
-            ),
-            (
-                "w3",
-                flat32(&cpu.w3.get_value().unwrap()),
-                flat32(&g.w3.get_value().unwrap()),
-            ),
-        ] {
-            close(&format!("{name} after 2 steps"), dev, &a, &b, 1e-4);
-        }
-    }
-}
-
-tensor_fn! {
-    /// The LeNet tutorial's step: 28 x 28 images, 20 and 50 filters of 5 x 5, 2 x 2 pooling,
-    /// channel biases, tanh, a hidden layer of 500 and softmax.
-    struct LeNet {
-        w0: f32[20, 1, 5, 5], b0: f32[20], w1: f32[50, 20, 5, 5], b1: f32[50],
-        w2: f32[800, 500], b2: f32[500], w3: f32[500, 10], b3: f32[10]
-    }
-    impl LeNet {
-        fn train(&mut self, x: f32[n, 784], y: i64[n], lr: f32) -> f32 {
-            let h0 = tanh(max_pool(conv2d(reshape(x, [n, 1, 28, 28]), w0), [2, 2]) + reshape(b0, [1, 20, 1, 1]));
-            let h1 = tanh(max_pool(conv2d(h0, w1), [2, 2]) + reshape(b1, [1, 50, 1, 1]));
-            let h2 = tanh(dot(flatten(h1, 2), w2) + b2);
-            let cost = -mean(log_softmax(dot(h2, w3) + b3)[arange(n), y]);
-            w0 -= lr * grad(cost, w0);
-            b0 -= lr * grad(cost, b0);
-            w1 -= lr * grad(cost, w1);
-            b1 -= lr * grad(cost, b1);
-            w2 -= lr * grad(cost, w2);
-            b2 -= lr * grad(cost, b2);
-            w3 -= lr * grad(cost, w3);
-            b3 -= lr * grad(cost, b3);
-            cost
-        }
-    }
-}
+#[path = "common/lenet.rs"]
+mod lenet_model;
+use lenet_model::LeNet;
 
 fn lenet() -> LeNet {
     let f = |shape: &[usize], seed: u32, scale: f64| {

@@ -102,30 +102,9 @@ tensor_fn::tensor_fn! {
     }
 }
 
-tensor_fn::tensor_fn! {
-    /// The LeNet tutorial's step: convolutions, max-pooling, channel biases, tanh, softmax.
-    struct LeNet {
-        w0: f32[20, 1, 5, 5], b0: f32[20], w1: f32[50, 20, 5, 5], b1: f32[50],
-        w2: f32[800, 500], b2: f32[500], w3: f32[500, 10], b3: f32[10]
-    }
-    impl LeNet {
-        fn train(&mut self, x: f32[n, 784], y: i64[n], lr: f32) -> f32 {
-            let h0 = tanh(max_pool(conv2d(reshape(x, [n, 1, 28, 28]), w0), [2, 2]) + reshape(b0, [1, 20, 1, 1]));
-            let h1 = tanh(max_pool(conv2d(h0, w1), [2, 2]) + reshape(b1, [1, 50, 1, 1]));
-            let h2 = tanh(dot(flatten(h1, 2), w2) + b2);
-            let cost = -mean(log_softmax(dot(h2, w3) + b3)[arange(n), y]);
-            w0 -= lr * grad(cost, w0);
-            b0 -= lr * grad(cost, b0);
-            w1 -= lr * grad(cost, w1);
-            b1 -= lr * grad(cost, b1);
-            w2 -= lr * grad(cost, w2);
-            b2 -= lr * grad(cost, b2);
-            w3 -= lr * grad(cost, w3);
-            b3 -= lr * grad(cost, b3);
-            cost
-        }
-    }
-}
+#[path = "common/lenet.rs"]
+mod lenet_model;
+use lenet_model::LeNet;
 
 /// Returns once every thread of the pool has run a chunk of a job: a worker allocates its
 /// thread state when it starts, and that must not land inside the counted window.

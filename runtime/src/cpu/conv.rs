@@ -209,13 +209,14 @@ fn im2col_strided<T: Elem>(s: &ConvShape, img: &[T], cols: &mut [T], stride: usi
     for ch in 0..s.c {
         let plane = &img[ch * s.h * s.w..(ch + 1) * s.h * s.w];
         for u in 0..s.fh {
-            for v in 0..s.fw {
-                let row = &mut cols[((ch * s.fh + u) * s.fw + v) * stride..][..oh * ow];
-                for i in 0..oh {
-                    copy_short(
-                        &mut row[i * ow..(i + 1) * ow],
-                        &plane[(i + u) * s.w + v..][..ow],
-                    );
+            // Rows (ch, u, v) for every v read the same image rows, shifted by v: each image
+            // row is read once for all of them.
+            let first = (ch * s.fh + u) * s.fw;
+            for i in 0..oh {
+                let src = &plane[(i + u) * s.w..(i + u + 1) * s.w];
+                for v in 0..s.fw {
+                    let row = &mut cols[(first + v) * stride + i * ow..][..ow];
+                    copy_short(row, &src[v..v + ow]);
                 }
             }
         }
@@ -769,19 +770,44 @@ pub fn max_pool_backward<T: Elem>(
             let g = &gout[pl * oh * ow..(pl + 1) * oh * ow];
             // SAFETY: plane pl of `gx` is this thread's alone.
             let dst = unsafe { o.image(pl, h * w) };
+            if (ph, pw) == (2, 2) {
+                pool_grad_plane_2x2(src, g, w, (oh, ow), dst);
+                continue;
+            }
             dst.fill(T::ZERO);
             for i in 0..oh {
                 for j in 0..ow {
-                    let at = if (ph, pw) == (2, 2) {
-                        first_max_2x2(src, w, 2 * i, 2 * j)
-                    } else {
-                        window_max(src, w, (i * ph, j * pw), (ph, pw)).1
-                    };
+                    let at = window_max(src, w, (i * ph, j * pw), (ph, pw)).1;
                     dst[at] += g[i * ow + j];
                 }
             }
         }
     });
+}
+
+/// One plane of the 2x2 pooling gradient, each element written once: a window's gradient to
+/// its first maximum and 0 to its other three elements, 0 to the border no window covers.
+fn pool_grad_plane_2x2<T: Elem>(
+    src: &[T],
+    g: &[T],
+    w: usize,
+    (oh, ow): (usize, usize),
+    dst: &mut [T],
+) {
+    for i in 0..oh {
+        let (r0, r1) = (2 * i * w, (2 * i + 1) * w);
+        for j in 0..ow {
+            let c = 2 * j;
+            let at = first_max_2x2(src, w, 2 * i, c);
+            let gv = g[i * ow + j];
+            for e in [r0 + c, r0 + c + 1, r1 + c, r1 + c + 1] {
+                dst[e] = if e == at { gv } else { T::ZERO };
+            }
+        }
+        dst[r0 + 2 * ow..r0 + w].fill(T::ZERO);
+        dst[r1 + 2 * ow..r1 + w].fill(T::ZERO);
+    }
+    dst[2 * oh * w..].fill(T::ZERO);
 }
 
 /// [`window_max`]'s position for a 2x2 window, unrolled.
