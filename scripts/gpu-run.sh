@@ -10,6 +10,8 @@
 #   test-*          every test binary in bin/, with TENSOR_FN_REQUIRE_GPU=1 (no skipping)
 #   init            the peers' initial W (peers/write_init.py), so both trainings start alike
 #   autoencoder     bin/autoencoder --device cuda, 2 epochs (the seed's workload)
+#   lenet           bin/lenet --device cuda --match-peers, 1 epoch (convolutions; its epoch-1
+#                   cost on the CPU is 0.894602)
 #   mnist-pkl       data/mnist as the mnist.pkl.gz the peer reads (bit-identical to the original)
 #   torch-cuda      the PyTorch peer (peers/torch_ae.py), eager, on the GPU, 2 epochs
 # RESULTS_DIR/results.txt gets each section's command, output and exit code, then a summary of
@@ -94,6 +96,9 @@ section init 30 python3 peers/write_init.py "$scratch/W0.npy"
 section autoencoder "${TRAIN_TIMEOUT:-150}" bin/autoencoder --device cuda --epochs "$epochs" \
     --quiet --data "$here/data/mnist" ${init[@]+"${init[@]}"} --out "$scratch/autoencoder"
 
+section lenet "${TRAIN_TIMEOUT:-150}" bin/lenet --device cuda --epochs 1 --quiet --match-peers \
+    --data "$here/data/mnist" --out "$scratch/lenet"
+
 pkl="${MNIST_PKL:-$scratch/mnist.pkl.gz}"
 if [ ! -f "$pkl" ]; then
     cat >"$scratch/make_mnist_pkl.py" <<'PY'
@@ -142,6 +147,8 @@ summary() {
     awk -v steps="$steps" '/^epoch [0-9]+: [0-9.]+s cost/ {
         s = $3; sub("s$", "", s); printf "%-26s %5s %10.3f %10.1f %12s\n", "PyTorch eager (cuda)", $2 + 0, s, s / steps * 1e6, $5
     }' "$res/torch-cuda.log" 2>/dev/null
+    grep -h '^epoch 1: cost' "$res/lenet.log" 2>/dev/null |
+        sed 's/^/LeNet (cuda, minibatch 500; CPU epoch-1 cost 0.894602): /'
     echo "failed sections: $failed"
 }
 summary | tee -a "$report"

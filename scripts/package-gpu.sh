@@ -8,6 +8,7 @@
 #   bin/test-runtime    the runtime crate's unit tests (CUDA backend tests included)
 #   bin/test-gpu        tests/gpu.rs: CPU vs GPU differential tests
 #   bin/autoencoder     examples/autoencoder.rs
+#   bin/lenet           examples/lenet.rs
 #   data/mnist/     the shipped MNIST (IDX); run.sh makes the peer's mnist.pkl.gz from it
 #   peers/          the PyTorch peer of the benchmark (torch_ae.py, common.py, write_init.py)
 #   build-info.txt  commit, toolchain, date
@@ -51,13 +52,14 @@ start=$SECONDS
 test_runtime="$(build test-runtime test --no-run -p tensor-fn-runtime --lib)"
 test_gpu="$(build test-gpu test --no-run --test gpu)"
 autoencoder="$(build autoencoder build --example autoencoder)"
+lenet="$(build lenet build --example lenet)"
 echo "package-gpu.sh: built in $((SECONDS - start)) s" >&2
 
 rm -rf "$outdir/bin" "$outdir/data" "$outdir/peers"
 mkdir -p "$outdir/bin" "$outdir/data/mnist" "$outdir/peers"
 # Debug sections compressed (zlib): a third of the size, and Rust's backtraces still read
 # their line tables.
-for pair in "$test_runtime:test-runtime" "$test_gpu:test-gpu" "$autoencoder:autoencoder"; do
+for pair in "$test_runtime:test-runtime" "$test_gpu:test-gpu" "$autoencoder:autoencoder" "$lenet:lenet"; do
     if command -v objcopy >/dev/null 2>&1; then
         objcopy --compress-debug-sections=zlib "${pair%%:*}" "$outdir/bin/${pair##*:}"
     else
