@@ -232,3 +232,32 @@ fn the_seed_training_step_is_eleven_kernels() {
     // The fused pass has a row sum and column sums: a row kernel and a column kernel.
     assert_eq!(launches, 14, "{}", info.launches);
 }
+
+#[test]
+fn lenet_pools_inside_its_convolutions() {
+    let plan = LeNet::TRAIN_INFO.plan;
+    // Both layers' pooling runs inside the convolution that makes the maps, and the first
+    // layer's pooling gradient inside the filter gradient that reads it, never stored; the
+    // second layer's is read by two calls, so it is stored.
+    let fused_forward = plan
+        .lines()
+        .filter(|l| l.contains("conv2d(") && l.contains(", then ") && l.contains("max_pool("))
+        .count();
+    assert_eq!(fused_forward, 2, "{plan}");
+    let fused_backward: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.contains("(not stored)"))
+        .collect();
+    assert_eq!(fused_backward.len(), 1, "{plan}");
+    assert!(
+        fused_backward[0].contains("conv2d_grad_filter(")
+            && fused_backward[0].contains("max_pool_grad(")
+    );
+    assert_eq!(plan.matches("max_pool_grad(").count(), 2, "{plan}");
+    // The GPU runs the fused pairs as their two programs, back to back.
+    assert!(
+        LeNet::TRAIN_INFO.launches.contains(", then max_pool("),
+        "{}",
+        LeNet::TRAIN_INFO.launches
+    );
+}

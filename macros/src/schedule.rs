@@ -135,6 +135,10 @@ pub struct CallKernel {
     /// The number of images: the first dim of the first argument.
     pub n: Dim,
     pub node: NodeId,
+    /// A pooling call run with this one, image by image, while the maps are in cache: after a
+    /// `Conv`, the `Pool` of its output; before a `ConvGradFilter`, the `PoolGrad` that makes
+    /// its output gradient (and that nothing else reads), which the CPU then never stores.
+    pub fused: Option<Box<CallKernel>>,
 }
 
 #[derive(Debug, Clone)]
@@ -552,6 +556,7 @@ pub fn schedule(f: &Function) -> Schedule {
                     out,
                     n: g.ty(args[0]).shape[0],
                     node: t.node,
+                    fused: None,
                 }));
                 done[out] = true;
             }
@@ -596,10 +601,135 @@ pub fn schedule(f: &Function) -> Schedule {
             s.kernels.push(Kernel::Gemm(gm));
         }
     }
+    fuse_calls(&mut s);
     if !f.options.nan_guard {
         drop_dead_stores(&mut s);
     }
     s
+}
+
+/// The buffers a kernel reads (views as themselves).
+fn reads(k: &Kernel) -> Vec<BufId> {
+    match k {
+        Kernel::Loop(l) => l
+            .instrs
+            .iter()
+            .filter_map(|i| match i {
+                Instr::Load { buf, .. } => Some(*buf),
+                _ => None,
+            })
+            .collect(),
+        Kernel::Gemm(m) => {
+            let mut v = vec![m.a.buf, m.b.buf, m.c.buf];
+            if let Some((a2, b2, _, _)) = m.also.as_deref() {
+                v.extend([a2.buf, b2.buf]);
+            }
+            v
+        }
+        Kernel::Call(c) => {
+            let mut v = c.args.clone();
+            if let Some(f) = &c.fused {
+                v.extend(f.args.iter().copied());
+            }
+            v
+        }
+    }
+}
+
+/// Runs each pooling with the convolution next to it (see [`CallKernel::fused`]): a `Pool` of
+/// a `Conv`'s maps moves up into it, and a `PoolGrad` read only by a `ConvGradFilter` moves
+/// down into that. Both read buffers written once, before either position, so moving them
+/// changes no value.
+fn fuse_calls(s: &mut Schedule) {
+    let pool_of = |c: &CallKernel| match c.op {
+        CallOp::Pool { planes, h, w, win } | CallOp::PoolGrad { planes, h, w, win } => {
+            Some((planes, h, w, win))
+        }
+        _ => None,
+    };
+    let maps_of = |c: &CallKernel| match c.op {
+        CallOp::Conv { geom, .. } | CallOp::ConvGradFilter { geom, .. } => {
+            let (oh, ow) = (geom.h + 1 - geom.fh, geom.w + 1 - geom.fw);
+            Some((geom.k, oh, ow))
+        }
+        _ => None,
+    };
+    // Forward: a convolution's maps pooled right after it.
+    let mut i = 0;
+    while i < s.inplace_from {
+        let Kernel::Call(c) = &s.kernels[i] else {
+            i += 1;
+            continue;
+        };
+        if !matches!(c.op, CallOp::Conv { .. }) || c.fused.is_some() {
+            i += 1;
+            continue;
+        }
+        let (out, maps) = (c.out, maps_of(c));
+        let j = (i + 1..s.inplace_from).find(|&j| match &s.kernels[j] {
+            Kernel::Call(p) => {
+                matches!(p.op, CallOp::Pool { .. })
+                    && p.args[0] == out
+                    && pool_of(p).map(|(k, h, w, _)| (k, h, w)) == maps
+            }
+            _ => false,
+        });
+        if let Some(j) = j {
+            let Kernel::Call(p) = s.kernels.remove(j) else {
+                unreachable!("found as a call")
+            };
+            s.inplace_from -= 1;
+            if let Kernel::Call(c) = &mut s.kernels[i] {
+                c.fused = Some(Box::new(p));
+            }
+        }
+        i += 1;
+    }
+    // Backward: a pooling's gradient made where the filter gradient reads it.
+    let mut j = 0;
+    while j < s.inplace_from {
+        let Kernel::Call(p) = &s.kernels[j] else {
+            j += 1;
+            continue;
+        };
+        if !matches!(p.op, CallOp::PoolGrad { .. }) {
+            j += 1;
+            continue;
+        }
+        let (gout, shape) = (p.out, pool_of(p).map(|(k, h, w, _)| (k, h, w)));
+        let readers: Vec<usize> = (0..s.kernels.len())
+            .filter(|&m| reads(&s.kernels[m]).iter().any(|&b| s.base(b) == gout))
+            .collect();
+        let elsewhere = s.commits.iter().any(|&(_, b)| s.base(b) == gout)
+            || s.outputs
+                .iter()
+                .any(|o| matches!(*o, OutSrc::Buf(b) if s.base(b) == gout));
+        let target = match readers.as_slice() {
+            [m] if *m > j && *m < s.inplace_from && !elsewhere => match &s.kernels[*m] {
+                Kernel::Call(c)
+                    if matches!(c.op, CallOp::ConvGradFilter { .. })
+                        && c.fused.is_none()
+                        && c.args[1] == gout
+                        && maps_of(c) == shape =>
+                {
+                    Some(*m)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(m) = target else {
+            j += 1;
+            continue;
+        };
+        let Kernel::Call(p) = s.kernels.remove(j) else {
+            unreachable!("found as a call")
+        };
+        s.inplace_from -= 1;
+        if let Kernel::Call(c) = &mut s.kernels[m - 1] {
+            c.fused = Some(Box::new(p));
+        }
+    }
 }
 
 /// The iteration space of a loop task (None for a GEMM).
@@ -684,8 +814,8 @@ fn drop_dead_stores(s: &mut Schedule) {
                     }
                 }
             }
-            Kernel::Call(c) => {
-                for &b in &c.args {
+            Kernel::Call(_) => {
+                for b in reads(k) {
                     read[b] = true;
                 }
             }
@@ -817,14 +947,27 @@ impl Schedule {
                     out.push('\n');
                 }
                 Kernel::Call(c) => {
-                    let args: Vec<String> = c.args.iter().map(|b| format!("b{b}")).collect();
+                    let call = |c: &CallKernel| {
+                        let args: Vec<String> = c.args.iter().map(|b| format!("b{b}")).collect();
+                        format!(
+                            "%{}: b{} = {}({})",
+                            c.node.0,
+                            c.out,
+                            crate::ir::op_name(Op::Call(c.op)),
+                            args.join(", ")
+                        )
+                    };
+                    let fused = match c.fused.as_deref() {
+                        Some(f) if matches!(f.op, CallOp::PoolGrad { .. }) => {
+                            format!(" from {} (not stored)", call(f))
+                        }
+                        Some(f) => format!(", then {}", call(f)),
+                        None => String::new(),
+                    };
                     let _ = writeln!(
                         out,
-                        "k{i} call %{}: b{} = {}({}) over {} images",
-                        c.node.0,
-                        c.out,
-                        crate::ir::op_name(Op::Call(c.op)),
-                        args.join(", "),
+                        "k{i} call {}{fused} over {} images",
+                        call(c),
                         g.dim_str(c.n)
                     );
                 }

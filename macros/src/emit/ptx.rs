@@ -43,9 +43,31 @@ pub fn loop_kernel(s: &Schedule, l: &crate::schedule::LoopKernel, dt: DType) -> 
     }
 }
 
-/// The program of a library call (convolution, pooling).
+/// The program of a library call (convolution, pooling): a fused pooling's launches run
+/// before (its gradient) or after (the pooling) the call's own, each with its own scratch.
 fn call_program(c: &crate::schedule::CallKernel, dt: DType) -> Result<k::Program, k::IrError> {
-    k::conv::call(dt, c.op, c.n, &c.args, c.out)
+    let own = k::conv::call(dt, c.op, c.n, &c.args, c.out)?;
+    let Some(f) = c.fused.as_deref() else {
+        return Ok(own);
+    };
+    let theirs = k::conv::call(dt, f.op, f.n, &f.args, f.out)?;
+    let (first, second) = if matches!(f.op, k::conv::CallOp::PoolGrad { .. }) {
+        (theirs, own)
+    } else {
+        (own, theirs)
+    };
+    let shift = first.scratch.len();
+    let mut p = first;
+    for mut l in second.launches {
+        for prm in &mut l.meta.params {
+            if let k::Role::Scratch(i) = prm.role {
+                prm.role = k::Role::Scratch(i + shift);
+            }
+        }
+        p.launches.push(l);
+    }
+    p.scratch.extend(second.scratch);
+    Ok(p)
 }
 
 /// The programs of every kernel of the schedule, in plan order.
@@ -135,15 +157,23 @@ pub fn emit(g: &Graph, s: &Schedule, dt: DType) -> Result<Ptx, String> {
                 let _ = writeln!(launches, "k{i}: loop");
             }
             Kernel::Call(c) => {
-                let args: Vec<String> = c.args.iter().map(|b| format!("b{b}")).collect();
-                let _ = write!(
-                    launches,
-                    "k{i}: {}({}) -> b{} over {} images",
-                    crate::ir::op_name(crate::ir::Op::Call(c.op)),
-                    args.join(", "),
-                    c.out,
-                    g.dim_str(c.n)
-                );
+                let text = |c: &crate::schedule::CallKernel| {
+                    let args: Vec<String> = c.args.iter().map(|b| format!("b{b}")).collect();
+                    format!(
+                        "{}({}) -> b{}",
+                        crate::ir::op_name(crate::ir::Op::Call(c.op)),
+                        args.join(", "),
+                        c.out
+                    )
+                };
+                let calls = match c.fused.as_deref() {
+                    Some(f) if matches!(f.op, k::conv::CallOp::PoolGrad { .. }) => {
+                        format!("{}, then {}", text(f), text(c))
+                    }
+                    Some(f) => format!("{}, then {}", text(c), text(f)),
+                    None => text(c),
+                };
+                let _ = write!(launches, "k{i}: {calls} over {} images", g.dim_str(c.n));
                 match call_program(c, dt) {
                     Ok(_) => launches.push('\n'),
                     Err(e) => {

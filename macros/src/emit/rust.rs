@@ -681,7 +681,13 @@ fn nan_guard(f: &Function, s: &Schedule, k: &Kernel, ki: usize) -> TokenStream {
     }
     let writes: Vec<(usize, crate::ir::NodeId)> = match k {
         Kernel::Gemm(m) => vec![(m.c.buf, m.node)],
-        Kernel::Call(c) => vec![(c.out, c.node)],
+        // A fused pooling after a convolution is written too; a fused pooling gradient is not.
+        Kernel::Call(c) => match c.fused.as_deref() {
+            Some(f) if matches!(f.op, CallOp::Pool { .. }) => {
+                vec![(c.out, c.node), (f.out, f.node)]
+            }
+            _ => vec![(c.out, c.node)],
+        },
         Kernel::Loop(l) => l
             .written
             .iter()
@@ -793,23 +799,51 @@ fn emit_call(g: &Graph, s: &Schedule, c: &CallKernel, i: usize) -> TokenStream {
             .map(|v| Literal::usize_unsuffixed(v as usize));
         quote!(::tensor_fn::__private::conv::ConvShape { n: #n, c: #cc, h: #h, w: #w, k: #k, fh: #fh, fw: #fw })
     };
-    let call = match c.op {
-        CallOp::Conv { flip, geom } => {
+    let win = |w: (u8, u8)| {
+        let (ph, pw) = (
+            Literal::usize_unsuffixed(w.0 as usize),
+            Literal::usize_unsuffixed(w.1 as usize),
+        );
+        quote!((#ph, #pw))
+    };
+    let call = match (c.op, c.fused.as_deref()) {
+        (CallOp::Conv { flip, geom }, Some(p)) => {
+            let CallOp::Pool { win: w, .. } = p.op else {
+                unreachable!("a convolution fuses its pooling")
+            };
+            let sh = shape(&geom);
+            let (x, f) = (&a[0], &a[1]);
+            let (wn, pooled) = (win(w), buf_ident(s, p.out));
+            quote!(::tensor_fn::__private::conv::conv2d_im2col_pool(&#sh, &#x[..], &#f[..], #flip, &mut #out[..], #wn, &mut #pooled[..]);)
+        }
+        (CallOp::ConvGradFilter { flip, geom }, Some(p)) => {
+            let CallOp::PoolGrad { win: w, .. } = p.op else {
+                unreachable!("a filter gradient fuses a pooling gradient")
+            };
+            let sh = shape(&geom);
+            let x = &a[0];
+            let (maps, gp) = (buf_ident(s, p.args[0]), buf_ident(s, p.args[1]));
+            let wn = win(w);
+            quote!(::tensor_fn::__private::conv::conv2d_grad_filter_pooled(&#sh, &#x[..], #flip, &#maps[..], #wn, &#gp[..], &mut #out[..]);)
+        }
+        (_, Some(_)) => unreachable!("only convolutions fuse poolings"),
+        (CallOp::Conv { flip, geom }, None) => {
             let sh = shape(&geom);
             let (x, f) = (&a[0], &a[1]);
             quote!(::tensor_fn::__private::conv::conv2d_im2col(&#sh, &#x[..], &#f[..], #flip, &mut #out[..]);)
         }
-        CallOp::ConvGradInput { flip, geom } => {
+        (CallOp::ConvGradInput { flip, geom }, None) => {
             let sh = shape(&geom);
             let (gy, f) = (&a[0], &a[1]);
             quote!(::tensor_fn::__private::conv::conv2d_grad_input(&#sh, &#f[..], #flip, &#gy[..], &mut #out[..]);)
         }
-        CallOp::ConvGradFilter { flip, geom } => {
+        (CallOp::ConvGradFilter { flip, geom }, None) => {
             let sh = shape(&geom);
             let (x, gy) = (&a[0], &a[1]);
             quote!(::tensor_fn::__private::conv::conv2d_grad_filter(&#sh, &#x[..], #flip, &#gy[..], &mut #out[..]);)
         }
-        CallOp::Pool { planes, h, w, win } | CallOp::PoolGrad { planes, h, w, win } => {
+        (CallOp::Pool { planes, h, w, win }, None)
+        | (CallOp::PoolGrad { planes, h, w, win }, None) => {
             let [planes, h, w] = [planes, h, w].map(|v| Literal::usize_unsuffixed(v as usize));
             let (ph, pw) = (
                 Literal::usize_unsuffixed(win.0 as usize),

@@ -293,19 +293,57 @@ impl<T> Out<T> {
 
 /// Forward convolution by im2col and SGEMM: `out = conv2d(x, f)`.
 pub fn conv2d_im2col<T: Elem>(s: &ConvShape, x: &[T], f: &[T], flip: bool, out: &mut [T]) {
+    forward(s, x, f, flip, out, None);
+}
+
+/// [`conv2d_im2col`] followed by [`max_pool`] of its output by `win` into `pooled`, each image
+/// pooled right after its product, while its feature maps are in cache. `out` is written too
+/// (the pooling's gradient reads it).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_im2col_pool<T: Elem>(
+    s: &ConvShape,
+    x: &[T],
+    f: &[T],
+    flip: bool,
+    out: &mut [T],
+    win: (usize, usize),
+    pooled: &mut [T],
+) {
+    assert!(win.0 >= 1 && win.1 >= 1, "max_pool: window {win:?}");
+    let (oh, ow) = (s.oh() / win.0, s.ow() / win.1);
+    assert_eq!(pooled.len(), s.n * s.k * oh * ow, "max_pool: output length");
+    forward(s, x, f, flip, out, Some((win, pooled)));
+}
+
+fn forward<T: Elem>(
+    s: &ConvShape,
+    x: &[T],
+    f: &[T],
+    flip: bool,
+    out: &mut [T],
+    pool: Option<((usize, usize), &mut [T])>,
+) {
     s.check(x.len(), f.len(), out.len());
     let patch = s.c * s.fh * s.fw * s.oh() * s.ow();
     with_caller_scratch(s.f_len() + parts(s.n) * patch, |scratch| {
         let (fm, patches) = scratch.split_at_mut(s.f_len());
         s.filter_matrix(f, flip, fm);
-        im2col_forward(s, x, fm, patches, out);
+        im2col_forward(s, x, fm, patches, out, pool);
     });
 }
 
-fn im2col_forward<T: Elem>(s: &ConvShape, x: &[T], fm: &[T], patches: &mut [T], out: &mut [T]) {
+fn im2col_forward<T: Elem>(
+    s: &ConvShape,
+    x: &[T],
+    fm: &[T],
+    patches: &mut [T],
+    out: &mut [T],
+    pool: Option<((usize, usize), &mut [T])>,
+) {
     let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
     let (img_len, out_len) = (s.c * s.h * s.w, s.k * p);
     let (o, pa) = (Out(out.as_mut_ptr()), Out(patches.as_mut_ptr()));
+    let pool = pool.map(|(win, pooled)| (win, Out(pooled.as_mut_ptr())));
     by_images(s.n, &|t, lo, hi| {
         {
             // SAFETY: part t's patch matrix is this thread's alone.
@@ -332,6 +370,16 @@ fn im2col_forward<T: Elem>(s: &ConvShape, x: &[T], fm: &[T], patches: &mut [T], 
                         p as isize,
                         1,
                     );
+                    if let Some(((ph, pw), po)) = pool {
+                        let pooled_len = (s.oh() / ph) * (s.ow() / pw);
+                        // SAFETY: image b of the pooled output is this thread's alone.
+                        let pdst = po.image(b, s.k * pooled_len);
+                        for (plane, pd) in
+                            dst.chunks_exact(p).zip(pdst.chunks_exact_mut(pooled_len))
+                        {
+                            pool_plane(plane, s.oh(), s.ow(), (ph, pw), pd);
+                        }
+                    }
                 }
             }
         }
@@ -434,6 +482,76 @@ pub fn conv2d_grad_filter<T: Elem>(s: &ConvShape, x: &[T], flip: bool, gout: &[T
     backward(s, Some(x), &[], flip, gout, None, Some(gf));
 }
 
+/// [`conv2d_grad_filter`] of the gradient that [`max_pool_backward`] makes of `pooled_g` (the
+/// gradient of the pooled maps) and `conv_out` (the maps), without storing it: each image's
+/// share is made where the filter gradient reads it.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_grad_filter_pooled<T: Elem>(
+    s: &ConvShape,
+    x: &[T],
+    flip: bool,
+    conv_out: &[T],
+    win: (usize, usize),
+    pooled_g: &[T],
+    gf: &mut [T],
+) {
+    assert!(win.0 >= 1 && win.1 >= 1, "max_pool: window {win:?}");
+    let pooled_len = s.k * (s.oh() / win.0) * (s.ow() / win.1);
+    s.check(x.len(), gf.len(), conv_out.len());
+    assert_eq!(
+        pooled_g.len(),
+        s.n * pooled_len,
+        "max_pool: output gradient length"
+    );
+    let src = GradSrc::Pooled {
+        conv_out,
+        win,
+        pooled_g,
+    };
+    backward_from(s, Some(x), &[], flip, src, None, Some(gf));
+}
+
+/// Where the filter gradient's output gradient comes from: stored, or made per image by the
+/// pooling's gradient.
+#[derive(Clone, Copy)]
+enum GradSrc<'a, T> {
+    Dense(&'a [T]),
+    Pooled {
+        conv_out: &'a [T],
+        win: (usize, usize),
+        pooled_g: &'a [T],
+    },
+}
+
+impl<T: Elem> GradSrc<'_, T> {
+    /// Image `b`'s output gradient (`k p` values): a slice of the stored one, or written into
+    /// `tmp` and returned from there.
+    fn image<'s>(&'s self, s: &ConvShape, b: usize, tmp: &'s mut [T]) -> &'s [T] {
+        let (oh, ow) = (s.oh(), s.ow());
+        let len = s.k * oh * ow;
+        match *self {
+            GradSrc::Dense(g) => &g[b * len..(b + 1) * len],
+            GradSrc::Pooled {
+                conv_out,
+                win,
+                pooled_g,
+            } => {
+                let pl = (oh / win.0) * (ow / win.1);
+                let maps = &conv_out[b * len..(b + 1) * len];
+                let gp = &pooled_g[b * s.k * pl..(b + 1) * s.k * pl];
+                for ((m, g), d) in maps
+                    .chunks_exact(oh * ow)
+                    .zip(gp.chunks_exact(pl))
+                    .zip(tmp.chunks_exact_mut(oh * ow))
+                {
+                    pool_grad_plane(m, g, oh, ow, win, d);
+                }
+                &tmp[..len]
+            }
+        }
+    }
+}
+
 /// The shared body of the gradients: `x` is needed for `gf`, `f` for `gx`.
 #[allow(clippy::too_many_arguments)]
 fn backward<T: Elem>(
@@ -442,6 +560,18 @@ fn backward<T: Elem>(
     f: &[T],
     flip: bool,
     gout: &[T],
+    gx: Option<&mut [T]>,
+    gf: Option<&mut [T]>,
+) {
+    backward_from(s, x, f, flip, GradSrc::Dense(gout), gx, gf);
+}
+
+fn backward_from<T: Elem>(
+    s: &ConvShape,
+    x: Option<&[T]>,
+    f: &[T],
+    flip: bool,
+    gout: GradSrc<'_, T>,
     gx: Option<&mut [T]>,
     gf: Option<&mut [T]>,
 ) {
@@ -456,8 +586,8 @@ fn backward<T: Elem>(
     let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
     let group = group(s);
     // Per part: the patches of a group of images side by side, their output gradients side by
-    // side, and one image's patch gradient.
-    let per_part = ckk * group * p + s.k * group * p + ckk * p;
+    // side, one image's patch gradient, and one image's output gradient when it is made here.
+    let per_part = ckk * group * p + s.k * group * p + ckk * p + s.k * p;
     // The filter matrix; each part's share of the filter gradient (patch order); each part's
     // workspace.
     with_caller_scratch((1 + parts) * s.f_len() + parts * per_part, |scratch| {
@@ -489,16 +619,16 @@ fn im2col_backward<T: Elem>(
     x: Option<&[T]>,
     fm: &[T],
     flip: bool,
-    gout: &[T],
+    gout: GradSrc<'_, T>,
     (gx, gf): (Option<&mut [T]>, Option<&mut [T]>),
     parts: usize,
     partial: &mut [T],
     work: &mut [T],
 ) {
     let (ckk, p) = (s.c * s.fh * s.fw, s.oh() * s.ow());
-    let (img_len, out_len) = (s.c * s.h * s.w, s.k * p);
+    let img_len = s.c * s.h * s.w;
     let group = group(s);
-    let per_part = ckk * group * p + s.k * group * p + ckk * p;
+    let per_part = ckk * group * p + s.k * group * p + ckk * p + s.k * p;
     let gxo = gx.map(|g| Out(g.as_mut_ptr()));
     let po = Out(partial.as_mut_ptr());
     let wo = Out(work.as_mut_ptr());
@@ -508,7 +638,8 @@ fn im2col_backward<T: Elem>(
         // SAFETY: part t's workspace is this thread's alone.
         let mine = unsafe { wo.image(t, per_part) };
         let (cols, rest) = mine.split_at_mut(ckk * group * p);
-        let (gcols, dcols) = rest.split_at_mut(s.k * group * p);
+        let (gcols, rest) = rest.split_at_mut(s.k * group * p);
+        let (dcols, gtmp) = rest.split_at_mut(ckk * p);
         // SAFETY: block t of the partials is this thread's alone.
         let gfm = unsafe { po.image(t, s.k * ckk) };
         let mut b0 = lo;
@@ -529,7 +660,7 @@ fn im2col_backward<T: Elem>(
                         &mut cols[j * p..],
                         wide,
                     );
-                    let g = &gout[b * out_len..(b + 1) * out_len];
+                    let g = gout.image(s, b, gtmp);
                     if transposed(s) {
                         let gt = &mut gcols[j * p * s.k..(j + 1) * p * s.k];
                         for (o, go) in g.chunks_exact(p).enumerate() {
@@ -585,7 +716,7 @@ fn im2col_backward<T: Elem>(
             }
             if let Some(gxo) = gxo {
                 for b in b0..b0 + nb {
-                    let g = &gout[b * out_len..(b + 1) * out_len];
+                    let g = gout.image(s, b, gtmp);
                     // SAFETY: fm is k x ckk read transposed, g k x p, dcols ckk x p.
                     unsafe {
                         T::gemm_serial(
@@ -664,17 +795,23 @@ pub fn max_pool<T: Elem>(
             let src = &x[pl * h * w..(pl + 1) * h * w];
             // SAFETY: plane pl of `out` is this thread's alone.
             let dst = unsafe { o.image(pl, oh * ow) };
-            if (ph, pw) == (2, 2) {
-                pool_plane_2x2(src, w, oh, ow, dst);
-                continue;
-            }
-            for i in 0..oh {
-                for j in 0..ow {
-                    dst[i * ow + j] = window_max(src, w, (i * ph, j * pw), (ph, pw)).0;
-                }
-            }
+            pool_plane(src, h, w, (ph, pw), dst);
         }
     });
+}
+
+/// One `h` x `w` plane of [`max_pool`].
+fn pool_plane<T: Elem>(src: &[T], h: usize, w: usize, (ph, pw): (usize, usize), dst: &mut [T]) {
+    let (oh, ow) = (h / ph, w / pw);
+    if (ph, pw) == (2, 2) {
+        pool_plane_2x2(src, w, oh, ow, dst);
+        return;
+    }
+    for i in 0..oh {
+        for j in 0..ow {
+            dst[i * ow + j] = window_max(src, w, (i * ph, j * pw), (ph, pw)).0;
+        }
+    }
 }
 
 /// The larger of two values, or the NaN if either is one (`a` first): a compare and a blend.
@@ -770,19 +907,32 @@ pub fn max_pool_backward<T: Elem>(
             let g = &gout[pl * oh * ow..(pl + 1) * oh * ow];
             // SAFETY: plane pl of `gx` is this thread's alone.
             let dst = unsafe { o.image(pl, h * w) };
-            if (ph, pw) == (2, 2) {
-                pool_grad_plane_2x2(src, g, w, (oh, ow), dst);
-                continue;
-            }
-            dst.fill(T::ZERO);
-            for i in 0..oh {
-                for j in 0..ow {
-                    let at = window_max(src, w, (i * ph, j * pw), (ph, pw)).1;
-                    dst[at] += g[i * ow + j];
-                }
-            }
+            pool_grad_plane(src, g, h, w, (ph, pw), dst);
         }
     });
+}
+
+/// One `h` x `w` plane of [`max_pool_backward`].
+fn pool_grad_plane<T: Elem>(
+    src: &[T],
+    g: &[T],
+    h: usize,
+    w: usize,
+    (ph, pw): (usize, usize),
+    dst: &mut [T],
+) {
+    let (oh, ow) = (h / ph, w / pw);
+    if (ph, pw) == (2, 2) {
+        pool_grad_plane_2x2(src, g, w, (oh, ow), dst);
+        return;
+    }
+    dst.fill(T::ZERO);
+    for i in 0..oh {
+        for j in 0..ow {
+            let at = window_max(src, w, (i * ph, j * pw), (ph, pw)).1;
+            dst[at] += g[i * ow + j];
+        }
+    }
 }
 
 /// One plane of the 2x2 pooling gradient, each element written once: a window's gradient to
@@ -1017,6 +1167,37 @@ mod tests {
                         "f64 {s:?}: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn pooling_inside_the_convolution_and_its_gradient_change_nothing() {
+        for s in SHAPES {
+            for win in [(2, 2), (1, 2), (3, 1)] {
+                if win.0 > s.oh() || win.1 > s.ow() {
+                    continue;
+                }
+                let (x, f) = (fill(s.x_len(), 11), fill(s.f_len(), 12));
+                let (ph, pw) = (s.oh() / win.0, s.ow() / win.1);
+                let pooled_len = s.n * s.k * ph * pw;
+                // Forward: the same maps and the same pooled values, bit for bit.
+                let (mut out, mut pooled) = (vec![0.0f32; s.out_len()], vec![0.0f32; pooled_len]);
+                conv2d_im2col(&s, &x, &f, true, &mut out);
+                max_pool(s.n * s.k, s.oh(), s.ow(), win, &out, &mut pooled);
+                let (mut out2, mut pooled2) =
+                    (vec![f32::NAN; s.out_len()], vec![f32::NAN; pooled_len]);
+                conv2d_im2col_pool(&s, &x, &f, true, &mut out2, win, &mut pooled2);
+                assert_eq!(out, out2, "{s:?} {win:?}");
+                assert_eq!(pooled, pooled2, "{s:?} {win:?}");
+                // Backward: the filter gradient of the pooling's gradient, stored or not.
+                let g = fill(pooled_len, 13);
+                let mut gmaps = vec![0.0f32; s.out_len()];
+                max_pool_backward(s.n * s.k, s.oh(), s.ow(), win, &out, &g, &mut gmaps);
+                let (mut gf, mut gf2) = (vec![0.0f32; s.f_len()], vec![f32::NAN; s.f_len()]);
+                conv2d_grad_filter(&s, &x, true, &gmaps, &mut gf);
+                conv2d_grad_filter_pooled(&s, &x, true, &out, win, &g, &mut gf2);
+                assert_eq!(gf, gf2, "{s:?} {win:?}");
             }
         }
     }
