@@ -870,6 +870,22 @@ impl Schedule {
         self.bufs.len() - 1
     }
 
+    /// Buffers the CPU never touches: the pooling gradients made inside a filter gradient
+    /// (`CallKernel::fused`), which only the GPU stores. The CPU workspace leaves them out.
+    pub fn gpu_only_bufs(&self) -> Vec<BufId> {
+        self.kernels
+            .iter()
+            .filter_map(|k| match k {
+                Kernel::Call(c) => c
+                    .fused
+                    .as_deref()
+                    .filter(|f| matches!(f.op, CallOp::PoolGrad { .. }))
+                    .map(|f| f.out),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The buffer whose storage `b` is: itself, or the one it views.
     pub fn base(&self, b: BufId) -> BufId {
         match self.bufs[b].kind {

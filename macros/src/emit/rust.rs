@@ -415,8 +415,10 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
     // Output arrays (rank >= 1) are allocated per call: they are returned to the caller.
     let mut out_allocs = Vec::new();
     let mut ws_bufs = Vec::new();
+    let gpu_only = s.gpu_only_bufs();
     for (b, buf) in s.bufs.iter().enumerate() {
         match buf.kind {
+            BufKind::Work if gpu_only.contains(&b) => {}
             BufKind::Output(_) if buf.ty.rank() > 0 => {
                 let id = buf_ident(s, b);
                 let len = len_expr(g, &buf.ty.shape);
