@@ -17,7 +17,7 @@
 
 use proc_macro2::Span;
 
-use crate::ir::{Axis, CallOp, ConvGeom, Dim, Function, Graph, NodeId, Op, Type};
+use crate::ir::{dim_product, Axis, CallOp, ConvGeom, Dim, Function, Graph, NodeId, Op, Type};
 
 /// A type as the schedule sees it: rank 3 and 4 as `[d0, product of the others]`.
 pub fn canon(t: &Type) -> Type {
@@ -193,7 +193,7 @@ impl Flattener<'_> {
                 let (view, ax, out) = if a == 0 {
                     (vec![s[0], Dim::Static(after)], 0, Dim::Static(after))
                 } else {
-                    let Some(rows) = product(&before) else {
+                    let Some(rows) = dim_product(&before) else {
                         return Err((span, unsupported(old, id)));
                     };
                     if after == 1 {
@@ -288,27 +288,6 @@ impl Flattener<'_> {
     }
 }
 
-/// The product of some dims, if it is a dim: all literals, or one name among ones.
-fn product(dims: &[Dim]) -> Option<Dim> {
-    let syms: Vec<Dim> = dims
-        .iter()
-        .copied()
-        .filter(|d| matches!(d, Dim::Sym(_)))
-        .collect();
-    let p: u64 = dims
-        .iter()
-        .map(|d| match d {
-            Dim::Static(k) => *k,
-            Dim::Sym(_) => 1,
-        })
-        .product();
-    match syms.as_slice() {
-        [] => Some(Dim::Static(p)),
-        [s] if p == 1 => Some(*s),
-        _ => None,
-    }
-}
-
 /// A broadcast from `s` to `t` (same rank) as one of a vector or a matrix: consecutive axes
 /// that are all kept or all stretched merge into one (axes of 1 go with either). `None` when
 /// more than two groups remain, or a group's size is no dim.
@@ -334,7 +313,7 @@ fn runs(s: &[Dim], t: &[Dim]) -> Option<(Vec<Dim>, Vec<Dim>)> {
     let mut from = Vec::new();
     let mut to = Vec::new();
     for (stretched, axes) in &groups {
-        let size = product(&axes.iter().map(|&a| t[a]).collect::<Vec<_>>())?;
+        let size = dim_product(&axes.iter().map(|&a| t[a]).collect::<Vec<_>>())?;
         to.push(size);
         from.push(if *stretched { Dim::Static(1) } else { size });
     }

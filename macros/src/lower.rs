@@ -1203,32 +1203,15 @@ impl<'d> Lowerer<'d> {
         };
         let k = k as usize;
         let mut shape: Vec<Dim> = t.shape[..k - 1].to_vec();
-        let rest = &t.shape[k - 1..];
-        let stat: u64 = rest
-            .iter()
-            .map(|d| match d {
-                Dim::Static(v) => *v,
-                Dim::Sym(_) => 1,
-            })
-            .product();
-        let syms: Vec<Dim> = rest
-            .iter()
-            .copied()
-            .filter(|d| matches!(d, Dim::Sym(_)))
-            .collect();
-        let merged = match (syms.as_slice(), stat) {
-            ([], _) => Dim::Static(stat),
-            ([s], 1) => *s,
-            _ => {
-                self.diags.error(
-                    pos[0].full_span(),
-                    format!(
-                        "`flatten` would merge the axes of {} into one whose size is no dim: only one of them may be a name, and then the others are 1",
-                        self.g.type_str(&t)
-                    ),
-                );
-                return None;
-            }
+        let Some(merged) = crate::ir::dim_product(&t.shape[k - 1..]) else {
+            self.diags.error(
+                pos[0].full_span(),
+                format!(
+                    "`flatten` would merge the axes of {} into one whose size is no dim: only one of them may be a name, and then the others are 1",
+                    self.g.type_str(&t)
+                ),
+            );
+            return None;
         };
         shape.push(merged);
         self.reshape_to(x, shape, span, span)

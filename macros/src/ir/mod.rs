@@ -9,4 +9,6 @@ pub use graph::{
     compare_name, op_name, Axis, Binary, CallOp, ConvGeom, Dim, Function, Graph, NodeId, Num, Op,
     RandKind, Ret, Type, TypeError, Unary, Var, VarKind, MAX_DEPTH, MAX_NODES, STREAM_VAR,
 };
-pub use shape::{binary_type, broadcast_shapes, compare_type, dot_type, infer, int_error};
+pub use shape::{
+    binary_type, broadcast_shapes, compare_type, dim_product, dot_type, infer, int_error,
+};

@@ -22,6 +22,27 @@ pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
     Some(out)
 }
 
+/// The product of some dims, if it is a dim: all literals, or one name among ones.
+pub fn dim_product(dims: &[Dim]) -> Option<Dim> {
+    let syms: Vec<Dim> = dims
+        .iter()
+        .copied()
+        .filter(|d| matches!(d, Dim::Sym(_)))
+        .collect();
+    let p: u64 = dims
+        .iter()
+        .map(|d| match d {
+            Dim::Static(k) => *k,
+            Dim::Sym(_) => 1,
+        })
+        .product();
+    match syms.as_slice() {
+        [] => Some(Dim::Static(p)),
+        [s] if p == 1 => Some(*s),
+        _ => None,
+    }
+}
+
 /// The user-facing name of an op in error messages (`+` rather than `add`).
 fn op_symbol(op: Op) -> &'static str {
     match op {
