@@ -806,28 +806,8 @@ fn defer_reductions(g: &Graph, tasks: &mut Vec<Task>) {
 fn drop_dead_stores(s: &mut Schedule) {
     let mut read = vec![false; s.bufs.len()];
     for k in &s.kernels {
-        match k {
-            Kernel::Loop(l) => {
-                for i in &l.instrs {
-                    if let Instr::Load { buf, .. } = i {
-                        read[*buf] = true;
-                    }
-                }
-            }
-            Kernel::Call(_) => {
-                for b in reads(k) {
-                    read[b] = true;
-                }
-            }
-            Kernel::Gemm(m) => {
-                for v in [&m.a, &m.b, &m.c] {
-                    read[v.buf] = true;
-                }
-                if let Some((a2, b2, _, _)) = m.also.as_deref() {
-                    read[a2.buf] = true;
-                    read[b2.buf] = true;
-                }
-            }
+        for b in reads(k) {
+            read[b] = true;
         }
     }
     for &(_, b) in &s.commits {
