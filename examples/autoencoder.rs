@@ -23,6 +23,8 @@ tensor_fn! {
 
     impl Autoencoder {
         /// One SGD step on a minibatch; returns the mean cross-entropy before the step.
+        /// (`train_data_parallel` is the same step for one rank of a data-parallel job.)
+        #[data_parallel]
         pub fn train(&mut self, x: f32[b, 784], lr: f32) -> f32 {
             let hidden = sigmoid(dot(x, w) + b1);
             let output = sigmoid(dot(hidden, w.T) + b2);
@@ -91,6 +93,13 @@ struct Args {
     /// Print one line per epoch without a progress bar (for logs and benchmarks).
     #[arg(long)]
     quiet: bool,
+    /// Train data-parallel: run under `mpirun -np N` (a build with `--features mpi`); each
+    /// process computes the gradients of its slice of every minibatch (`--batch` is the global
+    /// minibatch, which N must divide), the gradients are averaged, and every process applies
+    /// the same update. Rank 0 alone prints and writes files. Without `mpirun`: one process,
+    /// through the same staged step.
+    #[arg(long)]
+    data_parallel: bool,
 }
 
 /// `--epochs`, `--batch`, `--hidden`, `--limit`: a whole number of at least 1 (zero would
@@ -241,13 +250,67 @@ where
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    let args = Args::parse();
+    let mut comm = match communicator(args.data_parallel) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(args, &mut comm) {
+        eprintln!("error: {}{e}", rank_prefix(&comm));
+        // The other ranks would wait for this one until their timeout: end the job now.
+        comm.abort(1);
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// This process's communicator: from the launcher with `--data-parallel`, else a world of
+/// one. Started by `mpirun` as one of several processes without `--data-parallel` is an
+/// error: each would train the whole model alone and write the same files.
+fn communicator(data_parallel: bool) -> Result<Communicator, tensor_fn::Error> {
+    if data_parallel {
+        return Communicator::from_env();
+    }
+    match tensor_fn::dist::launcher_world_size() {
+        Some(n) if n > 1 => Err(tensor_fn::Error::Comm {
+            rank: None,
+            message: format!(
+                "started by an MPI launcher as one of {n} processes: pass --data-parallel to \
+                 train one model across them"
+            ),
+        }),
+        _ => Ok(Communicator::single()),
+    }
+}
+
+/// `rank 1: ` in a job of several processes, nothing alone.
+fn rank_prefix(comm: &Communicator) -> String {
+    if comm.size() > 1 {
+        format!("rank {}: ", comm.rank())
+    } else {
+        String::new()
+    }
+}
+
+/// Makes every rank's parameters rank 0's (after each read its initial values).
+fn share_parameters(
+    model: &mut Autoencoder,
+    comm: &mut Communicator,
+) -> Result<(), tensor_fn::Error> {
+    comm.broadcast(model.w.data_mut()?, 0)?;
+    comm.broadcast(model.b1.data_mut()?, 0)?;
+    comm.broadcast(model.b2.data_mut()?, 0)
+}
+
+fn run(args: Args, comm: &mut Communicator) -> Result<(), Box<dyn std::error::Error>> {
+    let root = comm.is_root();
+    // Rank 0 alone speaks; the others report only errors.
+    let say = |msg: String| {
+        if root {
+            eprintln!("{msg}");
+        }
+    };
     let device = if args.device == "best" {
         let (d, why) = Device::best_with_reason();
         if let Some(why) = why {
@@ -257,6 +320,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Device::parse(&args.device)?
     };
+    // Each rank computes its slice of every global minibatch of --batch rows.
+    let local = comm.slice(args.batch).map_err(|_| {
+        format!(
+            "--batch {}: a data-parallel minibatch is split equally between the {} processes, \
+             so the process count must divide it",
+            args.batch,
+            comm.size()
+        )
+    })?;
     let t = Instant::now();
     let data = Mnist::load(args.data.as_deref())?;
     let (train, _valid) = data.seed_split();
@@ -274,11 +346,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    eprintln!(
+    say(format!(
         "loaded {} training images in {:.2} s; device {device}",
         train.nrows(),
         t.elapsed().as_secs_f64()
-    );
+    ));
+    if comm.size() > 1 || args.data_parallel {
+        say(format!(
+            "data-parallel over {} process(es) ({}): {} of each minibatch's {} rows per process",
+            comm.size(),
+            comm.engine(),
+            local.len(),
+            args.batch
+        ));
+    }
     let test = data.test_images.nrows();
 
     // Initial parameters: a checkpoint, a W from numpy, or the seed's random init. Each is
@@ -320,7 +401,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .into());
             }
             history = parse_history(ck.meta("history").unwrap_or(""));
-            eprintln!("resuming after epoch {} from {}", ck.epoch, path.display());
+            say(format!(
+                "resuming after epoch {} from {}",
+                ck.epoch,
+                path.display()
+            ));
             (Autoencoder::new(w, b1, b2)?, first)
         }
         (None, Some(path)) => {
@@ -361,7 +446,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let hidden = model.w.shape()[1];
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    if comm.size() > 1 {
+        share_parameters(&mut model, comm)?;
+    }
+    if root {
+        std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    }
 
     // On a GPU the parameters and the whole training set live in device memory; a step
     // reads its minibatch as a row range of the set (Theano's givens), and its cost is read
@@ -369,12 +459,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let train_set =
         if device.is_gpu() {
             let info = Autoencoder::TRAIN_INFO;
-            eprintln!(
+            say(format!(
             "training step: {} kernel launches and {} parameter copies, replayed as one graph; \
              one copy in (the minibatch rows) and one out (the cost)",
             info.launch_count(),
             info.plan.lines().filter(|l| l.starts_with("update")).count(),
-        );
+        ));
             model.to_device(device)?;
             let mut set = Shared::new("train", train.to_owned());
             set.to_device(device)?;
@@ -389,7 +479,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let steps = train.nrows() / args.batch;
     let mut seconds = Vec::new();
     for epoch in first_epoch..=args.epochs {
-        let bar = if args.quiet {
+        let bar = if args.quiet || !root {
             ProgressBar::hidden()
         } else {
             ProgressBar::new(steps as u64)
@@ -405,8 +495,26 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut queued = Vec::new();
         for i in 0..steps {
             let rows = i * args.batch..(i + 1) * args.batch;
+            // This rank's slice of the minibatch; with --data-parallel, its part of the step.
+            let mine = rows.start + local.start..rows.start + local.end;
             match &train_set {
+                Some(set) if args.data_parallel => {
+                    let c = model.train_data_parallel(comm, set.rows(mine)?, args.lr)?;
+                    if !c.is_finite() {
+                        diverged_at = Some((i, c));
+                        break;
+                    }
+                    total += c as f64;
+                }
                 Some(set) => queued.push(model.train_lazy(set.rows(rows)?, args.lr)?),
+                None if args.data_parallel => {
+                    let c = model.train_data_parallel(comm, train.slice(s![mine, ..]), args.lr)?;
+                    if !c.is_finite() {
+                        diverged_at = Some((i, c));
+                        break;
+                    }
+                    total += c as f64;
+                }
                 None => {
                     let c = model.train(train.slice(s![rows, ..]), args.lr)?;
                     if !c.is_finite() {
@@ -456,12 +564,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let what = format!("`{name}` holds NaN or infinite values after the last step");
             return Err(diverged(epoch, &what, last_good.as_ref(), &args.out).into());
         }
-        println!(
-            "epoch {epoch}: mean cost {cost:.6}, {secs:.3} s ({:.1} us/step)",
-            secs / steps as f64 * 1e6
-        );
-        ck.save_atomic(&checkpoint_path)?;
+        if root {
+            println!(
+                "epoch {epoch}: mean cost {cost:.6}, {secs:.3} s ({:.1} us/step)",
+                secs / steps as f64 * 1e6
+            );
+            ck.save_atomic(&checkpoint_path)?;
+        }
         last_good = Some((epoch, checkpoint_path.clone()));
+    }
+    if !root {
+        return Ok(());
     }
     if !seconds.is_empty() {
         println!(

@@ -20,10 +20,13 @@
 /// that checks kernels without a GPU.
 pub use tensor_fn_kernels as kernels;
 pub use tensor_fn_macros::tensor_fn;
-pub use tensor_fn_runtime::{data, gpu, io, Arg, Device, Error, FnInfo, RandomStream, Shared};
+pub use tensor_fn_runtime::{
+    data, dist, gpu, io, Arg, Device, Error, FnInfo, RandomStream, Shared,
+};
 
 /// The names most programs need: the macro, the runtime types and ndarray.
 pub mod prelude {
+    pub use crate::dist::Communicator;
     pub use crate::{tensor_fn, Arg, Device, Error, FnInfo, Shared};
     pub use ndarray;
 }

@@ -10,7 +10,7 @@ use crate::ir::{self, Function};
 use crate::lower;
 use crate::schedule::{self, Schedule};
 use crate::syntax::{self, Program, TypeAst};
-use crate::{check, flatten, grad, primitives, simplify, text};
+use crate::{check, data_parallel, flatten, grad, primitives, simplify, text};
 
 /// A function through every stage, with the reports its `FnInfo` shows.
 pub struct Compiled {
@@ -25,6 +25,23 @@ pub struct Compiled {
     /// The simplified graph and expressions, as text, before composite ops were expanded.
     pub graph: String,
     pub expr: String,
+    /// For the two functions a `#[data_parallel]` method is split into, which part this is.
+    pub part: Option<Part>,
+}
+
+/// One of the two functions of a `#[data_parallel]` method (`crate::data_parallel`).
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// Outputs then gradients into the flat buffer. `method` is the method's index,
+    /// `grad_params` the parameter (var index) each gradient has the shape of, `scalars` the
+    /// scalar arguments the other part takes.
+    Grads {
+        method: usize,
+        grad_params: Vec<u32>,
+        scalars: Vec<String>,
+    },
+    /// The updates, reading the summed gradients.
+    Apply,
 }
 
 /// The macro's entry: tokens in, code (or errors plus stubs) out. Never panics on user input.
@@ -50,12 +67,35 @@ pub fn tensor_fn(input: TokenStream) -> TokenStream {
 /// Runs every stage up to the schedule. Errors are the user's (with spans) or internal.
 pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let fns = lower::lower(program, &mut diags);
+    let mut fns: Vec<(Function, Option<Part>)> = lower::lower(program, &mut diags)
+        .into_iter()
+        .map(|f| (f, None))
+        .collect();
     if !diags.is_empty() {
         return Err(diags);
     }
+    // A data-parallel method also compiles as its two parts, after the methods.
+    if let Program::Model(m) = program {
+        for (i, meth) in m.methods.iter().enumerate() {
+            if !meth.options.data_parallel {
+                continue;
+            }
+            if let Some(sp) = data_parallel::split(&fns[i].0, meth, &mut diags) {
+                let part = Part::Grads {
+                    method: i,
+                    grad_params: sp.grad_params,
+                    scalars: sp.scalars,
+                };
+                fns.push((sp.grads, Some(part)));
+                fns.push((sp.apply, Some(Part::Apply)));
+            }
+        }
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+    }
     let mut out = Vec::new();
-    for mut f in fns {
+    for (mut f, part) in fns {
         check_one_dtype(&f, &mut diags);
         let s1 = simplify::simplify(&mut f);
         internal(&mut diags, &f, "simplify", limit(&s1))?;
@@ -115,6 +155,7 @@ pub fn compile(program: &Program) -> Result<Vec<Compiled>, Diagnostics> {
             grads,
             graph,
             expr,
+            part,
         });
     }
     if !diags.is_empty() {
@@ -428,32 +469,24 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 }
                 d.extend(doc_tokens(c));
                 let cname = format_ident!("{}_INFO", meth.name.to_string().to_uppercase());
-                let cache = format_ident!("__tf_gpu_cache_{}", meth.name);
-                let gpu = crate::emit::gpu::call(
-                    &c.f,
-                    &c.schedule,
-                    c.gpu_plan.clone(),
-                    quote!(#name::#cname.ptx),
-                    quote!(#name::#cache()),
-                    &rs::scalar_ty(c.dtype),
-                );
-                methods.push(crate::emit::gpu::cache_fn(&cache));
                 let mname = meth.name.to_string();
+                let cache = format_ident!("__tf_gpu_cache_{}", meth.name);
                 gpu_calls.push(
                     quote!(#mname => ::core::option::Option::Some(#name::#cache().calls(device)),),
                 );
-                methods.push(rs::emit_fn(
-                    &c.f,
-                    &c.schedule,
-                    Shape::Method {
-                        name: &meth.name,
-                        vis: mvis,
-                        mutable: meth.mutable,
-                        gpu,
-                        fields: &field_idents,
-                    },
-                    &d,
-                ));
+                let item = MethodItem {
+                    model: name,
+                    fields: &field_idents,
+                    name: &meth.name,
+                    info: &cname,
+                    vis: mvis,
+                    mutable: meth.mutable,
+                    flat: false,
+                };
+                methods.push(item.emit(c, &d));
+                if meth.options.data_parallel {
+                    methods.push(emit_data_parallel(m, i, fns, &field_idents));
+                }
                 let info = info_tokens(c);
                 let cdoc = format!(" What `tensor_fn!` knows about `{}`.", meth.name);
                 methods.push(quote!(#[doc = #cdoc] pub const #cname: ::tensor_fn::FnInfo = #info;));
@@ -495,6 +528,15 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                         ::core::unreachable!("tensor_fn! could not compile this method")
                     }
                 });
+                if meth.options.data_parallel {
+                    let dp = format_ident!("{}_data_parallel", mname);
+                    methods.push(quote! {
+                        #[allow(unused_variables)]
+                        #mvis fn #dp<#(#lifetimes),*>(&mut self, comm: &mut ::tensor_fn::dist::Communicator, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+                            ::core::unreachable!("tensor_fn! could not compile this method")
+                        }
+                    });
+                }
             }
         }
     }
@@ -564,6 +606,232 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
             }
 
             #(#methods)*
+        }
+    }
+}
+
+/// One compiled method's items: its GPU cache, and the method with its GPU path.
+struct MethodItem<'a> {
+    model: &'a Ident,
+    fields: &'a [Ident],
+    name: &'a Ident,
+    /// The `FnInfo` constant holding its PTX.
+    info: &'a Ident,
+    vis: TokenStream,
+    mutable: bool,
+    flat: bool,
+}
+
+impl MethodItem<'_> {
+    fn emit(&self, c: &Compiled, docs: &[TokenStream]) -> TokenStream {
+        let (model, info) = (self.model, self.info);
+        let cache = format_ident!(
+            "__tf_gpu_cache_{}",
+            self.name.to_string().trim_start_matches('_')
+        );
+        let gpu = crate::emit::gpu::call(
+            &c.f,
+            &c.schedule,
+            c.gpu_plan.clone(),
+            quote!(#model::#info.ptx),
+            quote!(#model::#cache()),
+            &rs::scalar_ty(c.dtype),
+        );
+        let cache_fn = crate::emit::gpu::cache_fn(&cache);
+        let method = rs::emit_fn(
+            &c.f,
+            &c.schedule,
+            Shape::Method {
+                name: self.name,
+                vis: self.vis.clone(),
+                mutable: self.mutable,
+                gpu,
+                fields: self.fields,
+                flat: self.flat,
+            },
+            docs,
+        );
+        quote!(#cache_fn #method)
+    }
+}
+
+/// The data-parallel form of method `i`, `<name>_data_parallel`, and its two parts: the
+/// gradients into the communicator's flat buffer, one all-reduce, the updates.
+fn emit_data_parallel(
+    m: &syntax::ModelAst,
+    i: usize,
+    fns: &[Compiled],
+    fields: &[Ident],
+) -> TokenStream {
+    let model = &m.name;
+    let meth = &m.methods[i];
+    let Some(gi) = fns
+        .iter()
+        .position(|c| matches!(&c.part, Some(Part::Grads { method, .. }) if *method == i))
+    else {
+        return quote!();
+    };
+    let (gc, ac) = (&fns[gi], &fns[gi + 1]);
+    let Some(Part::Grads {
+        grad_params,
+        scalars,
+        ..
+    }) = &gc.part
+    else {
+        return quote!();
+    };
+    let upper = meth.name.to_string().to_uppercase();
+    let (ginfo, ainfo) = (
+        format_ident!("{}_GRADS_INFO", upper),
+        format_ident!("{}_APPLY_INFO", upper),
+    );
+    let (gname, aname) = (
+        format_ident!("__tf_dp_grads_{}", meth.name),
+        format_ident!("__tf_dp_apply_{}", meth.name),
+    );
+    let hidden = [quote!(#[doc(hidden)])];
+    let grads = MethodItem {
+        model,
+        fields,
+        name: &gname,
+        info: &ginfo,
+        vis: quote!(),
+        mutable: false,
+        flat: true,
+    }
+    .emit(gc, &hidden);
+    let apply = MethodItem {
+        model,
+        fields,
+        name: &aname,
+        info: &ainfo,
+        vis: quote!(),
+        mutable: true,
+        flat: false,
+    }
+    .emit(ac, &hidden);
+    let (gi_tok, ai_tok) = (info_tokens(gc), info_tokens(ac));
+    let t = rs::scalar_ty(gc.dtype);
+    let g = &gc.f.graph;
+
+    // The wrapper's arguments: the method's own, as its public form takes them.
+    let mut lifetimes = Vec::new();
+    let ps: Vec<TokenStream> = unique_decls(&meth.inputs)
+        .map(|d| {
+            let n = &d.name;
+            let life = syn::Lifetime::new(&format!("'__tf{}", lifetimes.len()), Span::call_site());
+            let ty = model_arg_ty(&d.ty, &life);
+            if !d.ty.dims.is_empty() {
+                lifetimes.push(life);
+            }
+            quote!(#n: #ty)
+        })
+        .collect();
+    let pass: Vec<&Ident> = unique_decls(&meth.inputs).map(|d| &d.name).collect();
+    // The flat buffer: the scalar outputs, then each gradient in the shape of its parameter.
+    let n_out = gc.f.outputs.len() - grad_params.len();
+    let grad_fields: Vec<Ident> = grad_params
+        .iter()
+        .map(|&v| Ident::new(&g.vars[v as usize].name, Span::call_site()))
+        .collect();
+    let grad_dims: Vec<TokenStream> = grad_params
+        .iter()
+        .map(|&v| rs::ix_ty(g.vars[v as usize].ty.rank()))
+        .collect();
+    let seg = format_ident!("__seg");
+    let views: Vec<TokenStream> = grad_fields
+        .iter()
+        .zip(&grad_dims)
+        .enumerate()
+        .map(|(k, (field, dim))| {
+            let v = format_ident!("__g{}", k);
+            quote! {
+                let __n = self.#field.shape().iter().product::<usize>();
+                let #v = ::tensor_fn::dist::segment::<#t, #dim>(&__flat[#seg..#seg + __n], self.#field.shape())?;
+                #seg += __n;
+            }
+        })
+        .collect();
+    let gvars: Vec<Ident> = (0..grad_fields.len())
+        .map(|k| format_ident!("__g{}", k))
+        .collect();
+    let scalar_args: Vec<Ident> = scalars
+        .iter()
+        .map(|s| Ident::new(s, Span::call_site()))
+        .collect();
+    let outs: Vec<TokenStream> = (0..n_out)
+        .map(|k| {
+            let o = gc.f.outputs[k];
+            match g.ty(o).int {
+                Some(it) => {
+                    let e = rs::int_ty(it);
+                    quote!((__flat[#k] * __inv).round() as #e)
+                }
+                None => quote!(__flat[#k] * __inv),
+            }
+        })
+        .collect();
+    let ret = match &meth.ret {
+        syntax::RetAst::Unit => quote!(()),
+        syntax::RetAst::One(t) => ast_out_ty(t),
+        syntax::RetAst::Tuple(ts) => {
+            let ts: Vec<TokenStream> = ts.iter().map(ast_out_ty).collect();
+            quote!((#(#ts),*))
+        }
+    };
+    let ret_expr = match &meth.ret {
+        syntax::RetAst::Unit => quote!(()),
+        syntax::RetAst::One(_) => quote!(#(#outs)*),
+        syntax::RetAst::Tuple(_) => quote!((#(#outs),*)),
+    };
+    let mvis = meth.vis.to_token_stream();
+    let name = &meth.name;
+    let dp = format_ident!("{}_data_parallel", meth.name);
+    let doc = format!(
+        " One data-parallel step of [`{name}`](Self::{name}) for this process's rank of \
+         `comm`. Pass this rank's slice of the global minibatch (`comm.slice(rows)`): the \
+         gradients of every rank are summed in one all-reduce over one flat buffer, then every \
+         rank applies the same updates to the averaged gradients, so the parameters stay equal \
+         on all ranks. Scalar outputs are averaged too. With equal slices this is `{name}` on \
+         the whole minibatch. In a world of one it is `{name}` itself, fused, unless \
+         `comm.set_stage_alone(true)` asks for the staged parts."
+    );
+    let ginfo_doc =
+        format!(" What `tensor_fn!` knows about the gradient part of `{name}_data_parallel`.");
+    let ainfo_doc =
+        format!(" What `tensor_fn!` knows about the update part of `{name}_data_parallel`.");
+    let n_out_lit = n_out;
+    quote! {
+        #grads
+        #apply
+        #[doc = #ginfo_doc]
+        pub const #ginfo: ::tensor_fn::FnInfo = #gi_tok;
+        #[doc = #ainfo_doc]
+        pub const #ainfo: ::tensor_fn::FnInfo = #ai_tok;
+
+        #[doc = #doc]
+        #[allow(clippy::too_many_arguments)]
+        #mvis fn #dp<#(#lifetimes),*>(&mut self, comm: &mut ::tensor_fn::dist::Communicator, #(#ps),*) -> ::core::result::Result<#ret, ::tensor_fn::Error> {
+            if !comm.stages() {
+                return self.#name(#(#pass),*);
+            }
+            let __len: usize = #n_out_lit #(+ self.#grad_fields.shape().iter().product::<usize>())*;
+            let mut __flat = comm.take_flat::<#t>(__len);
+            if let ::core::result::Result::Err(e) = self.#gname(&mut __flat, comm.rank(), #(#pass),*) {
+                comm.give_flat(__flat);
+                return ::core::result::Result::Err(e);
+            }
+            let __flat = comm.all_reduce_sum_vec(__flat)?;
+            let __inv: #t = 1.0 / (comm.size() as #t);
+            let __applied = (|| -> ::core::result::Result<(), ::tensor_fn::Error> {
+                let mut #seg = #n_out_lit;
+                #(#views)*
+                self.#aname(#(#scalar_args,)* #(#gvars,)* __inv)
+            })();
+            let __ret = #ret_expr;
+            comm.give_flat(__flat);
+            __applied?;
+            ::core::result::Result::Ok(__ret)
         }
     }
 }

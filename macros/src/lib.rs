@@ -2,6 +2,7 @@
 //! in the other modules, on `proc_macro2` types, so they can be tested without a compiler.
 
 mod check;
+mod data_parallel;
 mod diag;
 mod emit;
 mod expand;

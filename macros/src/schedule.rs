@@ -179,6 +179,8 @@ enum TaskKind {
     Copy(BufId),
     Reduce(RedKind, Axis, BufId),
     Gemm,
+    /// A sum of scaled products, as GEMMs into the node's buffer.
+    GemmSum,
     /// A library kernel into the node's buffer.
     Call(BufId),
 }
@@ -225,11 +227,15 @@ fn scalar_factors(g: &Graph, a: NodeId, out: &mut Vec<Instr>) -> bool {
 }
 
 /// Splits `node` into `p + sum_j own_j p + sum_k scale_k * dot_k` when every node on the way
-/// is used only there and no dot reads a parameter (they all must see the old values).
+/// is used only there, every dot has type `ty`, and (unless `fresh`: the products go to a
+/// buffer of their own, not to the parameter `p`) no dot reads a parameter (they all must see
+/// the old values).
 fn linear_terms(
     g: &Graph,
     node: NodeId,
     p: NodeId,
+    ty: &Type,
+    fresh: bool,
     scale: Scale,
     uses: &[u32],
     split: &mut Split,
@@ -253,8 +259,8 @@ fn linear_terms(
     match n.op {
         Op::Binary(Binary::Add) => {
             split.absorbed.push(node);
-            linear_terms(g, n.args[0], p, scale.clone(), uses, split)
-                && linear_terms(g, n.args[1], p, scale, uses, split)
+            linear_terms(g, n.args[0], p, ty, fresh, scale.clone(), uses, split)
+                && linear_terms(g, n.args[1], p, ty, fresh, scale, uses, split)
         }
         Op::Unary(Unary::Neg) => {
             split.absorbed.push(node);
@@ -262,7 +268,7 @@ fn linear_terms(
                 sign: -scale.sign,
                 factors: scale.factors,
             };
-            linear_terms(g, n.args[0], p, s, uses, split)
+            linear_terms(g, n.args[0], p, ty, fresh, s, uses, split)
         }
         Op::Binary(Binary::Mul) => {
             let (src, rest) = match (scalar_src(n.args[0]), scalar_src(n.args[1])) {
@@ -273,9 +279,9 @@ fn linear_terms(
             split.absorbed.push(node);
             let mut s = scale;
             s.factors.extend(src);
-            linear_terms(g, rest, p, s, uses, split)
+            linear_terms(g, rest, p, ty, fresh, s, uses, split)
         }
-        Op::Dot if g.ty(node) == g.ty(p) => {
+        Op::Dot if g.ty(node) == ty => {
             let reads_param = n.args.iter().any(|&a| {
                 let base = if g.op(a) == Op::Transpose {
                     g.args(a)[0]
@@ -284,7 +290,7 @@ fn linear_terms(
                 };
                 matches!(g.op(base), Op::Var(v) if g.vars[v as usize].kind == VarKind::Param)
             });
-            if reads_param {
+            if reads_param && !fresh {
                 return false;
             }
             split.absorbed.push(node);
@@ -316,7 +322,8 @@ pub fn schedule(f: &Function) -> Schedule {
             continue;
         }
         let mut split = Split::default();
-        if linear_terms(g, v, pnode, Scale::one(), &uses, &mut split)
+        let ty = g.ty(pnode).clone();
+        if linear_terms(g, v, pnode, &ty, false, Scale::one(), &uses, &mut split)
             && split.base
             && !split.terms.is_empty()
         {
@@ -328,6 +335,33 @@ pub fn schedule(f: &Function) -> Schedule {
                 terms: split.terms,
                 own: split.own,
             });
+        }
+    }
+    // Sums of products (`dot(a, b) + dot(c, d)`, scaled: the two gradient contributions of a
+    // tied weight matrix, when the gradient itself is wanted) are GEMMs accumulating into the
+    // sum's buffer, not products in buffers of their own and a pass adding them. Outermost
+    // sums first, so a sum inside another joins the outer one.
+    let mut sums: HashMap<NodeId, Vec<(Scale, NodeId)>> = HashMap::new();
+    for id in g.ids().collect::<Vec<_>>().into_iter().rev() {
+        if !live[id.idx()]
+            || absorbed[id.idx()]
+            || g.op(id) != Op::Binary(Binary::Add)
+            || g.ty(id).rank() != 2
+        {
+            continue;
+        }
+        let ty = g.ty(id).clone();
+        let mut split = Split::default();
+        let none = NodeId(u32::MAX);
+        let ok = g
+            .args(id)
+            .iter()
+            .all(|&a| linear_terms(g, a, none, &ty, true, Scale::one(), &uses, &mut split));
+        if ok && split.terms.len() >= 2 && split.own.is_empty() && !split.base {
+            for n in split.absorbed {
+                absorbed[n.idx()] = true;
+            }
+            sums.insert(id, split.terms);
         }
     }
     // Scalars computed from constants, dims and scalar arguments only (`1 / b`): recomputed
@@ -396,6 +430,7 @@ pub fn schedule(f: &Function) -> Schedule {
         let op = g.op(id);
         mat[id.idx()] = match op {
             _ if absorbed[id.idx()] => false,
+            _ if sums.contains_key(&id) => true,
             Op::Var(v) => g.vars[v as usize].kind == VarKind::Param || g.ty(id).rank() > 0,
             // A constant is inlined, except as a GEMM operand (`grad` of `sum(dot(a, b))` has
             // `dot(ones, b)`): that one is stored once, so the GEMM has a buffer to read.
@@ -501,6 +536,7 @@ pub fn schedule(f: &Function) -> Schedule {
         }
         let kind = match g.op(id) {
             Op::Dot => TaskKind::Gemm,
+            _ if sums.contains_key(&id) => TaskKind::GemmSum,
             Op::Call(_) => TaskKind::Call(buf),
             Op::Sum(a) => TaskKind::Reduce(RedKind::Sum, a, buf),
             Op::Max(a) => TaskKind::Reduce(RedKind::Max, a, buf),
@@ -544,6 +580,23 @@ pub fn schedule(f: &Function) -> Schedule {
                 let gm = gemm_of(g, t.node, &buf_of, buf_of[&t.node]);
                 done[gm.c.buf] = true;
                 s.kernels.push(Kernel::Gemm(gm));
+            }
+            TaskKind::GemmSum => {
+                let out = buf_of[&t.node];
+                let mut terms = sums[&t.node].iter().cloned().peekable();
+                let mut beta = 0.0;
+                while let Some((scale, dot)) = terms.next() {
+                    let mut gm = gemm_of(g, dot, &buf_of, out);
+                    gm.alpha = scale;
+                    // The first product writes the sum; the others add to it.
+                    gm.beta = std::mem::replace(&mut beta, 1.0);
+                    if let Some((_, d2)) = terms.next_if(|(s2, _)| *s2 == gm.alpha) {
+                        let g2 = gemm_of(g, d2, &buf_of, out);
+                        gm.also = Some(Box::new((g2.a, g2.b, g2.k, d2)));
+                    }
+                    s.kernels.push(Kernel::Gemm(gm));
+                }
+                done[out] = true;
             }
             TaskKind::Call(out) => {
                 let Op::Call(op) = g.op(t.node) else {
@@ -735,7 +788,7 @@ fn fuse_calls(s: &mut Schedule) {
 /// The iteration space of a loop task (None for a GEMM).
 fn task_dims(g: &Graph, t: &Task) -> Option<Vec<Dim>> {
     match t.kind {
-        TaskKind::Gemm | TaskKind::Call(_) => None,
+        TaskKind::Gemm | TaskKind::GemmSum | TaskKind::Call(_) => None,
         TaskKind::Store(_) | TaskKind::Copy(_) => Some(g.ty(t.node).shape.clone()),
         TaskKind::Reduce(..) => Some(g.ty(g.args(t.node)[0]).shape.clone()),
     }
@@ -1147,7 +1200,7 @@ impl LoopBuilder<'_> {
             return false;
         };
         let (node, dims, compute) = match t.kind {
-            TaskKind::Gemm | TaskKind::Call(_) => return false,
+            TaskKind::Gemm | TaskKind::GemmSum | TaskKind::Call(_) => return false,
             TaskKind::Store(_) => (t.node, &g.ty(t.node).shape, true),
             TaskKind::Copy(_) => (t.node, &g.ty(t.node).shape, false),
             TaskKind::Reduce(..) => {

@@ -269,11 +269,14 @@ pub struct Body {
 }
 
 /// Options given as attributes: `#[strict]` turns off rewrites that are not IEEE-exact;
-/// `#[nan_guard]` makes the CPU code check every value each kernel writes for NaN or Inf.
+/// `#[nan_guard]` makes the CPU code check every value each kernel writes for NaN or Inf;
+/// `#[data_parallel]` (model methods only) also compiles the method staged for many ranks:
+/// gradients, one all-reduce, updates (`crate::data_parallel`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     pub strict: bool,
     pub nan_guard: bool,
+    pub data_parallel: bool,
 }
 
 /// `|a: T, b: T| body`
@@ -350,7 +353,7 @@ pub fn parse(input: TokenStream) -> syn::Result<Program> {
 fn parse_program(input: ParseStream) -> syn::Result<Program> {
     let attrs = input.call(Attribute::parse_outer)?;
     if input.peek(Token![|]) {
-        let options = options_from(&attrs)?;
+        let options = options_outside_models(&attrs)?;
         let start = input.span();
         input.parse::<Token![|]>()?;
         let mut inputs = Vec::new();
@@ -386,7 +389,7 @@ fn parse_program(input: ParseStream) -> syn::Result<Program> {
     if fork.peek(Token![struct]) {
         return parse_model(input, attrs).map(Program::Model);
     }
-    let options = options_from(&attrs)?;
+    let options = options_outside_models(&attrs)?;
     let mut inputs = Vec::new();
     while !input.peek(Token![;]) {
         if input.is_empty() {
@@ -429,6 +432,8 @@ fn options_from(attrs: &[Attribute]) -> syn::Result<Options> {
             o.strict = true;
         } else if a.path().is_ident("nan_guard") {
             o.nan_guard = true;
+        } else if a.path().is_ident("data_parallel") {
+            o.data_parallel = true;
         } else if !a.path().is_ident("doc") {
             let name = a
                 .path()
@@ -438,10 +443,28 @@ fn options_from(attrs: &[Attribute]) -> syn::Result<Options> {
             return Err(syn::Error::new(
                 a.path().span(),
                 format!(
-                    "unknown attribute `#[{name}]`\n\nhelp: `tensor_fn!` understands `#[strict]`, `#[nan_guard]` and doc comments"
+                    "unknown attribute `#[{name}]`\n\nhelp: `tensor_fn!` understands `#[strict]`, `#[nan_guard]`, `#[data_parallel]` (on a model's methods) and doc comments"
                 ),
             ));
         }
+    }
+    Ok(o)
+}
+
+/// The options of a closure or equations: `#[data_parallel]` needs a model's method (it
+/// stages parameter updates, which only methods have).
+fn options_outside_models(attrs: &[Attribute]) -> syn::Result<Options> {
+    let o = options_from(attrs)?;
+    if o.data_parallel {
+        let a = attrs
+            .iter()
+            .find(|a| a.path().is_ident("data_parallel"))
+            .expect("the option came from an attribute");
+        return Err(syn::Error::new(
+            a.path().span(),
+            "`#[data_parallel]` applies to a model's methods that update parameters\n\nhelp: \
+             put it on a method such as `pub fn train(&mut self, ...)` inside `struct ... impl ...`",
+        ));
     }
     Ok(o)
 }
@@ -456,6 +479,7 @@ fn split_attrs(attrs: Vec<Attribute>) -> syn::Result<(Vec<Attribute>, Options)> 
 }
 
 fn parse_model(input: ParseStream, attrs: Vec<Attribute>) -> syn::Result<ModelAst> {
+    options_outside_models(&attrs)?;
     let (attrs, _) = split_attrs(attrs)?;
     let vis: Visibility = input.parse()?;
     input.parse::<Token![struct]>()?;

@@ -94,6 +94,28 @@ pub enum Error {
         found: String,
         device: String,
     },
+    /// A data-parallel job could not start or a collective failed: no MPI or NCCL library,
+    /// no GPU for NCCL, an error code from the engine, a minibatch that does not split
+    /// between the ranks. `rank` is this process's rank where it is known.
+    #[error("{}{message}", rank_prefix(*rank))]
+    Comm {
+        rank: Option<usize>,
+        message: String,
+    },
+    /// A collective did not finish within the communicator's timeout: some rank died or is
+    /// stuck. `silent` are the ranks that did not answer a liveness check afterwards (empty
+    /// when all answered: then they are alive but in another collective, a program bug).
+    #[error(
+        "rank {rank}: {op} #{call} did not finish within {secs} s; {}",
+        silent_ranks(silent)
+    )]
+    CommTimeout {
+        rank: usize,
+        op: &'static str,
+        call: u64,
+        secs: f64,
+        silent: Vec<usize>,
+    },
     /// A dataset could not be read.
     #[error(transparent)]
     Data(#[from] DataError),
@@ -110,4 +132,21 @@ pub enum Error {
     /// `reason` says what is wrong, expected vs found.
     #[error("{path}: {reason}")]
     Format { path: String, reason: String },
+}
+
+fn rank_prefix(rank: Option<usize>) -> String {
+    rank.map(|r| format!("rank {r}: ")).unwrap_or_default()
+}
+
+fn silent_ranks(silent: &[usize]) -> String {
+    match silent {
+        [] => "every other rank answered a liveness check, so they wait in a different \
+               collective: the ranks called collectives in different orders"
+            .into(),
+        [r] => format!("rank {r} did not answer (dead or stuck)"),
+        rs => {
+            let list: Vec<String> = rs.iter().map(|r| r.to_string()).collect();
+            format!("ranks {} did not answer (dead or stuck)", list.join(", "))
+        }
+    }
 }

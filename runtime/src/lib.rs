@@ -6,11 +6,13 @@
 //! - [`Error`]: the one error type every fallible call returns.
 //! - [`RandomStream`]: the seed and position of a model's random draws.
 //! - [`data`]: dataset loaders (MNIST as IDX files or the classic `mnist.pkl.gz`).
+//! - [`dist`]: data-parallel training across processes (MPI, NCCL).
 //! - [`cpu`]: the CPU kernels generated code is built from (GEMM, workspaces, dim binding).
 
 pub mod cpu;
 pub mod data;
 mod device;
+pub mod dist;
 mod error;
 pub mod gpu;
 mod info;

@@ -51,6 +51,16 @@ impl RandomStream {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         [self.seed.load(Ordering::SeqCst) as i64, call as i64]
     }
+
+    /// [`next_call`](Self::next_call) for rank `rank` of a data-parallel job: every rank
+    /// advances the same counter, but draws with a key of its own (rank 0 the seed itself),
+    /// so ranks corrupt or sample their slices independently.
+    pub fn next_call_of_rank(&self, rank: usize) -> [i64; 2] {
+        let [seed, call] = self.next_call();
+        // An odd multiplier maps distinct ranks to distinct keys.
+        let key = (seed as u64) ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        [key as i64, call]
+    }
 }
 
 impl Default for RandomStream {
@@ -93,5 +103,15 @@ mod tests {
         assert_eq!(s.next_call(), [-1, 0]);
         s.set(3, u64::MAX);
         assert_eq!(s.next_call(), [3, -1]);
+    }
+
+    #[test]
+    fn ranks_draw_with_keys_of_their_own() {
+        let s = RandomStream::new(7, 0);
+        assert_eq!(s.next_call_of_rank(0), [7, 0]);
+        let [k1, c1] = s.next_call_of_rank(1);
+        let [k2, _] = s.next_call_of_rank(2);
+        assert_eq!(c1, 1);
+        assert!(k1 != 7 && k2 != 7 && k1 != k2);
     }
 }

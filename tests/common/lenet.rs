@@ -10,6 +10,7 @@ tensor_fn! {
         w2: f32[800, 500], b2: f32[500], w3: f32[500, 10], b3: f32[10]
     }
     impl LeNet {
+        #[data_parallel]
         pub fn train(&mut self, x: f32[n, 784], y: i64[n], lr: f32) -> f32 {
             let h0 = tanh(max_pool(conv2d(reshape(x, [n, 1, 28, 28]), w0), [2, 2]) + reshape(b0, [1, 20, 1, 1]));
             let h1 = tanh(max_pool(conv2d(h0, w1), [2, 2]) + reshape(b1, [1, 50, 1, 1]));

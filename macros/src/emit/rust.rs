@@ -26,12 +26,16 @@ pub enum Shape<'a> {
     Free { name: &'a Ident, vis: TokenStream },
     /// A method of a model; `mutable` says `&mut self`. `gpu` is its GPU path
     /// (`emit::gpu::call`); `fields` are all the model's parameters (they decide the device).
+    /// With `flat`, the method writes its outputs one after the other into a caller's slice
+    /// instead of returning them (a data-parallel method's gradients, summed in place across
+    /// ranks); it takes the slice and the process's rank before its arguments.
     Method {
         name: &'a Ident,
         vis: TokenStream,
         mutable: bool,
         gpu: TokenStream,
         fields: &'a [Ident],
+        flat: bool,
     },
 }
 
@@ -318,6 +322,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
     let t = scalar_ty(dtype);
     let ps = params(f);
     let ret = ret_ty(f);
+    let fname_str = &f.name;
 
     // Bind and check dims: params first, then arguments, each axis once.
     let mut seen: Vec<(u32, String)> = Vec::new();
@@ -412,13 +417,41 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
         }
     }
 
-    // Output arrays (rank >= 1) are allocated per call: they are returned to the caller.
+    // Output arrays (rank >= 1) are allocated per call: they are returned to the caller. With
+    // flat outputs, each output is the next piece of the caller's slice instead.
+    let flat = matches!(shape, Shape::Method { flat: true, .. });
     let mut out_allocs = Vec::new();
+    let flat_ids: Vec<Ident> = (0..f.outputs.len())
+        .map(|i| format_ident!("__fo{}", i))
+        .collect();
+    if flat {
+        let lens: Vec<TokenStream> = f
+            .outputs
+            .iter()
+            .map(|o| len_expr(g, &g.ty(*o).shape))
+            .collect();
+        out_allocs.push(quote! {
+            let __flat_len: usize = 0usize #(+ #lens)*;
+            if __flat.len() != __flat_len {
+                return ::core::result::Result::Err(::tensor_fn::Error::Internal(::std::format!(
+                    "`{}`: a flat buffer of {} elements for outputs of {}", #fname_str, __flat.len(), __flat_len
+                )));
+            }
+            let __fr: &mut [#t] = __flat;
+            #(let (#flat_ids, __fr) = __fr.split_at_mut(#lens);)*
+            let _ = __fr;
+        });
+    }
     let mut ws_bufs = Vec::new();
     let gpu_only = s.gpu_only_bufs();
     for (b, buf) in s.bufs.iter().enumerate() {
         match buf.kind {
             BufKind::Work if gpu_only.contains(&b) => {}
+            BufKind::Output(p) if flat && buf.ty.rank() > 0 => {
+                let id = buf_ident(s, b);
+                let fo = &flat_ids[p];
+                out_allocs.push(quote!(let #id: &mut [#t] = #fo;));
+            }
             BufKind::Output(_) if buf.ty.rank() > 0 => {
                 let id = buf_ident(s, b);
                 let len = len_expr(g, &buf.ty.shape);
@@ -554,6 +587,15 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             }
         }
         let e = match f.ret {
+            _ if flat => {
+                // Scalars into their one-element pieces (arrays were written in place).
+                let sets = f.outputs.iter().enumerate().filter_map(|(i, o)| {
+                    let fo = &flat_ids[i];
+                    let r = format_ident!("__r{}", i);
+                    (g.ty(*o).rank() == 0).then(|| quote!(#fo[0] = #r as #t;))
+                });
+                quote!({ #(#sets)* })
+            }
             Ret::Unit => quote!(()),
             Ret::One if exprs.len() == 1 => exprs[0].clone(),
             _ => quote!((#(#exprs),*)),
@@ -613,6 +655,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             mutable,
             gpu,
             fields,
+            flat,
         } => {
             let recv = if mutable {
                 quote!(&mut self)
@@ -625,20 +668,75 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                 pass,
                 lifetimes,
             } = method_params(f);
-            // A method that draws takes the next call of its model's stream.
-            let draw = if f
+            // A method that draws takes the next call of its model's stream (each rank its own
+            // numbers, when the method is one rank's part of a data-parallel step).
+            let draws = f
                 .inputs
                 .iter()
-                .any(|&v| g.vars[v as usize].name == crate::ir::STREAM_VAR)
-            {
-                quote!(let __stream_words: [i64; 2] = self.__tf_stream.next_call();)
-            } else {
-                quote!()
+                .any(|&v| g.vars[v as usize].name == crate::ir::STREAM_VAR);
+            let draw = match (draws, flat) {
+                (false, _) => quote!(),
+                (true, false) => {
+                    quote!(let __stream_words: [i64; 2] = self.__tf_stream.next_call();)
+                }
+                (true, true) => quote! {
+                    let __stream_words: [i64; 2] = self.__tf_stream.next_call_of_rank(__rank);
+                },
             };
             let lazy = format_ident!("{}_lazy", name);
             let imp = format_ident!("__tensor_fn_{}", name);
             let fname = &f.name;
             let field_strs: Vec<String> = fields.iter().map(|i| i.to_string()).collect();
+            if flat {
+                // On a GPU the outputs come back to the host as usual and are copied into the
+                // slice; on the CPU the kernels write them there.
+                let outs: Vec<Ident> = (0..f.outputs.len())
+                    .map(|i| format_ident!("__go{}", i))
+                    .collect();
+                let copies = f.outputs.iter().enumerate().map(|(i, o)| {
+                    let (fo, go) = (&flat_ids[i], &outs[i]);
+                    if g.ty(*o).rank() == 0 {
+                        quote!(#fo[0] = #go as #t;)
+                    } else {
+                        quote! {
+                            #fo.copy_from_slice(#go.as_slice().ok_or_else(|| {
+                                ::tensor_fn::Error::Internal("a GPU output is not contiguous".into())
+                            })?);
+                        }
+                    }
+                });
+                let unpack = if outs.len() == 1 {
+                    quote!(let #(#outs)* = __vals;)
+                } else {
+                    quote!(let (#(#outs),*) = __vals;)
+                };
+                let flat_body_splits = &out_allocs[0];
+                return quote! {
+                    #[doc(hidden)]
+                    #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
+                    #vis fn #name<#(#lifetimes),*>(#recv, __flat: &mut [#t], __rank: usize, #(#outer),*) -> ::core::result::Result<(), ::tensor_fn::Error> {
+                        #draw
+                        self.#imp(__flat, #(#pass,)*)
+                    }
+
+                    #[doc(hidden)]
+                    #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
+                    fn #imp(#recv, __flat: &mut [#t], #(#inner,)*) -> ::core::result::Result<(), ::tensor_fn::Error> {
+                        let __dev = ::tensor_fn::gpu::model_device(#fname, &[#((#field_strs, self.#fields.device())),*])?;
+                        #(#checks)*
+                        if __dev.is_gpu() {
+                            let __mode = ::tensor_fn::gpu::Mode::Wait;
+                            let __lazy = (|| -> ::core::result::Result<::tensor_fn::gpu::Lazy<#ret>, ::tensor_fn::Error> { #gpu })()?;
+                            let __vals = __lazy.get()?;
+                            #flat_body_splits
+                            #unpack
+                            #(#copies)*
+                            return ::core::result::Result::Ok(());
+                        }
+                        #body
+                    }
+                };
+            }
             let lazy_doc = format!(
                 " [`{name}`](Self::{name}) without waiting: on a GPU it returns once the work \
                  is queued, and the outputs are copied back when the returned `Lazy` is read \
