@@ -251,7 +251,7 @@ where
 
 fn main() {
     let args = Args::parse();
-    let mut comm = match communicator(args.data_parallel) {
+    let mut comm = match Communicator::for_switch(args.data_parallel, "--data-parallel") {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -262,25 +262,6 @@ fn main() {
         eprintln!("error: {}{e}", rank_prefix(&comm));
         // The other ranks would wait for this one until their timeout: end the job now.
         comm.abort(1);
-    }
-}
-
-/// This process's communicator: from the launcher with `--data-parallel`, else a world of
-/// one. Started by `mpirun` as one of several processes without `--data-parallel` is an
-/// error: each would train the whole model alone and write the same files.
-fn communicator(data_parallel: bool) -> Result<Communicator, tensor_fn::Error> {
-    if data_parallel {
-        return Communicator::from_env();
-    }
-    match tensor_fn::dist::launcher_world_size() {
-        Some(n) if n > 1 => Err(tensor_fn::Error::Comm {
-            rank: None,
-            message: format!(
-                "started by an MPI launcher as one of {n} processes: pass --data-parallel to \
-                 train one model across them"
-            ),
-        }),
-        _ => Ok(Communicator::single()),
     }
 }
 

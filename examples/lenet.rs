@@ -54,7 +54,9 @@ tensor_fn! {
 
     impl LeNet {
         /// One SGD step on the negative log-likelihood of the labels; returns it (before the
-        /// step), as the tutorial's `train_model` does.
+        /// step), as the tutorial's `train_model` does. (`train_data_parallel`: the same step
+        /// for one rank of a data-parallel job.)
+        #[data_parallel]
         pub fn train(&mut self, x: f32[n, 784], y: i64[n], lr: f32) -> f32 {
             let h0 = tanh(max_pool(conv2d(reshape(x, [n, 1, 28, 28]), w0), [2, 2])
                 + reshape(b0, [1, 20, 1, 1]));
@@ -107,6 +109,15 @@ impl Classifier for Net {
         lr: f32,
     ) -> Result<f32, tensor_fn::Error> {
         self.lenet.train(x, y, lr)
+    }
+    fn step_data_parallel(
+        &mut self,
+        comm: &mut Communicator,
+        x: ArrayView2<f32>,
+        y: ArrayView1<i64>,
+        lr: f32,
+    ) -> Result<f32, tensor_fn::Error> {
+        self.lenet.train_data_parallel(comm, x, y, lr)
     }
     fn errors(&self, x: ArrayView2<f32>, y: ArrayView1<i64>) -> Result<f32, tensor_fn::Error> {
         self.lenet.errors(x, y)
@@ -171,20 +182,68 @@ struct Args {
     /// scripts/bench-tutorials.sh compute with the drawn filters: the same trajectory as theirs.
     #[arg(long)]
     match_peers: bool,
+    /// Train data-parallel: run under `mpirun -np N` (a build with `--features mpi`); each
+    /// process computes the gradients of its slice of every minibatch (N must divide
+    /// `--batch`), and rank 0 alone prints and writes files. Every process starts from the same
+    /// seeded weights and validates the same parameters.
+    #[arg(long)]
+    data_parallel: bool,
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    let args = Args::parse();
+    let mut comm = match Communicator::for_switch(args.data_parallel, "--data-parallel") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(args, &mut comm) {
+        match comm.size() {
+            1 => eprintln!("error: {e}"),
+            _ => eprintln!("error: rank {}: {e}", comm.rank()),
+        }
+        // The other ranks would wait for this one until their timeout: end the job now.
+        comm.abort(1);
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: Args, comm: &mut Communicator) -> Result<(), Box<dyn std::error::Error>> {
     let wall = Instant::now();
     let device = args.common.device()?;
     let data = Data::load(&args.common)?;
     let mut net = initial(args.seed, args.match_peers)?;
+    if comm.size() > 1 {
+        // Every rank drew the same weights from the same seed; rank 0's are sent anyway, so
+        // the ranks start equal however they were made.
+        let m = &mut net.lenet;
+        for p in [
+            m.w0.data_mut()?,
+            m.b0.data_mut()?,
+            m.w1.data_mut()?,
+            m.b1.data_mut()?,
+        ] {
+            comm.broadcast(p, 0)?;
+        }
+        for p in [
+            m.w2.data_mut()?,
+            m.b2.data_mut()?,
+            m.w3.data_mut()?,
+            m.b3.data_mut()?,
+        ] {
+            comm.broadcast(p, 0)?;
+        }
+        if comm.is_root() {
+            eprintln!(
+                "data-parallel over {} processes ({}): {} of each minibatch's {} images per process",
+                comm.size(),
+                comm.engine(),
+                args.batch / comm.size(),
+                args.batch
+            );
+        }
+    }
     net.lenet.to_device(device)?;
     let schedule = Schedule {
         max_epochs: args.epochs,
@@ -192,7 +251,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         lr: args.lr,
         patience: args.patience,
     };
-    let fit = tutorials::fit(&mut net, &data, &args.common, &schedule)?;
+    let fit = tutorials::fit_with(&mut net, &data, &args.common, &schedule, comm)?;
+    if !comm.is_root() {
+        return Ok(());
+    }
     write_filters(
         &args.common.out.join("filters.png"),
         fit.best.array4("w0", (K0, 1, SIDE, SIDE))?,

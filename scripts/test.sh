@@ -19,6 +19,13 @@ if None in v.values() or len(set(v.values())) != 1:
     sys.exit(f"scripts/test.sh: every crate must declare the workspace rust-version: {v}")'
 cargo clippy --workspace --all-targets -- -D clippy::incompatible_msrv
 bash scripts/check-cli.sh # the main job's CLI: runs, resumes, refuses bad input, keeps its files
+# Data parallelism over Open MPI (feature `mpi`): two ranks under `mpirun -np 2` train as one
+# process does, a killed rank is an error on the other, and the main job and LeNet run under
+# mpirun and resume with another process count.
+bash scripts/install-mpi.sh
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 # CI runs as root
+cargo test --features mpi --test data_parallel -- --test-threads 1
+bash scripts/check-data-parallel.sh
 # The seed's introduction runs end to end and prints exactly the committed text (it prints no
 # timings: the same bytes on every machine and thread count).
 intro="$(mktemp)"
@@ -41,6 +48,12 @@ env -u TENSOR_FN_REQUIRE_GPU LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD
     cargo test -p tensor-fn-runtime --features cuda --lib
 # 2. No libcuda.so.1 at all: the binary still starts and reports "no CUDA driver".
 env -u TENSOR_FN_REQUIRE_GPU -u LD_LIBRARY_PATH cargo test -p tensor-fn-runtime --features cuda --lib
+# The NCCL engine (feature `nccl`: data parallelism on GPUs, NCCL loaded at run time) builds
+# here and reports "no NCCL/GPU" cleanly: there is no libnccl.so.2, and no GPU behind the stub.
+env -u TENSOR_FN_REQUIRE_GPU LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    cargo test --features nccl --test nccl -- --nocapture
+env -u TENSOR_FN_REQUIRE_GPU LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    cargo test -p tensor-fn-runtime --features nccl --lib dist
 # 3. The emulated driver (runtime/cuda-emu: the driver API on our PTX interpreter, with real
 # stream and capture semantics): one GPU, cuda:0, and every GPU test must run on it
 # (TENSOR_FN_REQUIRE_GPU=1 turns a skip into a failure). First the emulator's own tests.

@@ -1002,6 +1002,55 @@ fn lenet() -> LeNet {
     .unwrap()
 }
 
+/// The staged data-parallel step on a GPU: the gradient part's outputs come back into the
+/// communicator's flat buffer, and the update part reads the summed gradients from it.
+#[test]
+fn a_staged_data_parallel_lenet_step_runs_alike() {
+    let n = 2;
+    let x = fill(&[n, 784], 920, 0.0, 1.0)
+        .mapv(|v| v as f32)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let y: Array1<i64> = (0..n as i64).map(|i| (i * 7 + 2) % 10).collect();
+    let mut cpu = lenet();
+    let want: Vec<f32> = (0..2)
+        .map(|_| cpu.train(x.view(), y.view(), 0.1).expect("cpu"))
+        .collect();
+    let mut comm = tensor_fn::dist::Communicator::single();
+    comm.set_stage_alone(true);
+    for dev in devices() {
+        let mut g = lenet();
+        g.to_device(dev).expect("to device");
+        let got: Vec<f32> = (0..2)
+            .map(|_| {
+                g.train_data_parallel(&mut comm, x.view(), y.view(), 0.1)
+                    .expect("gpu")
+            })
+            .collect();
+        let d = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        close("costs", dev, &d(&want), &d(&got), 1e-4);
+        for (name, a, b) in [
+            (
+                "w0",
+                flat32(&cpu.w0.get_value().unwrap()),
+                flat32(&g.w0.get_value().unwrap()),
+            ),
+            (
+                "w2",
+                flat32(&cpu.w2.get_value().unwrap()),
+                flat32(&g.w2.get_value().unwrap()),
+            ),
+            (
+                "b3",
+                flat32(&cpu.b3.get_value().unwrap()),
+                flat32(&g.b3.get_value().unwrap()),
+            ),
+        ] {
+            close(&format!("{name} after 2 staged steps"), dev, &a, &b, 1e-4);
+        }
+    }
+}
+
 #[test]
 fn a_lenet_training_step_runs_alike() {
     let n = 2;

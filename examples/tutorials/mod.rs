@@ -398,6 +398,21 @@ pub trait Classifier: Sized {
         lr: f32,
     ) -> Result<f32, tensor_fn::Error>;
     fn errors(&self, x: ArrayView2<f32>, y: ArrayView1<i64>) -> Result<f32, tensor_fn::Error>;
+    /// `step` for one rank of a data-parallel job, on its slice of the minibatch (a model
+    /// with a `#[data_parallel]` training method). The cost is the whole minibatch's.
+    fn step_data_parallel(
+        &mut self,
+        comm: &mut Communicator,
+        x: ArrayView2<f32>,
+        y: ArrayView1<i64>,
+        lr: f32,
+    ) -> Result<f32, tensor_fn::Error> {
+        let _ = (comm, x, y, lr);
+        Err(tensor_fn::Error::Comm {
+            rank: None,
+            message: "this model has no data-parallel training step".into(),
+        })
+    }
     /// The parameters, as host tensors in a checkpoint of `epoch`.
     fn snapshot(&self, epoch: usize) -> Result<Checkpoint, tensor_fn::Error>;
     /// A model on the CPU from a checkpoint `snapshot` wrote.
@@ -430,6 +445,29 @@ pub fn fit<M: Classifier>(
     common: &Common,
     sch: &Schedule,
 ) -> Result<Fit, Box<dyn std::error::Error>> {
+    fit_with(model, data, common, sch, &mut Communicator::single())
+}
+
+/// [`fit`] as one rank of a data-parallel job (`comm` of more than one process): each rank
+/// trains on its slice of every minibatch through the model's data-parallel step, all ranks
+/// validate the same parameters alike (so they stop alike), and rank 0 alone prints and
+/// writes files.
+pub fn fit_with<M: Classifier>(
+    model: &mut M,
+    data: &Data,
+    common: &Common,
+    sch: &Schedule,
+    comm: &mut Communicator,
+) -> Result<Fit, Box<dyn std::error::Error>> {
+    let root = comm.is_root();
+    let local = comm.slice(sch.batch).map_err(|_| {
+        format!(
+            "--batch {}: a data-parallel minibatch is split equally between the {} processes, \
+             so the process count must divide it",
+            sch.batch,
+            comm.size()
+        )
+    })?;
     let steps = data.train.x.nrows() / sch.batch;
     if steps == 0 {
         return Err(format!(
@@ -439,7 +477,11 @@ pub fn fit<M: Classifier>(
         )
         .into());
     }
-    let out = common.out_dir()?.to_path_buf();
+    let out = if root {
+        common.out_dir()?.to_path_buf()
+    } else {
+        common.out.clone()
+    };
     let mut stop = EarlyStopping::new(sch.patience, steps);
     let mut epochs: Vec<Epoch> = Vec::new();
     let mut best: Option<Checkpoint> = None;
@@ -447,7 +489,11 @@ pub fn fit<M: Classifier>(
     let mut epoch = 0;
     while epoch < sch.max_epochs && !done {
         epoch += 1;
-        let bar = common.bar(steps, "epoch");
+        let bar = if root {
+            common.bar(steps, "epoch")
+        } else {
+            ProgressBar::hidden()
+        };
         bar.set_message(epoch.to_string());
         let (mut total, mut ran) = (0.0f64, 0usize);
         let mut train_seconds = 0.0;
@@ -455,11 +501,21 @@ pub fn fit<M: Classifier>(
         let mut t = Instant::now();
         for i in 0..steps {
             let r = i * sch.batch..(i + 1) * sch.batch;
-            let c = model.step(
-                data.train.x.slice(s![r.clone(), ..]),
-                data.train.y.slice(s![r]),
-                sch.lr,
-            )?;
+            let c = if comm.size() > 1 {
+                let mine = r.start + local.start..r.start + local.end;
+                model.step_data_parallel(
+                    comm,
+                    data.train.x.slice(s![mine.clone(), ..]),
+                    data.train.y.slice(s![mine]),
+                    sch.lr,
+                )?
+            } else {
+                model.step(
+                    data.train.x.slice(s![r.clone(), ..]),
+                    data.train.y.slice(s![r]),
+                    sch.lr,
+                )?
+            };
             require_finite_cost(epoch, i, c)?;
             total += c as f64;
             ran += 1;
@@ -476,7 +532,7 @@ pub fn fit<M: Classifier>(
                         .set_meta("test_error", stop.test_at_best.to_string());
                     best = Some(ck);
                 }
-                if !common.quiet {
+                if !common.quiet && root {
                     bar.println(format!(
                         "epoch {epoch}, minibatch {}/{steps}, validation error {:.4} %",
                         i + 1,
@@ -496,18 +552,21 @@ pub fn fit<M: Classifier>(
         train_seconds += t.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let cost = total / ran.max(1) as f64;
-        println!(
-            "epoch {epoch}: cost {cost:.6}, {train_seconds:.3} s of training, validation error {} %",
-            valid
-                .map(|v| format!("{:.4}", v * 100.0))
-                .unwrap_or_else(|| "-".into())
-        );
         epochs.push(Epoch {
             epoch,
             cost,
             train_seconds,
             valid,
         });
+        if !root {
+            continue;
+        }
+        println!(
+            "epoch {epoch}: cost {cost:.6}, {train_seconds:.3} s of training, validation error {} %",
+            valid
+                .map(|v| format!("{:.4}", v * 100.0))
+                .unwrap_or_else(|| "-".into())
+        );
         write_epochs(&out, &epochs)?;
         if let Some(ck) = &best {
             ck.save_atomic(out.join("checkpoint.tfck"))?;

@@ -66,9 +66,9 @@ impl CommElem for f64 {
 enum Engine {
     Single,
     #[cfg(feature = "mpi")]
-    Mpi(mpi::Mpi),
+    Mpi(Box<mpi::Mpi>),
     #[cfg(feature = "nccl")]
-    Nccl(nccl::Nccl),
+    Nccl(Box<nccl::Nccl>),
 }
 
 /// A process's place in a data-parallel job: its rank, the world size and the engine that
@@ -119,6 +119,26 @@ impl Communicator {
         }
     }
 
+    /// For a program with a `--data-parallel` switch: [`from_env`](Self::from_env) when it is
+    /// on; when it is off, a world of one, unless an MPI launcher started this process as one
+    /// of several, which is then an error (each process would train a model alone and write
+    /// the same files).
+    pub fn for_switch(data_parallel: bool, switch: &str) -> Result<Communicator, Error> {
+        if data_parallel {
+            return Communicator::from_env();
+        }
+        match launcher_world_size() {
+            Some(n) if n > 1 => Err(Error::Comm {
+                rank: None,
+                message: format!(
+                    "started by an MPI launcher as one of {n} processes: pass {switch} to train \
+                     one model across them"
+                ),
+            }),
+            _ => Ok(Communicator::single()),
+        }
+    }
+
     #[cfg(feature = "mpi")]
     fn mpi_launched(_n: usize) -> Result<Communicator, Error> {
         Communicator::mpi()
@@ -141,7 +161,11 @@ impl Communicator {
     pub fn mpi() -> Result<Communicator, Error> {
         let m = mpi::Mpi::init()?;
         let (rank, size) = (m.rank(), m.size());
-        Ok(Communicator::with_engine(Engine::Mpi(m), rank, size))
+        Ok(Communicator::with_engine(
+            Engine::Mpi(Box::new(m)),
+            rank,
+            size,
+        ))
     }
 
     /// An NCCL communicator over every process of an `mpirun` job, one GPU per process (the
@@ -152,7 +176,11 @@ impl Communicator {
         let m = mpi::Mpi::init()?;
         let (rank, size) = (m.rank(), m.size());
         let n = nccl::Nccl::init(m)?;
-        Ok(Communicator::with_engine(Engine::Nccl(n), rank, size))
+        Ok(Communicator::with_engine(
+            Engine::Nccl(Box::new(n)),
+            rank,
+            size,
+        ))
     }
 
     /// This process's rank, `0..size()`.
@@ -209,7 +237,7 @@ impl Communicator {
     /// equal slices, in rank order. A `global` that the world size does not divide is an
     /// error: the mean of the ranks' means would no longer be the global mean.
     pub fn slice(&self, global: usize) -> Result<std::ops::Range<usize>, Error> {
-        if global % self.size != 0 {
+        if !global.is_multiple_of(self.size) {
             return Err(Error::Comm {
                 rank: Some(self.rank),
                 message: format!(
@@ -310,7 +338,7 @@ impl Communicator {
             #[cfg(feature = "mpi")]
             Engine::Mpi(m) => m.abort(code),
             #[cfg(feature = "nccl")]
-            Engine::Nccl(n) => n.mpi().abort(code),
+            Engine::Nccl(n) => n.mpi_ref().abort(code),
         }
         std::process::exit(code)
     }

@@ -31,7 +31,7 @@ type Handle = *mut c_void;
 /// `MPI_THREAD_SERIALIZED`: any thread may call, one at a time (the communicator is `&mut`).
 const THREAD_SERIALIZED: c_int = 2;
 /// `MPI_IN_PLACE` in Open MPI.
-const IN_PLACE: *mut c_void = 1 as *mut c_void;
+const IN_PLACE: *mut c_void = std::ptr::without_provenance_mut(1);
 const ANY_SOURCE: c_int = -1;
 const MAX_ERROR_STRING: usize = 256;
 /// Tags of the liveness check's messages, on its own communicator.
@@ -485,7 +485,7 @@ impl Mpi {
                 return Ok(());
             }
             polls += 1;
-            if polls % 64 == 0 {
+            if polls.is_multiple_of(64) {
                 self.answer_pings();
                 let waited = start.elapsed();
                 if waited >= timeout {
@@ -509,7 +509,7 @@ impl Mpi {
     }
 
     /// Answers every pending ping on the probe communicator.
-    fn answer_pings(&mut self) {
+    pub(crate) fn answer_pings(&mut self) {
         loop {
             let mut flag: c_int = 0;
             let mut st = Status::default();
@@ -563,7 +563,7 @@ impl Mpi {
 
     /// After a timeout: pings every other rank and lists those that do not answer within
     /// `PROBE_GRACE` (answering others' pings meanwhile).
-    fn silent_ranks(&mut self) -> Vec<usize> {
+    pub(crate) fn silent_ranks(&mut self) -> Vec<usize> {
         let others: Vec<usize> = (0..self.size).filter(|&r| r != self.rank).collect();
         let answers: &'static mut [u64] = Box::leak(vec![0u64; self.size].into_boxed_slice());
         let mut reqs: Vec<(usize, Handle)> = Vec::new();

@@ -33,7 +33,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::fmt;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread::{self, ThreadId};
 
 use cust::sys::{
@@ -42,13 +42,15 @@ use cust::sys::{
 };
 
 use super::backend::{Backend, DevPtr, GraphId, KernelArg, ModuleId};
-use crate::Error;
+use crate::{Device, Error};
 
 /// A driver status: 0 is success, anything else an error code (see [`error_text`]).
 type Status = c_int;
 
 const CUDA_SUCCESS: Status = 0;
 const CUDA_ERROR_OUT_OF_MEMORY: Status = 2;
+/// `cuStreamQuery`'s answer while work is still queued.
+const CUDA_ERROR_NOT_READY: Status = 600;
 
 /// `CU_STREAM_NON_BLOCKING`: our stream does not wait for the legacy default stream.
 const STREAM_NON_BLOCKING: c_uint = 1;
@@ -152,6 +154,7 @@ driver_api! {
     fn cuStreamCreate(stream: *mut CUstream, flags: c_uint) -> Status;
     fn cuStreamDestroy_v2(stream: CUstream) -> Status;
     fn cuStreamSynchronize(stream: CUstream) -> Status;
+    fn cuStreamQuery(stream: CUstream) -> Status;
     fn cuMemAlloc_v2(ptr: *mut CUdeviceptr, bytes: usize) -> Status;
     fn cuMemFree_v2(ptr: CUdeviceptr) -> Status;
     fn cuMemcpyHtoDAsync_v2(
@@ -281,7 +284,53 @@ fn dl_error_or(otherwise: impl FnOnce() -> String) -> String {
 /// Opens GPU `ordinal`: checks the driver, retains the device's primary context and creates
 /// the backend's stream.
 pub(crate) fn open(ordinal: u32) -> Result<Arc<dyn Backend>, Error> {
-    Ok(Arc::new(CudaBackend::open(ordinal)?))
+    let backend = Arc::new(CudaBackend::open(ordinal)?);
+    lock(opened()).push((ordinal, Arc::downgrade(&backend)));
+    Ok(backend)
+}
+
+/// The backends [`open`] made, by ordinal: `gpu::backend` hands them out as `dyn Backend`,
+/// and this is how [`Device::with_cuda_stream`] finds the one behind a device again.
+type Opened = Mutex<Vec<(u32, Weak<CudaBackend>)>>;
+
+fn opened() -> &'static Opened {
+    static OPENED: OnceLock<Opened> = OnceLock::new();
+    OPENED.get_or_init(Mutex::default)
+}
+
+/// Raw access to a device's stream, for NCCL (`crate::dist`), whose collectives must run on
+/// the stream that a compiled function's kernels run on, in the primary context its buffers
+/// live in. The methods are on [`Device`] because this module is private to `gpu` and
+/// `Device` is a type every module can name.
+impl Device {
+    /// Runs `f` with the raw stream of the backend `gpu::backend(self)` hands out (opening it
+    /// if needed), with its context current on this thread and its gate held, so that what `f`
+    /// puts on the stream is ordered after every launch and copy before it and never lands in
+    /// another thread's graph capture. Other threads' GPU work waits meanwhile, so `f` should
+    /// enqueue, not wait (NCCL's communicator setup, once per process, is the exception).
+    pub(crate) fn with_cuda_stream<R>(self, f: impl FnOnce(CUstream) -> R) -> Result<R, Error> {
+        let backend = CudaBackend::of(self)?;
+        let _gate = backend.gate.enter();
+        backend.make_current()?;
+        Ok(f(backend.stream))
+    }
+
+    /// Whether every operation enqueued on the stream so far has finished (`cuStreamQuery`,
+    /// which does not block): how a wait with a deadline polls. A failure of queued work is
+    /// its error.
+    pub(crate) fn cuda_stream_idle(self) -> Result<bool, Error> {
+        let backend = CudaBackend::of(self)?;
+        let _gate = backend.gate.enter();
+        backend.make_current()?;
+        // SAFETY: `stream` was created in `open` and lives until `drop`.
+        match unsafe { (backend.driver.cuStreamQuery)(backend.stream) } {
+            CUDA_SUCCESS => Ok(true),
+            CUDA_ERROR_NOT_READY => Ok(false),
+            status => {
+                Err(backend.gpu_error("cuStreamQuery".into(), error_text(backend.driver, status)))
+            }
+        }
+    }
 }
 
 /// `NAME: text` of a driver status, as `CUDA_ERROR_NO_DEVICE: no CUDA-capable device is
@@ -440,6 +489,25 @@ impl fmt::Debug for CudaBackend {
 }
 
 impl CudaBackend {
+    /// The backend `gpu::backend(device)` hands out, as this type.
+    fn of(device: Device) -> Result<Arc<CudaBackend>, Error> {
+        let Device::Cuda(ordinal) = device else {
+            return Err(Error::Internal(format!(
+                "{device} has no CUDA stream (a bug in tensor-fn)"
+            )));
+        };
+        super::backend(device)?;
+        lock(opened())
+            .iter()
+            .find(|(o, _)| *o == ordinal)
+            .and_then(|(_, b)| b.upgrade())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "cuda:{ordinal} is open but not among the CUDA backends (a bug in tensor-fn)"
+                ))
+            })
+    }
+
     fn open(ordinal: u32) -> Result<CudaBackend, Error> {
         let driver = driver()?;
         let no_device = |status| {
@@ -1192,6 +1260,31 @@ mod tests {
     // The tests below need a GPU: they skip without one, and fail under
     // TENSOR_FN_REQUIRE_GPU=1. The test command runs them on the emulated driver of
     // runtime/cuda-emu (the driver API on our PTX interpreter), a GPU machine on its GPU.
+
+    #[test]
+    fn gpu_streams_are_lent_through_their_device() {
+        // Only a CUDA device has a stream to lend.
+        let e = Device::PtxVm.cuda_stream_idle().unwrap_err();
+        assert!(matches!(e, Error::Internal(_)), "{e:?}");
+        let Some(gpu) = gpu() else { return };
+        let (ptx, f32k, _) = add_module();
+        let module = gpu.load_module(&ptx).unwrap();
+        let p = upload_f32(&*gpu, &[1.0; 300]);
+        let stream = Device::Cuda(0).with_cuda_stream(|s| s as usize).unwrap();
+        assert_ne!(stream, 0);
+        let args = [KernelArg::Ptr(p), KernelArg::F32(2.0), KernelArg::U32(300)];
+        // SAFETY: the kernel takes (x, a, n) and touches x[0..300), all allocated.
+        unsafe { gpu.launch(module, &f32k, [3, 1, 1], [128, 1, 1], &args) }.unwrap();
+        // Polled, as a wait with a deadline does, until the launch finished.
+        let start = std::time::Instant::now();
+        while !Device::Cuda(0).cuda_stream_idle().unwrap() {
+            assert!(start.elapsed().as_secs() < 60, "the stream never went idle");
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(download_f32(&*gpu, p, 300), vec![3.0; 300]);
+        // SAFETY: from alloc, freed once, after the download waited for all work.
+        unsafe { gpu.free(p) };
+    }
 
     #[test]
     fn gpu_memory_round_trips() {
