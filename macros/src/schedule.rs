@@ -226,20 +226,27 @@ fn scalar_factors(g: &Graph, a: NodeId, out: &mut Vec<Instr>) -> bool {
     true
 }
 
+/// Where [`linear_terms`]'s products go: into the parameter `p`, or (`fresh`) into a buffer
+/// of their own of type `ty`.
+#[derive(Clone, Copy)]
+struct Dest<'a> {
+    p: NodeId,
+    ty: &'a Type,
+    fresh: bool,
+}
+
 /// Splits `node` into `p + sum_j own_j p + sum_k scale_k * dot_k` when every node on the way
-/// is used only there, every dot has type `ty`, and (unless `fresh`: the products go to a
-/// buffer of their own, not to the parameter `p`) no dot reads a parameter (they all must see
-/// the old values).
+/// is used only there, every dot has the destination's type, and (unless the destination is
+/// `fresh`) no dot reads a parameter (they all must see the old values).
 fn linear_terms(
     g: &Graph,
     node: NodeId,
-    p: NodeId,
-    ty: &Type,
-    fresh: bool,
+    dest: &Dest,
     scale: Scale,
     uses: &[u32],
     split: &mut Split,
 ) -> bool {
+    let Dest { p, ty, fresh } = *dest;
     if node == p {
         if !split.base && scale == Scale::one() {
             split.base = true;
@@ -259,8 +266,8 @@ fn linear_terms(
     match n.op {
         Op::Binary(Binary::Add) => {
             split.absorbed.push(node);
-            linear_terms(g, n.args[0], p, ty, fresh, scale.clone(), uses, split)
-                && linear_terms(g, n.args[1], p, ty, fresh, scale, uses, split)
+            linear_terms(g, n.args[0], dest, scale.clone(), uses, split)
+                && linear_terms(g, n.args[1], dest, scale, uses, split)
         }
         Op::Unary(Unary::Neg) => {
             split.absorbed.push(node);
@@ -268,7 +275,7 @@ fn linear_terms(
                 sign: -scale.sign,
                 factors: scale.factors,
             };
-            linear_terms(g, n.args[0], p, ty, fresh, s, uses, split)
+            linear_terms(g, n.args[0], dest, s, uses, split)
         }
         Op::Binary(Binary::Mul) => {
             let (src, rest) = match (scalar_src(n.args[0]), scalar_src(n.args[1])) {
@@ -279,7 +286,7 @@ fn linear_terms(
             split.absorbed.push(node);
             let mut s = scale;
             s.factors.extend(src);
-            linear_terms(g, rest, p, ty, fresh, s, uses, split)
+            linear_terms(g, rest, dest, s, uses, split)
         }
         Op::Dot if g.ty(node) == ty => {
             let reads_param = n.args.iter().any(|&a| {
@@ -322,8 +329,12 @@ pub fn schedule(f: &Function) -> Schedule {
             continue;
         }
         let mut split = Split::default();
-        let ty = g.ty(pnode).clone();
-        if linear_terms(g, v, pnode, &ty, false, Scale::one(), &uses, &mut split)
+        let dest = Dest {
+            p: pnode,
+            ty: g.ty(pnode),
+            fresh: false,
+        };
+        if linear_terms(g, v, &dest, Scale::one(), &uses, &mut split)
             && split.base
             && !split.terms.is_empty()
         {
@@ -350,13 +361,16 @@ pub fn schedule(f: &Function) -> Schedule {
         {
             continue;
         }
-        let ty = g.ty(id).clone();
         let mut split = Split::default();
-        let none = NodeId(u32::MAX);
+        let dest = Dest {
+            p: NodeId(u32::MAX),
+            ty: g.ty(id),
+            fresh: true,
+        };
         let ok = g
             .args(id)
             .iter()
-            .all(|&a| linear_terms(g, a, none, &ty, true, Scale::one(), &uses, &mut split));
+            .all(|&a| linear_terms(g, a, &dest, Scale::one(), &uses, &mut split));
         if ok && split.terms.len() >= 2 && split.own.is_empty() && !split.base {
             for n in split.absorbed {
                 absorbed[n.idx()] = true;

@@ -103,7 +103,7 @@ impl Communicator {
             calls: 0,
             flat32: Vec::new(),
             flat64: Vec::new(),
-            stage_alone: false,
+            stage_alone: std::env::var("TENSOR_FN_STAGE_ALONE").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -169,13 +169,17 @@ impl Communicator {
     }
 
     /// An NCCL communicator over every process of an `mpirun` job, one GPU per process (the
-    /// process's local rank picks the device). Its unique id travels through MPI. Where there is
-    /// no `libnccl.so.2` or no GPU, `Error::Comm` says so ("no NCCL/GPU: ...").
+    /// process's local rank picks the device); its unique id travels through MPI. Started
+    /// without a launcher, a world of one on `cuda:0`, which needs no MPI. Where there is no
+    /// `libnccl.so.2` or no GPU, `Error::Comm` says so ("no NCCL/GPU: ...").
     #[cfg(feature = "nccl")]
     pub fn nccl() -> Result<Communicator, Error> {
-        let m = mpi::Mpi::init()?;
-        let (rank, size) = (m.rank(), m.size());
+        let m = match launcher_world_size() {
+            Some(_) => Some(mpi::Mpi::init()?),
+            None => None,
+        };
         let n = nccl::Nccl::init(m)?;
+        let (rank, size) = (n.rank(), n.size());
         Ok(Communicator::with_engine(
             Engine::Nccl(Box::new(n)),
             rank,
@@ -198,6 +202,16 @@ impl Communicator {
         self.rank == 0
     }
 
+    /// The GPU this rank's collectives run on (NCCL's), where a model training with this
+    /// communicator should live; `None` for the CPU engines.
+    pub fn device(&self) -> Option<crate::Device> {
+        match &self.engine {
+            #[cfg(feature = "nccl")]
+            Engine::Nccl(n) => Some(n.device()),
+            _ => None,
+        }
+    }
+
     /// The engine's name: `single`, `mpi` or `nccl`.
     pub fn engine(&self) -> &'static str {
         match self.engine {
@@ -218,7 +232,8 @@ impl Communicator {
     }
 
     /// Makes a world of one run the staged parts anyway: to test them, or to measure what the
-    /// split costs.
+    /// split costs. (`TENSOR_FN_STAGE_ALONE=1` in the environment sets it for every
+    /// communicator of the process.)
     pub fn set_stage_alone(&mut self, stage: bool) {
         self.stage_alone = stage;
     }
@@ -319,7 +334,10 @@ impl Communicator {
             #[cfg(feature = "mpi")]
             Engine::Mpi(m) => m.broadcast(buf, root, seq, timeout),
             #[cfg(feature = "nccl")]
-            Engine::Nccl(n) => n.mpi().broadcast(buf, root, seq, timeout),
+            Engine::Nccl(n) => match n.mpi() {
+                Some(m) => m.broadcast(buf, root, seq, timeout),
+                None => Ok(()),
+            },
         }
     }
 
@@ -338,7 +356,11 @@ impl Communicator {
             #[cfg(feature = "mpi")]
             Engine::Mpi(m) => m.abort(code),
             #[cfg(feature = "nccl")]
-            Engine::Nccl(n) => n.mpi_ref().abort(code),
+            Engine::Nccl(n) => {
+                if let Some(m) = n.mpi_ref() {
+                    m.abort(code)
+                }
+            }
         }
         std::process::exit(code)
     }

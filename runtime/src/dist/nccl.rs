@@ -337,11 +337,13 @@ fn host_bytes<T: CommElem>(buf: &mut [T]) -> Option<(&mut [u8], bool)> {
 /// The NCCL communicator of this process, with the MPI engine it was bootstrapped through
 /// (which broadcasts and aborts for it).
 pub(super) struct Nccl {
-    mpi: Mpi,
+    /// The MPI job that bootstrapped NCCL; none in a world of one started without a launcher.
+    mpi: Option<Mpi>,
     lib: Library,
     /// The communicator; null once aborted or destroyed (every later collective fails).
     comm: CommHandle,
     rank: usize,
+    size: usize,
     /// `cuda:L`, L the local rank: where the communicator's work runs.
     device: Device,
     gpu: Arc<dyn Backend>,
@@ -371,8 +373,10 @@ impl Nccl {
     /// Loads `libnccl.so.2`, opens the CUDA device of this process's local rank and makes the
     /// NCCL communicator over every rank of `mpi`; rank 0's unique id reaches the others by
     /// MPI broadcast. Collective: every rank of the job must call it.
-    pub(super) fn init(mut mpi: Mpi) -> Result<Nccl, Error> {
-        let (rank, size, local) = (mpi.rank(), mpi.size(), mpi.local_rank());
+    pub(super) fn init(mut mpi: Option<Mpi>) -> Result<Nccl, Error> {
+        let (rank, size, local) = mpi
+            .as_ref()
+            .map_or((0, 1, 0), |m| (m.rank(), m.size(), m.local_rank()));
         let timeout = super::timeout_from_env();
         let comm_error = |message: String| Error::Comm {
             rank: Some(rank),
@@ -386,7 +390,9 @@ impl Nccl {
             // Every rank says whether it is ready; one that is not makes all of them stop
             // here, instead of the others waiting in ncclCommInitRank for it.
             let mut failed = [f64::from(u8::from(ready.is_err()))];
-            mpi.all_reduce_sum(&mut failed, 0, timeout)?;
+            if let Some(m) = mpi.as_mut() {
+                m.all_reduce_sum(&mut failed, 0, timeout)?;
+            }
             if ready.is_ok() && failed[0] > 0.0 {
                 return Err(comm_error(format!(
                     "no NCCL/GPU: {} of {size} ranks could not set up NCCL (their errors say why)",
@@ -396,7 +402,9 @@ impl Nccl {
         }
         let (lib, device, gpu, mut id) = ready.map_err(comm_error)?;
         if size > 1 {
-            mpi.broadcast_bytes(&mut id.internal, 0, 0, timeout)?;
+            if let Some(m) = mpi.as_mut() {
+                m.broadcast_bytes(&mut id.internal, 0, 0, timeout)?;
+            }
         }
 
         let mut comm: CommHandle = ptr::null_mut();
@@ -418,20 +426,34 @@ impl Nccl {
             lib,
             comm,
             rank,
+            size,
             device,
             gpu,
             staging: None,
         })
     }
 
+    pub(super) fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub(super) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The GPU this rank reduces on.
+    pub(super) fn device(&self) -> Device {
+        self.device
+    }
+
     /// The MPI engine, for broadcasts.
-    pub(super) fn mpi(&mut self) -> &mut Mpi {
-        &mut self.mpi
+    pub(super) fn mpi(&mut self) -> Option<&mut Mpi> {
+        self.mpi.as_mut()
     }
 
     /// The MPI engine, for `abort` (which needs no exclusive access).
-    pub(super) fn mpi_ref(&self) -> &Mpi {
-        &self.mpi
+    pub(super) fn mpi_ref(&self) -> Option<&Mpi> {
+        self.mpi.as_ref()
     }
 
     /// Sums `buf` over all ranks, in place: uploaded into a device buffer, reduced there by
@@ -546,7 +568,7 @@ impl Nccl {
             if waited >= timeout {
                 self.abort_comm();
                 // Which ranks are gone: the MPI side answers liveness checks meanwhile.
-                let silent = self.mpi.silent_ranks();
+                let silent = self.mpi.as_mut().map_or(Vec::new(), |m| m.silent_ranks());
                 return Err(Error::CommTimeout {
                     rank: self.rank,
                     op: "all-reduce",
@@ -555,7 +577,9 @@ impl Nccl {
                     silent,
                 });
             }
-            self.mpi.answer_pings();
+            if let Some(m) = self.mpi.as_mut() {
+                m.answer_pings();
+            }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
         }
