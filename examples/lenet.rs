@@ -188,6 +188,10 @@ struct Args {
     /// seeded weights and validates the same parameters.
     #[arg(long)]
     data_parallel: bool,
+    /// Continue a run from the `last.tfck` it wrote to --out after its last epoch (with the
+    /// same --batch and --limit; any process count).
+    #[arg(long, value_name = "LAST_TFCK")]
+    resume: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -213,10 +217,14 @@ fn run(args: Args, comm: &mut Communicator) -> Result<(), Box<dyn std::error::Er
     let wall = Instant::now();
     let device = args.common.device()?;
     let data = Data::load(&args.common)?;
-    let mut net = initial(args.seed, args.match_peers)?;
+    let resume = args.resume.as_ref().map(Checkpoint::load).transpose()?;
+    let mut net = match &resume {
+        Some(ck) => Net::restore(ck)?,
+        None => initial(args.seed, args.match_peers)?,
+    };
     if comm.size() > 1 {
-        // Every rank drew the same weights from the same seed; rank 0's are sent anyway, so
-        // the ranks start equal however they were made.
+        // Every rank drew the same weights from the same seed, or read the same checkpoint;
+        // rank 0's are sent anyway, so the ranks start equal however they were made.
         let m = &mut net.lenet;
         for p in [
             m.w0.data_mut()?,
@@ -251,7 +259,14 @@ fn run(args: Args, comm: &mut Communicator) -> Result<(), Box<dyn std::error::Er
         lr: args.lr,
         patience: args.patience,
     };
-    let fit = tutorials::fit_with(&mut net, &data, &args.common, &schedule, comm)?;
+    let fit = tutorials::fit_with(
+        &mut net,
+        &data,
+        &args.common,
+        &schedule,
+        comm,
+        resume.as_ref(),
+    )?;
     if !comm.is_root() {
         return Ok(());
     }

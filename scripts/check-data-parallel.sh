@@ -111,4 +111,25 @@ same_costs lenet2 lenet1
     fail "lenet2: rank 0 did not write results.json and checkpoint.tfck"
 [[ "$(grep -c '^epoch 1:' "$work/lenet2.out")" == 1 ]] ||
     fail "lenet2: expected one line for epoch 1" "$(cat "$work/lenet2.out")"
+# Two epochs on two processes, resumed alone for a third: the third costs what it costs in an
+# uninterrupted run.
+run lenet3 "$lenet" --limit 600 --batch 100 --quiet --epochs 3 --out "$work/l3"
+expect_ok lenet3
+run lenet2of3 "${mpi2[@]}" "$lenet" --limit 600 --batch 100 --quiet --epochs 2 --out "$work/lr" \
+    --data-parallel
+expect_ok lenet2of3
+run lenet3rd "$lenet" --limit 600 --batch 100 --quiet --epochs 3 --out "$work/lr" \
+    --resume "$work/lr/last.tfck"
+expect_ok lenet3rd
+grep -q "resuming after epoch 2" "$work/lenet3rd.err" ||
+    fail "lenet3rd: expected 'resuming after epoch 2'" "$(cat "$work/lenet3rd.err")"
+python3 -c "
+import sys
+a = '$(costs lenet3rd | sed -n 's/^3 //p')'; b = '$(costs lenet3 | sed -n 's/^3 //p')'
+sys.exit(0 if a and b and abs(float(a) - float(b)) <= 1e-5 * abs(float(b)) else 1)" ||
+    fail "lenet3rd: epoch 3 after resuming costs '$(costs lenet3rd)', uninterrupted '$(costs lenet3)'"
+run lenetbad "$lenet" --limit 600 --batch 50 --quiet --epochs 3 --out "$work/lr" \
+    --resume "$work/lr/last.tfck"
+[[ $rc != 0 ]] && grep -q "the checkpoint was trained with minibatches of 100" "$work/lenetbad.err" ||
+    fail "lenetbad: a resume with another --batch must be refused" "$(cat "$work/lenetbad.err")"
 echo "check-data-parallel: all checks passed"

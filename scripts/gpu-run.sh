@@ -7,7 +7,9 @@
 #
 # Sections, each run whatever happened before (a failure never stops the run):
 #   gpu-info        nvidia-smi
-#   test-*          every test binary in bin/, with TENSOR_FN_REQUIRE_GPU=1 (no skipping)
+#   test-*          every test binary in bin/, with TENSOR_FN_REQUIRE_GPU=1 (no skipping);
+#                   test-nccl finds libnccl.so.2 in python3's nvidia-nccl wheel (PyTorch's), or
+#                   TENSOR_FN_NCCL, and runs as a world of one on cuda:0
 #   init            the peers' initial W (peers/write_init.py), so both trainings start alike
 #   autoencoder     bin/autoencoder --device cuda, 2 epochs (the seed's workload)
 #   lenet           bin/lenet --device cuda --match-peers, 1 epoch (convolutions; its epoch-1
@@ -85,6 +87,17 @@ if [ -z "${PTXAS:-}" ] && command -v ptxas >/dev/null 2>&1; then
     PTXAS="$(command -v ptxas)"
     export PTXAS
 fi
+# NCCL for test-nccl: the one the caller names, else the wheel PyTorch installed with it.
+if [ -z "${TENSOR_FN_NCCL:-}" ]; then
+    nccl="$(python3 -c 'import glob, os, site
+for d in site.getsitepackages() + [site.getusersitepackages()]:
+    for p in glob.glob(os.path.join(d, "nvidia", "nccl*", "lib", "libnccl.so.2")):
+        print(p); raise SystemExit' 2>/dev/null || true)"
+    if [ -n "$nccl" ]; then
+        export TENSOR_FN_NCCL="$nccl"
+    fi
+fi
+say "NCCL: ${TENSOR_FN_NCCL:-none found (test-nccl will say so)}"
 for t in bin/test-*; do
     [ -x "$t" ] || continue
     section "$(basename "$t")" "${TEST_TIMEOUT:-90}" env TENSOR_FN_REQUIRE_GPU=1 "$t"

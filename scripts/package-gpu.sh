@@ -7,6 +7,8 @@
 #   run.sh          scripts/gpu-run.sh: runs everything below, writes results.txt
 #   bin/test-runtime    the runtime crate's unit tests (CUDA backend tests included)
 #   bin/test-gpu        tests/gpu.rs: CPU vs GPU differential tests
+#   bin/test-nccl       tests/nccl.rs (features nccl): NCCL's mean, and the seed model trained
+#                       through the staged data-parallel step against one process
 #   bin/autoencoder     examples/autoencoder.rs
 #   bin/lenet           examples/lenet.rs
 #   data/mnist/     the shipped MNIST (IDX); run.sh makes the peer's mnist.pkl.gz from it
@@ -51,6 +53,7 @@ build() {
 start=$SECONDS
 test_runtime="$(build test-runtime test --no-run -p tensor-fn-runtime --lib)"
 test_gpu="$(build test-gpu test --no-run --test gpu)"
+test_nccl="$(build test-nccl test --no-run --features nccl --test nccl)"
 autoencoder="$(build autoencoder build --example autoencoder)"
 lenet="$(build lenet build --example lenet)"
 echo "package-gpu.sh: built in $((SECONDS - start)) s" >&2
@@ -59,7 +62,8 @@ rm -rf "$outdir/bin" "$outdir/data" "$outdir/peers"
 mkdir -p "$outdir/bin" "$outdir/data/mnist" "$outdir/peers"
 # Debug sections compressed (zlib): a third of the size, and Rust's backtraces still read
 # their line tables.
-for pair in "$test_runtime:test-runtime" "$test_gpu:test-gpu" "$autoencoder:autoencoder" "$lenet:lenet"; do
+for pair in "$test_runtime:test-runtime" "$test_gpu:test-gpu" "$test_nccl:test-nccl" \
+    "$autoencoder:autoencoder" "$lenet:lenet"; do
     if command -v objcopy >/dev/null 2>&1; then
         objcopy --compress-debug-sections=zlib "${pair%%:*}" "$outdir/bin/${pair##*:}"
     else

@@ -445,19 +445,23 @@ pub fn fit<M: Classifier>(
     common: &Common,
     sch: &Schedule,
 ) -> Result<Fit, Box<dyn std::error::Error>> {
-    fit_with(model, data, common, sch, &mut Communicator::single())
+    fit_with(model, data, common, sch, &mut Communicator::single(), None)
 }
 
 /// [`fit`] as one rank of a data-parallel job (`comm` of more than one process): each rank
 /// trains on its slice of every minibatch through the model's data-parallel step, all ranks
 /// validate the same parameters alike (so they stop alike), and rank 0 alone prints and
-/// writes files.
+/// writes files. After every epoch rank 0 also writes `last.tfck`, the model as it is then
+/// with the early stopping's state and the best model so far; `resume`, such a file
+/// (whatever process count wrote it), continues the run after its epoch: the model must
+/// already hold its parameters (`Classifier::restore` of it), the rest is taken from it here.
 pub fn fit_with<M: Classifier>(
     model: &mut M,
     data: &Data,
     common: &Common,
     sch: &Schedule,
     comm: &mut Communicator,
+    resume: Option<&Checkpoint>,
 ) -> Result<Fit, Box<dyn std::error::Error>> {
     let root = comm.is_root();
     let local = comm.slice(sch.batch).map_err(|_| {
@@ -487,6 +491,13 @@ pub fn fit_with<M: Classifier>(
     let mut best: Option<Checkpoint> = None;
     let mut done = false;
     let mut epoch = 0;
+    if let Some(ck) = resume {
+        (stop, epochs, best) = resume_state(ck, steps, sch)?;
+        epoch = ck.epoch;
+        if root {
+            eprintln!("resuming after epoch {epoch}");
+        }
+    }
     while epoch < sch.max_epochs && !done {
         epoch += 1;
         let bar = if root {
@@ -571,6 +582,15 @@ pub fn fit_with<M: Classifier>(
         if let Some(ck) = &best {
             ck.save_atomic(out.join("checkpoint.tfck"))?;
         }
+        let last = resume_point(
+            model.snapshot(epoch)?,
+            &stop,
+            &epochs,
+            best.as_ref(),
+            steps,
+            sch,
+        );
+        last.save_atomic(out.join("last.tfck"))?;
     }
     let best = best.ok_or("no validation ran: train for longer")?;
     Ok(Fit {
@@ -579,6 +599,129 @@ pub fn fit_with<M: Classifier>(
         steps_per_epoch: steps,
         best,
     })
+}
+
+/// `last.tfck`: `now` (the model after `epoch`) with what a resumed run needs besides: the
+/// early stopping's state, the epochs so far, and the best model's tensors and notes (under
+/// `best/`), plus the minibatch and epoch length a resumed run must share.
+fn resume_point(
+    mut now: Checkpoint,
+    stop: &EarlyStopping,
+    epochs: &[Epoch],
+    best: Option<&Checkpoint>,
+    steps: usize,
+    sch: &Schedule,
+) -> Checkpoint {
+    let history: Vec<String> = epochs
+        .iter()
+        .map(|e| {
+            let v = e.valid.map_or("-".to_string(), |v| v.to_string());
+            format!("{}:{}:{}:{v}", e.epoch, e.cost, e.train_seconds)
+        })
+        .collect();
+    now.set_meta(
+        "stop",
+        format!(
+            "{}:{}:{}:{}",
+            stop.patience, stop.best_valid, stop.best_iter, stop.test_at_best
+        ),
+    )
+    .set_meta("epochs", history.join(";"))
+    .set_meta("batch", sch.batch.to_string())
+    .set_meta("steps_per_epoch", steps.to_string());
+    if let Some(b) = best {
+        now.set_meta("best/epoch", b.epoch.to_string());
+        for (k, v) in &b.meta {
+            now.set_meta(format!("best/{k}"), v.clone());
+        }
+        for (name, t) in &b.tensors {
+            now.insert(format!("best/{name}"), t);
+        }
+    }
+    now
+}
+
+/// The early stopping, epochs and best model a `last.tfck` holds, checked against this run's
+/// minibatch and epoch length (the validation schedule depends on both).
+#[allow(clippy::type_complexity)]
+fn resume_state(
+    ck: &Checkpoint,
+    steps: usize,
+    sch: &Schedule,
+) -> Result<(EarlyStopping, Vec<Epoch>, Option<Checkpoint>), String> {
+    let bad = |what: &str| {
+        format!("--resume: the checkpoint's {what} is missing or unreadable (a last.tfck of a tutorial run is needed)")
+    };
+    let get = |key: &str| ck.meta(key).ok_or_else(|| bad(key));
+    let batch: usize = get("batch")?.parse().map_err(|_| bad("batch"))?;
+    let their_steps: usize = get("steps_per_epoch")?
+        .parse()
+        .map_err(|_| bad("steps_per_epoch"))?;
+    if batch != sch.batch || their_steps != steps {
+        return Err(format!(
+            "--resume: the checkpoint was trained with minibatches of {batch} and {their_steps} \
+             steps per epoch, this run has {} and {steps} (pass the same --batch and --limit)",
+            sch.batch
+        ));
+    }
+    let f: Vec<&str> = get("stop")?.split(':').collect();
+    let mut stop = EarlyStopping::new(sch.patience, steps);
+    match f[..] {
+        [p, v, i, t] => {
+            stop.patience = p.parse().map_err(|_| bad("stop"))?;
+            stop.best_valid = v.parse().map_err(|_| bad("stop"))?;
+            stop.best_iter = i.parse().map_err(|_| bad("stop"))?;
+            stop.test_at_best = t.parse().map_err(|_| bad("stop"))?;
+        }
+        _ => return Err(bad("stop")),
+    }
+    if stop.done(ck.epoch * steps) {
+        return Err(format!(
+            "--resume: the checkpoint's run already stopped early (no improvement for its \
+             patience) at epoch {}",
+            ck.epoch
+        ));
+    }
+    let mut epochs = Vec::new();
+    for row in get("epochs")?.split(';').filter(|r| !r.is_empty()) {
+        let f: Vec<&str> = row.split(':').collect();
+        let [e, c, t, v] = f[..] else {
+            return Err(bad("epochs"));
+        };
+        epochs.push(Epoch {
+            epoch: e.parse().map_err(|_| bad("epochs"))?,
+            cost: c.parse().map_err(|_| bad("epochs"))?,
+            train_seconds: t.parse().map_err(|_| bad("epochs"))?,
+            valid: match v {
+                "-" => None,
+                v => Some(v.parse().map_err(|_| bad("epochs"))?),
+            },
+        });
+    }
+    let best = match ck.meta("best/epoch") {
+        None => None,
+        Some(e) => {
+            let mut b = Checkpoint::new(
+                e.parse().map_err(|_| bad("best/epoch"))?,
+                ck.hidden,
+                ck.seed,
+            );
+            for (k, v) in &ck.meta {
+                if let Some(k) = k.strip_prefix("best/") {
+                    if k != "epoch" {
+                        b.set_meta(k, v.clone());
+                    }
+                }
+            }
+            for (name, t) in &ck.tensors {
+                if let Some(n) = name.strip_prefix("best/") {
+                    b.insert(n, t);
+                }
+            }
+            Some(b)
+        }
+    };
+    Ok((stop, epochs, best))
 }
 
 /// Prints the tutorial's closing lines for `fit`'s result and writes `results.json`: the
