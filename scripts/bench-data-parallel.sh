@@ -20,7 +20,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/bench-dp.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 seed=(--epochs 3 --limit 10000 --quiet)
-lenet=(--epochs 2 --limit 5000 --quiet)
+lenet=(--epochs 3 --limit 10000 --quiet)
 # Configurations: NAME|COMMAND (the model's flags and --out are appended).
 configs=(
     "seed 1x2|$bin/autoencoder"

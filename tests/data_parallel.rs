@@ -41,6 +41,24 @@ tensor_fn! {
     }
 }
 
+tensor_fn! {
+    /// A denoising autoencoder's step: its corruption is a draw.
+    pub struct Denoising { w: f32[12, 5], b: f32[5], c: f32[12] }
+
+    impl Denoising {
+        #[data_parallel]
+        pub fn train(&mut self, x: f32[n, 12], lr: f32) -> f32 {
+            let noisy = x * binomial(shape(x), 0.7);
+            let z = sigmoid(dot(sigmoid(dot(noisy, w) + b), w.T) + c);
+            let cost = mean(-sum(x * log(z) + (1 - x) * log(1 - z), axis = 1));
+            w -= lr * grad(cost, w);
+            b -= lr * grad(cost, b);
+            c -= lr * grad(cost, c);
+            cost
+        }
+    }
+}
+
 const STEPS: usize = 100;
 
 /// The first `n` shipped training images and their labels.
@@ -259,6 +277,31 @@ fn momentum_and_integer_outputs_stage_alike() {
     for (p, q) in wa.iter().zip(&wb).chain(va.iter().zip(&vb)) {
         assert!((p - q).abs() <= 1e-12, "{p} vs {q}");
     }
+}
+
+#[test]
+fn ranks_draw_their_own_corruption() {
+    let x = Array2::from_shape_fn((6, 12), |(i, j)| ((i * 5 + j * 7) % 11) as f32 / 11.0);
+    let w = Array2::from_shape_fn((12, 5), |(i, j)| (i as f32 - j as f32 * 2.0) * 0.03);
+    let model = || Denoising::new(w.clone(), Array1::zeros(5), Array1::zeros(12)).unwrap();
+    // Rank 0 draws what one process draws: the staged step of a world of one is the fused one.
+    let (mut fused, mut staged) = (model(), model());
+    let mut comm = Communicator::single();
+    comm.set_stage_alone(true);
+    for _ in 0..5 {
+        let a = fused.train(x.view(), 0.1).unwrap();
+        let b = staged
+            .train_data_parallel(&mut comm, x.view(), 0.1)
+            .unwrap();
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "{a} vs {b}");
+    }
+    assert_eq!(fused.random_stream(), staged.random_stream());
+    // Other ranks draw with keys of their own, from the same position of the stream.
+    let s = tensor_fn::RandomStream::new(7, 3);
+    let [k0, c0] = s.clone().next_call_of_rank(0);
+    let [k1, c1] = s.next_call_of_rank(1);
+    assert_eq!((k0, c0, c1), (7, 3, 3));
+    assert_ne!(k1, 7);
 }
 
 #[test]
