@@ -50,6 +50,7 @@ type Status = c_int;
 const CUDA_SUCCESS: Status = 0;
 const CUDA_ERROR_OUT_OF_MEMORY: Status = 2;
 /// `cuStreamQuery`'s answer while work is still queued.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))] // NCCL's waits poll the stream
 const CUDA_ERROR_NOT_READY: Status = 600;
 
 /// `CU_STREAM_NON_BLOCKING`: our stream does not wait for the legacy default stream.
@@ -73,7 +74,9 @@ macro_rules! driver_api {
     ($(fn $name:ident($($arg:ident: $ty:ty $(as $cuda:ty)?),* $(,)?) -> Status;)*) => {
         /// The driver functions we call, resolved once from `libcuda.so.1` at run time
         /// ([`driver`]). A field is called as `(driver.cuInit)(0)`.
+        // (cuStreamQuery is read by NCCL's waits only.)
         #[allow(non_snake_case)]
+        #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
         struct Driver {
             $($name: unsafe extern "C" fn($($arg: $ty),*) -> Status,)*
         }
@@ -302,6 +305,7 @@ fn opened() -> &'static Opened {
 /// the stream that a compiled function's kernels run on, in the primary context its buffers
 /// live in. The methods are on [`Device`] because this module is private to `gpu` and
 /// `Device` is a type every module can name.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
 impl Device {
     /// Runs `f` with the raw stream of the backend `gpu::backend(self)` hands out (opening it
     /// if needed), with its context current on this thread and its gate held, so that what `f`
@@ -490,6 +494,7 @@ impl fmt::Debug for CudaBackend {
 
 impl CudaBackend {
     /// The backend `gpu::backend(device)` hands out, as this type.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
     fn of(device: Device) -> Result<Arc<CudaBackend>, Error> {
         let Device::Cuda(ordinal) = device else {
             return Err(Error::Internal(format!(
