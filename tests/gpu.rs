@@ -1002,8 +1002,9 @@ fn lenet() -> LeNet {
     .unwrap()
 }
 
-/// The staged data-parallel step on a GPU: the gradient part's outputs come back into the
-/// communicator's flat buffer, and the update part reads the summed gradients from it.
+/// The staged data-parallel step on a GPU, both ways: the gradient part's outputs go into the
+/// communicator's device flat buffer and the update part reads the summed gradients there (as
+/// with NCCL), or they come back into the host flat buffer (as with MPI).
 #[test]
 fn a_staged_data_parallel_lenet_step_runs_alike() {
     let n = 2;
@@ -1018,7 +1019,9 @@ fn a_staged_data_parallel_lenet_step_runs_alike() {
         .collect();
     let mut comm = tensor_fn::dist::Communicator::single();
     comm.set_stage_alone(true);
-    for dev in devices() {
+    for (dev, host) in devices().into_iter().flat_map(|d| [(d, false), (d, true)]) {
+        comm.set_host_staging(host);
+        assert_eq!(comm.reduces_on(dev), !host);
         let mut g = lenet();
         g.to_device(dev).expect("to device");
         let got: Vec<f32> = (0..2)

@@ -629,14 +629,23 @@ impl MethodItem<'_> {
             "__tf_gpu_cache_{}",
             self.name.to_string().trim_start_matches('_')
         );
-        let gpu = crate::emit::gpu::call(
-            &c.f,
-            &c.schedule,
-            c.gpu_plan.clone(),
-            quote!(#model::#info.ptx),
-            quote!(#model::#cache()),
-            &rs::scalar_ty(c.dtype),
-        );
+        let gpu_of = |into| {
+            crate::emit::gpu::call(
+                &c.f,
+                &c.schedule,
+                c.gpu_plan.clone(),
+                quote!(#model::#info.ptx),
+                quote!(#model::#cache()),
+                &rs::scalar_ty(c.dtype),
+                into,
+            )
+        };
+        let gpu = gpu_of(None);
+        let gpu_into = if self.flat {
+            gpu_of(Some(quote!(__into)))
+        } else {
+            quote!()
+        };
         let cache_fn = crate::emit::gpu::cache_fn(&cache);
         let method = rs::emit_fn(
             &c.f,
@@ -648,6 +657,7 @@ impl MethodItem<'_> {
                 gpu,
                 fields: self.fields,
                 flat: self.flat,
+                gpu_into,
             },
             docs,
         );
@@ -759,18 +769,38 @@ fn emit_data_parallel(
         .iter()
         .map(|s| Ident::new(s, Span::call_site()))
         .collect();
-    let outs: Vec<TokenStream> = (0..n_out)
-        .map(|k| {
-            let o = gc.f.outputs[k];
-            match g.ty(o).int {
-                Some(it) => {
-                    let e = rs::int_ty(it);
-                    quote!((__flat[#k] * __inv).round() as #e)
+    // The outputs, averaged, from the summed scalars in `src` (the host or device flat
+    // buffer's head).
+    let outs_of = |src: Ident| -> Vec<TokenStream> {
+        (0..n_out)
+            .map(|k| {
+                let o = gc.f.outputs[k];
+                match g.ty(o).int {
+                    Some(it) => {
+                        let e = rs::int_ty(it);
+                        quote!((#src[#k] * __inv).round() as #e)
+                    }
+                    None => quote!(#src[#k] * __inv),
                 }
-                None => quote!(__flat[#k] * __inv),
+            })
+            .collect()
+    };
+    let outs = outs_of(format_ident!("__flat"));
+    let outs_dev = outs_of(format_ident!("__head"));
+    let views_dev: Vec<TokenStream> = grad_fields
+        .iter()
+        .zip(&grad_dims)
+        .enumerate()
+        .map(|(k, (field, dim))| {
+            let v = format_ident!("__g{}", k);
+            quote! {
+                let __n = self.#field.shape().iter().product::<usize>();
+                let #v = ::tensor_fn::dist::device_segment::<#t, #dim>(&__fd, #seg, self.#field.shape())?;
+                #seg += __n;
             }
         })
         .collect();
+    let gname_dev = format_ident!("{}_device", gname);
     let ret = match &meth.ret {
         syntax::RetAst::Unit => quote!(()),
         syntax::RetAst::One(t) => ast_out_ty(t),
@@ -779,11 +809,12 @@ fn emit_data_parallel(
             quote!((#(#ts),*))
         }
     };
-    let ret_expr = match &meth.ret {
+    let ret_of = |outs: &[TokenStream]| match &meth.ret {
         syntax::RetAst::Unit => quote!(()),
         syntax::RetAst::One(_) => quote!(#(#outs)*),
         syntax::RetAst::Tuple(_) => quote!((#(#outs),*)),
     };
+    let (ret_expr, ret_dev) = (ret_of(&outs), ret_of(&outs_dev));
     let mvis = meth.vis.to_token_stream();
     let name = &meth.name;
     let dp = format_ident!("{}_data_parallel", meth.name);
@@ -816,13 +847,33 @@ fn emit_data_parallel(
                 return self.#name(#(#pass),*);
             }
             let __len: usize = #n_out_lit #(+ self.#grad_fields.shape().iter().product::<usize>())*;
+            let __inv: #t = 1.0 / (comm.size() as #t);
+            let __dev = self.device()?;
+            if comm.reduces_on(__dev) {
+                // On the GPU: the gradients go into a device buffer, are summed there, and
+                // the update part reads them there; only the scalar outputs come back.
+                let __fd = comm.take_device_flat(__dev, __len * ::core::mem::size_of::<#t>())?;
+                let __r = self
+                    .#gname_dev(&__fd, comm.rank(), #(#pass),*)
+                    .and_then(|()| {
+                        comm.all_reduce_sum_device(&__fd, __len, <#t as ::tensor_fn::dist::CommElem>::F64)
+                    })
+                    .and_then(|()| ::tensor_fn::dist::read_head::<#t, #n_out_lit>(&__fd))
+                    .and_then(|__head| {
+                        let mut #seg = #n_out_lit;
+                        #(#views_dev)*
+                        self.#aname(#(#scalar_args,)* #(#gvars,)* __inv).map(|()| __head)
+                    });
+                comm.give_device_flat(__fd);
+                let __head = __r?;
+                return ::core::result::Result::Ok(#ret_dev);
+            }
             let mut __flat = comm.take_flat::<#t>(__len);
             if let ::core::result::Result::Err(e) = self.#gname(&mut __flat, comm.rank(), #(#pass),*) {
                 comm.give_flat(__flat);
                 return ::core::result::Result::Err(e);
             }
             let __flat = comm.all_reduce_sum_vec(__flat)?;
-            let __inv: #t = 1.0 / (comm.size() as #t);
             let __applied = (|| -> ::core::result::Result<(), ::tensor_fn::Error> {
                 let mut #seg = #n_out_lit;
                 #(#views)*

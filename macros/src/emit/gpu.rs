@@ -324,6 +324,9 @@ fn dim_value(g: &Graph, bound: &[bool], d: Dim) -> TokenStream {
 /// `Lazy` of the method's result. Expects the dim checks' `__d_*` bindings, the inputs as
 /// `Arg`s under their names, and `__mode`; `ptx` is a constant expression of the module text,
 /// `cache` an expression of the method's `&'static FnCache` ([`cache_fn`]).
+///
+/// With `into` (an expression of type `&tensor_fn::gpu::GpuBuf`), the outputs stay on the
+/// device, copied one after the other into that buffer, and the code returns `Ok(())`.
 pub fn call(
     f: &Function,
     s: &Schedule,
@@ -331,6 +334,7 @@ pub fn call(
     ptx: TokenStream,
     cache: TokenStream,
     t: &TokenStream,
+    into: Option<TokenStream>,
 ) -> TokenStream {
     let g = &f.graph;
     let bound = bound_syms(f);
@@ -417,6 +421,26 @@ pub fn call(
         crate::ir::Ret::One if results.len() == 1 => results[0].clone(),
         _ => quote!((#(#results),*)),
     };
+    let call = quote! {
+        &::tensor_fn::gpu::Call {
+            dims: &[#(#dims),*],
+            scalars: &[#(#scalars),*],
+            inputs: &[#(#inputs),*],
+            params: &[#(#params),*],
+        }
+    };
+    if let Some(into) = into {
+        return quote! {
+            use ::tensor_fn::gpu::plan as __gp;
+            const __PTX: &str = #ptx;
+            static __PLAN: __gp::GpuPlan = #plan;
+            #(#staged)*
+            // SAFETY: `__PLAN` and its module were emitted together, by this expansion, from
+            // the method's schedule.
+            unsafe { ::tensor_fn::gpu::run_into(&__PLAN, #cache, __dev, #call, #into) }?;
+            return ::core::result::Result::Ok(());
+        };
+    }
     quote! {
         use ::tensor_fn::gpu::plan as __gp;
         const __PTX: &str = #ptx;
@@ -429,12 +453,7 @@ pub fn call(
                 &__PLAN,
                 #cache,
                 __dev,
-                &::tensor_fn::gpu::Call {
-                    dims: &[#(#dims),*],
-                    scalars: &[#(#scalars),*],
-                    inputs: &[#(#inputs),*],
-                    params: &[#(#params),*],
-                },
+                #call,
                 __mode,
             )
         }?;

@@ -28,7 +28,9 @@ pub enum Shape<'a> {
     /// (`emit::gpu::call`); `fields` are all the model's parameters (they decide the device).
     /// With `flat`, the method writes its outputs one after the other into a caller's slice
     /// instead of returning them (a data-parallel method's gradients, summed in place across
-    /// ranks); it takes the slice and the process's rank before its arguments.
+    /// ranks); it takes the slice and the process's rank before its arguments. A flat method
+    /// also gets `<name>_device`, for a model on a GPU: the outputs go into a device buffer,
+    /// by `gpu_into` (`emit::gpu::call` with a destination).
     Method {
         name: &'a Ident,
         vis: TokenStream,
@@ -36,6 +38,7 @@ pub enum Shape<'a> {
         gpu: TokenStream,
         fields: &'a [Ident],
         flat: bool,
+        gpu_into: TokenStream,
     },
 }
 
@@ -656,6 +659,7 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             gpu,
             fields,
             flat,
+            gpu_into,
         } => {
             let recv = if mutable {
                 quote!(&mut self)
@@ -711,7 +715,31 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                     quote!(let (#(#outs),*) = __vals;)
                 };
                 let flat_body_splits = &out_allocs[0];
+                let (name_dev, imp_dev) = (
+                    format_ident!("{}_device", name),
+                    format_ident!("{}_device", imp),
+                );
                 return quote! {
+                    #[doc(hidden)]
+                    #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
+                    #vis fn #name_dev<#(#lifetimes),*>(#recv, __into: &::tensor_fn::gpu::GpuBuf, __rank: usize, #(#outer),*) -> ::core::result::Result<(), ::tensor_fn::Error> {
+                        #draw
+                        self.#imp_dev(__into, #(#pass,)*)
+                    }
+
+                    #[doc(hidden)]
+                    #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
+                    fn #imp_dev(#recv, __into: &::tensor_fn::gpu::GpuBuf, #(#inner,)*) -> ::core::result::Result<(), ::tensor_fn::Error> {
+                        let __dev = ::tensor_fn::gpu::model_device(#fname, &[#((#field_strs, self.#fields.device())),*])?;
+                        #(#checks)*
+                        if !__dev.is_gpu() || __into.device() != __dev {
+                            return ::core::result::Result::Err(::tensor_fn::Error::Internal(::std::format!(
+                                "`{}`: outputs for {} into a buffer on {}", #fname, __dev, __into.device()
+                            )));
+                        }
+                        #gpu_into
+                    }
+
                     #[doc(hidden)]
                     #[allow(unused_variables, unused_mut, unused_parens, non_snake_case, clippy::all)]
                     #vis fn #name<#(#lifetimes),*>(#recv, __flat: &mut [#t], __rank: usize, #(#outer),*) -> ::core::result::Result<(), ::tensor_fn::Error> {

@@ -26,7 +26,8 @@ mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
 
-use crate::Error;
+use crate::gpu::GpuBuf;
+use crate::{Arg, Device, Error};
 
 /// The default collective timeout, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 60.0;
@@ -39,6 +40,8 @@ pub trait CommElem: Copy + Send + 'static {
     fn scale(self, inv_n: f64) -> Self;
     /// The communicator's staging buffer of this type.
     fn flat(c: &mut Communicator) -> &mut Vec<Self>;
+    /// `x` in this type.
+    fn from_f64(x: f64) -> Self;
 }
 
 impl CommElem for f32 {
@@ -49,6 +52,9 @@ impl CommElem for f32 {
     fn flat(c: &mut Communicator) -> &mut Vec<f32> {
         &mut c.flat32
     }
+    fn from_f64(x: f64) -> f32 {
+        x as f32
+    }
 }
 
 impl CommElem for f64 {
@@ -58,6 +64,9 @@ impl CommElem for f64 {
     }
     fn flat(c: &mut Communicator) -> &mut Vec<f64> {
         &mut c.flat64
+    }
+    fn from_f64(x: f64) -> f64 {
+        x
     }
 }
 
@@ -85,7 +94,10 @@ pub struct Communicator {
     /// across steps so a step allocates nothing after the first.
     flat32: Vec<f32>,
     flat64: Vec<f64>,
+    /// The flat buffer of a model on a GPU, on that GPU, reused across steps.
+    flat_device: Option<GpuBuf>,
     stage_alone: bool,
+    host_staging: bool,
 }
 
 impl Communicator {
@@ -103,7 +115,9 @@ impl Communicator {
             calls: 0,
             flat32: Vec::new(),
             flat64: Vec::new(),
+            flat_device: None,
             stage_alone: std::env::var("TENSOR_FN_STAGE_ALONE").is_ok_and(|v| v == "1"),
+            host_staging: false,
         }
     }
 
@@ -314,6 +328,88 @@ impl Communicator {
         }
     }
 
+    /// Whether a model on `device` sums its gradients there, with no trip to the host: with
+    /// NCCL on that GPU, and in a world of one (nothing to sum). Otherwise (MPI, whose buffers
+    /// are host memory) the gradients come back to the host, are summed there, and the update
+    /// part reads them from there.
+    pub fn reduces_on(&self, device: Device) -> bool {
+        if !device.is_gpu() || self.host_staging {
+            return false;
+        }
+        match &self.engine {
+            Engine::Single => true,
+            #[cfg(feature = "mpi")]
+            Engine::Mpi(_) => false,
+            #[cfg(feature = "nccl")]
+            Engine::Nccl(n) => n.device() == device,
+        }
+    }
+
+    /// Makes a model on a GPU go through the host even where [`reduces_on`](Self::reduces_on)
+    /// says it need not (tests of that path).
+    #[doc(hidden)]
+    pub fn set_host_staging(&mut self, host: bool) {
+        self.host_staging = host;
+    }
+
+    /// The device flat buffer of a `#[data_parallel]` method, at least `bytes` long, on
+    /// `device`; reused across steps, given back by `give_device_flat`.
+    #[doc(hidden)]
+    pub fn take_device_flat(&mut self, device: Device, bytes: usize) -> Result<GpuBuf, Error> {
+        match self.flat_device.take() {
+            Some(b) if b.device() == device && b.bytes() >= bytes => Ok(b),
+            _ => GpuBuf::alloc(device, bytes.max(1)),
+        }
+    }
+
+    /// Gives back a buffer taken by `take_device_flat`.
+    #[doc(hidden)]
+    pub fn give_device_flat(&mut self, buf: GpuBuf) {
+        self.flat_device = Some(buf);
+    }
+
+    /// Sums the first `len` elements (`f64`s, else `f32`s) of `buf`, on its GPU, over all
+    /// ranks, in place: NCCL on the stream the step's kernels ran on, after them; nothing in a
+    /// world of one.
+    #[doc(hidden)]
+    pub fn all_reduce_sum_device(
+        &mut self,
+        buf: &GpuBuf,
+        len: usize,
+        f64: bool,
+    ) -> Result<(), Error> {
+        self.calls += 1;
+        let elem = if f64 { 8 } else { 4 };
+        if len.checked_mul(elem).is_none_or(|b| b > buf.bytes()) {
+            return Err(Error::Internal(format!(
+                "an all-reduce of {len} elements in a device buffer of {} bytes",
+                buf.bytes()
+            )));
+        }
+        if self.size == 1 {
+            return Ok(());
+        }
+        let (seq, timeout) = (self.calls, self.timeout);
+        let _ = (seq, timeout, f64);
+        match &mut self.engine {
+            #[cfg(feature = "nccl")]
+            Engine::Nccl(n) if n.device() == buf.device() => {
+                // SAFETY: `buf` is a live allocation of the CUDA backend of NCCL's device (the
+                // device matched), holding at least `len` elements (checked above), and the
+                // caller uses it for nothing else until this returns.
+                unsafe { n.all_reduce_sum_device(buf.ptr(), len, f64, seq, timeout) }
+            }
+            _ => Err(Error::Comm {
+                rank: Some(self.rank),
+                message: format!(
+                    "the {} engine does not sum buffers on {}",
+                    self.engine(),
+                    buf.device()
+                ),
+            }),
+        }
+    }
+
     /// Copies `buf` of rank `root` into `buf` of every other rank (a model's initial or
     /// resumed parameters, so every rank starts from the same values).
     pub fn broadcast<T: CommElem>(&mut self, buf: &mut [T], root: usize) -> Result<(), Error> {
@@ -392,6 +488,46 @@ pub fn segment<'a, T, D: ndarray::Dimension>(
     ndarray::ArrayView::from_shape(ndarray::IxDyn(shape), data)
         .and_then(|v| v.into_dimensionality::<D>())
         .map_err(|e| Error::Internal(format!("a gradient's view of the flat buffer: {e}")))
+}
+
+/// A view of `buf`'s elements from `offset` (in elements) in the shape of a parameter, for a
+/// `#[data_parallel]` method's update part to read its gradient from the device flat buffer.
+#[doc(hidden)]
+pub fn device_segment<'a, T: CommElem, D: ndarray::Dimension>(
+    buf: &'a GpuBuf,
+    offset: usize,
+    shape: &[usize],
+) -> Result<Arg<'a, T, D>, Error> {
+    let dim = D::from_dimension(&ndarray::IxDyn(shape)).ok_or_else(|| {
+        Error::Internal(format!(
+            "a gradient of shape {shape:?} in the device flat buffer"
+        ))
+    })?;
+    Ok(Arg::Device {
+        buf,
+        offset: offset * std::mem::size_of::<T>(),
+        dim,
+    })
+}
+
+/// The first `N` elements of `buf` (a data-parallel step's scalar outputs, summed), read back
+/// after the work queued before.
+#[doc(hidden)]
+pub fn read_head<T: CommElem, const N: usize>(buf: &GpuBuf) -> Result<[T; N], Error> {
+    let size = std::mem::size_of::<T>();
+    let mut bytes = vec![0u8; N * size];
+    buf.download(0, &mut bytes)?;
+    let mut out = [T::from_f64(0.0); N];
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(size)) {
+        *o = if T::F64 {
+            T::from_f64(f64::from_le_bytes(b.try_into().expect("8 bytes")))
+        } else {
+            T::from_f64(f64::from(f32::from_le_bytes(
+                b.try_into().expect("4 bytes"),
+            )))
+        };
+    }
+    Ok(out)
 }
 
 /// The world size an MPI launcher announced in the environment (Open MPI, MPICH/PMI, Slurm's

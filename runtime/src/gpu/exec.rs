@@ -416,6 +416,48 @@ pub unsafe fn run(
     call: &Call<'_>,
     mode: Mode,
 ) -> Result<Vec<PendingOut>, Error> {
+    // SAFETY: the caller's promise, passed on.
+    unsafe { run_to(plan, cache, device, call, Sink::Back(mode)) }
+}
+
+/// [`run`], with the outputs left on the device: copied one after the other, in the element
+/// type of the plan, into `dst` from its start (a data-parallel method's gradients, summed
+/// there across ranks by NCCL with no trip to the host). The copies are queued behind the
+/// call's kernels; nothing waits.
+///
+/// # Safety
+/// As for [`run`].
+pub unsafe fn run_into(
+    plan: &GpuPlan,
+    cache: &FnCache,
+    device: Device,
+    call: &Call<'_>,
+    dst: &GpuBuf,
+) -> Result<(), Error> {
+    // SAFETY: the caller's promise, passed on.
+    unsafe { run_to(plan, cache, device, call, Sink::Into(dst)) }.map(|_| ())
+}
+
+/// Where a call's outputs go.
+#[derive(Clone, Copy)]
+enum Sink<'a> {
+    /// Back to the caller, as the mode says.
+    Back(Mode),
+    /// Into this device buffer, one after the other.
+    Into(&'a GpuBuf),
+}
+
+/// [`run`] with its outputs going to `sink`.
+///
+/// # Safety
+/// As for [`run`].
+unsafe fn run_to(
+    plan: &GpuPlan,
+    cache: &FnCache,
+    device: Device,
+    call: &Call<'_>,
+    sink: Sink<'_>,
+) -> Result<Vec<PendingOut>, Error> {
     if let Some(op) = plan.cpu_only {
         return Err(Error::CpuOnly {
             function: plan.name,
@@ -540,7 +582,7 @@ pub unsafe fn run(
             // while its graphs exist, parameters are borrowed by this call.
             unsafe { backend.replay(g)? };
             st.calls.replayed += 1;
-            return outputs(plan, call, device, mode, arena, &st.buf_offs, &mut st.ring);
+            return outputs(plan, call, device, sink, arena, &st.buf_offs, &mut st.ring);
         }
     }
 
@@ -623,7 +665,7 @@ pub unsafe fn run(
         }
         st.calls.direct += 1;
     }
-    outputs(plan, call, device, mode, arena, &st.buf_offs, &mut st.ring)
+    outputs(plan, call, device, sink, arena, &st.buf_offs, &mut st.ring)
 }
 
 /// The outputs of a call whose work is enqueued: copied to the host ([`Mode::Wait`]) or to
@@ -632,12 +674,45 @@ fn outputs(
     plan: &GpuPlan,
     call: &Call<'_>,
     device: Device,
-    mode: Mode,
+    sink: Sink<'_>,
     arena: &GpuBuf,
     buf_offs: &[usize],
     ring_slot: &mut Option<Arc<Ring>>,
 ) -> Result<Vec<PendingOut>, Error> {
     let elem = plan.dtype.bytes();
+    let mode = match sink {
+        Sink::Back(mode) => mode,
+        Sink::Into(dst) => {
+            let mut at = 0;
+            for o in plan.outputs {
+                match *o {
+                    Out::Arg(v) => {
+                        let x = scalar(plan, call, v)?;
+                        match plan.dtype {
+                            Dtype::F32 => dst.upload(at, &(x as f32).to_le_bytes())?,
+                            Dtype::F64 => dst.upload(at, &x.to_le_bytes())?,
+                        }
+                        at += elem;
+                    }
+                    Out::Buf(b) => {
+                        let bytes = plan.bufs[b as usize].bytes(plan.dtype, call.dims);
+                        let off = match plan.bufs[b as usize].src {
+                            BufSrc::Param(_) | BufSrc::View(_) => {
+                                return Err(internal(
+                                    plan,
+                                    "a parameter or a view as an output".into(),
+                                ))
+                            }
+                            _ => buf_offs[b as usize],
+                        };
+                        dst.copy_from(at, arena, off, bytes)?;
+                        at += bytes;
+                    }
+                }
+            }
+            return Ok(Vec::new());
+        }
+    };
     // Outputs.
     let mut outs = Vec::with_capacity(plan.outputs.len());
     for o in plan.outputs {

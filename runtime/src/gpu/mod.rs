@@ -17,7 +17,9 @@ pub mod vm;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use backend::{Backend, DevPtr, GraphId, KernelArg, ModuleId};
-pub use exec::{run, ArgData, Call, Element, FnCache, GpuBuf, GpuCalls, HostOut, Mode, PendingOut};
+pub use exec::{
+    run, run_into, ArgData, Call, Element, FnCache, GpuBuf, GpuCalls, HostOut, Mode, PendingOut,
+};
 
 use crate::{Device, Error};
 
