@@ -457,6 +457,18 @@ mod mpi {
         assert!(!out.exists(), "the survivor must not report success");
     }
 
+    #[test]
+    fn ranks_with_different_models_are_an_error() {
+        let out = scratch("mismatch.bin");
+        let (ok, text, secs) = mpirun("mismatch", &out, &[], "10");
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("the ranks sum data-parallel buffers of different lengths (this rank"),
+            "{text}"
+        );
+        assert!(secs < 60.0, "took {secs} s");
+    }
+
     /// One rank of the runs above (run by `mpirun`, never alone: without `TF_DP_WORKER` it
     /// returns at once).
     #[test]
@@ -493,6 +505,19 @@ mod mpi {
                 let mut t = seed_params(&m);
                 t.push(costs);
                 t
+            }
+            "mismatch" => {
+                // Rank 1 has one hidden unit fewer: its flat buffer is 785 elements shorter.
+                let h = 500 - comm.rank();
+                let mut m = Autoencoder::new(common::init(h), Array1::zeros(h), Array1::zeros(784))
+                    .unwrap();
+                let (x, _) = data(20);
+                let local = comm.slice(20).unwrap();
+                if let Err(e) = m.train_data_parallel(&mut comm, x.slice(s![local, ..]), 0.1) {
+                    eprintln!("error: {e}");
+                    comm.abort(3);
+                }
+                Vec::new()
             }
             "lenet" => {
                 let (x, y) = data(STEPS * 10);

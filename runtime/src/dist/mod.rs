@@ -96,6 +96,8 @@ pub struct Communicator {
     flat64: Vec<f64>,
     /// The flat buffer of a model on a GPU, on that GPU, reused across steps.
     flat_device: Option<GpuBuf>,
+    /// The buffer length every rank was last seen to sum (see `check_length`).
+    agreed_len: Option<usize>,
     stage_alone: bool,
     host_staging: bool,
 }
@@ -116,6 +118,7 @@ impl Communicator {
             flat32: Vec::new(),
             flat64: Vec::new(),
             flat_device: None,
+            agreed_len: None,
             stage_alone: std::env::var("TENSOR_FN_STAGE_ALONE").is_ok_and(|v| v == "1"),
             host_staging: false,
         }
@@ -313,6 +316,7 @@ impl Communicator {
         if self.size == 1 {
             return Ok(buf);
         }
+        self.check_length(buf.len())?;
         let (seq, timeout) = (self.calls, self.timeout);
         let _ = (seq, timeout);
         match &mut self.engine {
@@ -326,6 +330,45 @@ impl Communicator {
                 Ok(buf)
             }
         }
+    }
+
+    /// Before the first sum of a buffer of `len` elements (and whenever the length changes):
+    /// checks that every rank sums as many, with a small collective of `[len, len^2]` (all
+    /// equal exactly when n * sum(len^2) = sum(len)^2). Ranks that run different models (a
+    /// different hidden size, a checkpoint of another model) would otherwise sum mismatched
+    /// buffers: MPI's behaviour is undefined there, a hang or garbage.
+    fn check_length(&mut self, len: usize) -> Result<(), Error> {
+        if self.agreed_len == Some(len) {
+            return Ok(());
+        }
+        let mut v = [len as f64, (len as f64) * (len as f64)];
+        let (seq, timeout) = (self.calls, self.timeout);
+        let _ = (seq, timeout, &mut v);
+        let summed: Result<(), Error> = match &mut self.engine {
+            Engine::Single => Ok(()),
+            #[cfg(feature = "mpi")]
+            Engine::Mpi(m) => m.all_reduce_sum(&mut v, seq, timeout),
+            #[cfg(feature = "nccl")]
+            Engine::Nccl(n) => match n.mpi() {
+                Some(m) => m.all_reduce_sum(&mut v, seq, timeout),
+                None => Ok(()),
+            },
+        };
+        summed?;
+        let n = self.size as f64;
+        if self.size > 1 && n * v[1] != v[0] * v[0] {
+            return Err(Error::Comm {
+                rank: Some(self.rank),
+                message: format!(
+                    "the ranks sum data-parallel buffers of different lengths (this rank {len} \
+                     elements, the mean over the ranks {:.1}): every rank must train the same \
+                     model, with the same parameter shapes",
+                    v[0] / n
+                ),
+            });
+        }
+        self.agreed_len = Some(len);
+        Ok(())
     }
 
     /// Whether a model on `device` sums its gradients there, with no trip to the host: with
@@ -389,6 +432,7 @@ impl Communicator {
         if self.size == 1 {
             return Ok(());
         }
+        self.check_length(len)?;
         let (seq, timeout) = (self.calls, self.timeout);
         let _ = (seq, timeout, f64);
         match &mut self.engine {
