@@ -302,14 +302,9 @@ fn run(args: Args, comm: &mut Communicator) -> Result<(), Box<dyn std::error::Er
         Device::parse(&args.device)?
     };
     // Each rank computes its slice of every global minibatch of --batch rows.
-    let local = comm.slice(args.batch).map_err(|_| {
-        format!(
-            "--batch {}: a data-parallel minibatch is split equally between the {} processes, \
-             so the process count must divide it",
-            args.batch,
-            comm.size()
-        )
-    })?;
+    let local = comm
+        .slice(args.batch)
+        .map_err(|e| format!("--batch {}: {e}", args.batch))?;
     let t = Instant::now();
     let data = Mnist::load(args.data.as_deref())?;
     let (train, _valid) = data.seed_split();

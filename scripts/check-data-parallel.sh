@@ -92,7 +92,7 @@ done
 # --- errors, on every rank, without a hang ---------------------------------------------------
 run odd "${mpi2[@]}" "$ae" --hidden 16 --limit 400 --batch 21 --quiet --epochs 1 --out "$work/odd" --data-parallel
 [[ $rc != 0 ]] || fail "odd: a batch of 21 for 2 processes must fail"
-grep -q -- "--batch 21: a data-parallel minibatch is split equally between the 2 processes" \
+grep -q -- "--batch 21: a data-parallel minibatch of 21 rows does not split equally between 2 processes" \
     "$work/odd.err" || fail "odd: expected the batch error" "$(cat "$work/odd.err")"
 run alone "${mpi2[@]}" "$ae" "${small[@]}" --epochs 1 --out "$work/alone"
 [[ $rc != 0 ]] || fail "alone: mpirun without --data-parallel must fail"

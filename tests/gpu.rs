@@ -1002,21 +1002,49 @@ fn lenet() -> LeNet {
     .unwrap()
 }
 
+/// A batch of 2 images with labels `(i * a + b) % 10`, and LeNet after 2 CPU steps on it with
+/// their costs: the reference of the GPU tests below.
+fn lenet_case(seed: u32, a: i64, b: i64) -> (Array2<f32>, Array1<i64>, LeNet, Vec<f32>) {
+    let n = 2;
+    let x = fill(&[n, 784], seed, 0.0, 1.0)
+        .mapv(|v| v as f32)
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let y: Array1<i64> = (0..n as i64).map(|i| (i * a + b) % 10).collect();
+    let mut cpu = lenet();
+    let want: Vec<f32> = (0..2)
+        .map(|_| cpu.train(x.view(), y.view(), 0.1).expect("cpu"))
+        .collect();
+    (x, y, cpu, want)
+}
+
+/// `g`'s costs and every parameter against the CPU's, to 1e-4.
+fn lenet_alike(what: &str, dev: Device, cpu: &LeNet, want: &[f32], g: &LeNet, got: &[f32]) {
+    let d = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    close(&format!("{what}: costs"), dev, &d(want), &d(got), 1e-4);
+    let four = |s: &Shared<f32, ndarray::Ix4>| flat32(&s.get_value().unwrap());
+    let two = |s: &Shared<f32, ndarray::Ix2>| flat32(&s.get_value().unwrap());
+    let one = |s: &Shared<f32, ndarray::Ix1>| flat32(&s.get_value().unwrap());
+    for (name, a, b) in [
+        ("w0", four(&cpu.w0), four(&g.w0)),
+        ("b0", one(&cpu.b0), one(&g.b0)),
+        ("w1", four(&cpu.w1), four(&g.w1)),
+        ("b1", one(&cpu.b1), one(&g.b1)),
+        ("w2", two(&cpu.w2), two(&g.w2)),
+        ("b2", one(&cpu.b2), one(&g.b2)),
+        ("w3", two(&cpu.w3), two(&g.w3)),
+        ("b3", one(&cpu.b3), one(&g.b3)),
+    ] {
+        close(&format!("{what}: {name} after 2 steps"), dev, &a, &b, 1e-4);
+    }
+}
+
 /// The staged data-parallel step on a GPU, both ways: the gradient part's outputs go into the
 /// communicator's device flat buffer and the update part reads the summed gradients there (as
 /// with NCCL), or they come back into the host flat buffer (as with MPI).
 #[test]
 fn a_staged_data_parallel_lenet_step_runs_alike() {
-    let n = 2;
-    let x = fill(&[n, 784], 920, 0.0, 1.0)
-        .mapv(|v| v as f32)
-        .into_dimensionality::<ndarray::Ix2>()
-        .unwrap();
-    let y: Array1<i64> = (0..n as i64).map(|i| (i * 7 + 2) % 10).collect();
-    let mut cpu = lenet();
-    let want: Vec<f32> = (0..2)
-        .map(|_| cpu.train(x.view(), y.view(), 0.1).expect("cpu"))
-        .collect();
+    let (x, y, cpu, want) = lenet_case(920, 7, 2);
     let mut comm = tensor_fn::dist::Communicator::single();
     comm.set_stage_alone(true);
     for (dev, host) in devices().into_iter().flat_map(|d| [(d, false), (d, true)]) {
@@ -1030,68 +1058,24 @@ fn a_staged_data_parallel_lenet_step_runs_alike() {
                     .expect("gpu")
             })
             .collect();
-        let d = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
-        close("costs", dev, &d(&want), &d(&got), 1e-4);
-        for (name, a, b) in [
-            (
-                "w0",
-                flat32(&cpu.w0.get_value().unwrap()),
-                flat32(&g.w0.get_value().unwrap()),
-            ),
-            (
-                "w2",
-                flat32(&cpu.w2.get_value().unwrap()),
-                flat32(&g.w2.get_value().unwrap()),
-            ),
-            (
-                "b3",
-                flat32(&cpu.b3.get_value().unwrap()),
-                flat32(&g.b3.get_value().unwrap()),
-            ),
-        ] {
-            close(&format!("{name} after 2 staged steps"), dev, &a, &b, 1e-4);
-        }
+        let what = if host {
+            "staged through the host"
+        } else {
+            "staged on the device"
+        };
+        lenet_alike(what, dev, &cpu, &want, &g, &got);
     }
 }
 
 #[test]
 fn a_lenet_training_step_runs_alike() {
-    let n = 2;
-    let x = fill(&[n, 784], 919, 0.0, 1.0)
-        .mapv(|v| v as f32)
-        .into_dimensionality::<ndarray::Ix2>()
-        .unwrap();
-    let y: Array1<i64> = (0..n as i64).map(|i| (i * 3 + 1) % 10).collect();
-    let mut cpu = lenet();
-    let want: Vec<f32> = (0..2)
-        .map(|_| cpu.train(x.view(), y.view(), 0.1).expect("cpu"))
-        .collect();
+    let (x, y, cpu, want) = lenet_case(919, 3, 1);
     for dev in devices() {
         let mut g = lenet();
         g.to_device(dev).expect("to device");
         let got: Vec<f32> = (0..2)
             .map(|_| g.train(x.view(), y.view(), 0.1).expect("gpu"))
             .collect();
-        let d = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
-        close("costs", dev, &d(&want), &d(&got), 1e-4);
-        for (name, a, b) in [
-            (
-                "w0",
-                flat32(&cpu.w0.get_value().unwrap()),
-                flat32(&g.w0.get_value().unwrap()),
-            ),
-            (
-                "b1",
-                flat32(&cpu.b1.get_value().unwrap()),
-                flat32(&g.b1.get_value().unwrap()),
-            ),
-            (
-                "w1",
-                flat32(&cpu.w1.get_value().unwrap()),
-                flat32(&g.w1.get_value().unwrap()),
-            ),
-        ] {
-            close(&format!("{name} after 2 steps"), dev, &a, &b, 1e-4);
-        }
+        lenet_alike("fused", dev, &cpu, &want, &g, &got);
     }
 }

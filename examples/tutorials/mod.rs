@@ -464,14 +464,9 @@ pub fn fit_with<M: Classifier>(
     resume: Option<&Checkpoint>,
 ) -> Result<Fit, Box<dyn std::error::Error>> {
     let root = comm.is_root();
-    let local = comm.slice(sch.batch).map_err(|_| {
-        format!(
-            "--batch {}: a data-parallel minibatch is split equally between the {} processes, \
-             so the process count must divide it",
-            sch.batch,
-            comm.size()
-        )
-    })?;
+    let local = comm
+        .slice(sch.batch)
+        .map_err(|e| format!("--batch {}: {e}", sch.batch))?;
     let steps = data.train.x.nrows() / sch.batch;
     if steps == 0 {
         return Err(format!(

@@ -498,29 +498,7 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
                 } else {
                     quote!(&self)
                 };
-                let mut lifetimes = Vec::new();
-                let ps: Vec<TokenStream> = unique_decls(&meth.inputs)
-                    .map(|d| {
-                        let n = &d.name;
-                        let life = syn::Lifetime::new(
-                            &format!("'__tf{}", lifetimes.len()),
-                            proc_macro2::Span::call_site(),
-                        );
-                        let t = model_arg_ty(&d.ty, &life);
-                        if !d.ty.dims.is_empty() {
-                            lifetimes.push(life);
-                        }
-                        quote!(#n: #t)
-                    })
-                    .collect();
-                let ret = match &meth.ret {
-                    syntax::RetAst::Unit => quote!(()),
-                    syntax::RetAst::One(t) => ast_out_ty(t),
-                    syntax::RetAst::Tuple(ts) => {
-                        let ts: Vec<TokenStream> = ts.iter().map(ast_out_ty).collect();
-                        quote!((#(#ts),*))
-                    }
-                };
+                let MethodSig { ps, lifetimes, ret } = method_sig(meth);
                 methods.push(quote! {
                     #(#docs)*
                     #[allow(unused_variables)]
@@ -608,6 +586,38 @@ fn emit_model(m: &syntax::ModelAst, fns: Option<&[Compiled]>) -> TokenStream {
             #(#methods)*
         }
     }
+}
+
+/// A method's declared signature as its public form takes it: the arguments (each array
+/// borrowing for a lifetime of its own), those lifetimes, and the result type.
+struct MethodSig {
+    ps: Vec<TokenStream>,
+    lifetimes: Vec<syn::Lifetime>,
+    ret: TokenStream,
+}
+
+fn method_sig(meth: &syntax::MethodAst) -> MethodSig {
+    let mut lifetimes = Vec::new();
+    let ps = unique_decls(&meth.inputs)
+        .map(|d| {
+            let n = &d.name;
+            let life = syn::Lifetime::new(&format!("'__tf{}", lifetimes.len()), Span::call_site());
+            let ty = model_arg_ty(&d.ty, &life);
+            if !d.ty.dims.is_empty() {
+                lifetimes.push(life);
+            }
+            quote!(#n: #ty)
+        })
+        .collect();
+    let ret = match &meth.ret {
+        syntax::RetAst::Unit => quote!(()),
+        syntax::RetAst::One(t) => ast_out_ty(t),
+        syntax::RetAst::Tuple(ts) => {
+            let ts: Vec<TokenStream> = ts.iter().map(ast_out_ty).collect();
+            quote!((#(#ts),*))
+        }
+    };
+    MethodSig { ps, lifetimes, ret }
 }
 
 /// One compiled method's items: its GPU cache, and the method with its GPU path.
@@ -725,18 +735,7 @@ fn emit_data_parallel(
     let g = &gc.f.graph;
 
     // The wrapper's arguments: the method's own, as its public form takes them.
-    let mut lifetimes = Vec::new();
-    let ps: Vec<TokenStream> = unique_decls(&meth.inputs)
-        .map(|d| {
-            let n = &d.name;
-            let life = syn::Lifetime::new(&format!("'__tf{}", lifetimes.len()), Span::call_site());
-            let ty = model_arg_ty(&d.ty, &life);
-            if !d.ty.dims.is_empty() {
-                lifetimes.push(life);
-            }
-            quote!(#n: #ty)
-        })
-        .collect();
+    let MethodSig { ps, lifetimes, ret } = method_sig(meth);
     let pass: Vec<&Ident> = unique_decls(&meth.inputs).map(|d| &d.name).collect();
     // The flat buffer: the scalar outputs, then each gradient in the shape of its parameter.
     let n_out = gc.f.outputs.len() - grad_params.len();
@@ -749,19 +748,30 @@ fn emit_data_parallel(
         .map(|&v| rs::ix_ty(g.vars[v as usize].ty.rank()))
         .collect();
     let seg = format_ident!("__seg");
-    let views: Vec<TokenStream> = grad_fields
-        .iter()
-        .zip(&grad_dims)
-        .enumerate()
-        .map(|(k, (field, dim))| {
-            let v = format_ident!("__g{}", k);
-            quote! {
-                let __n = self.#field.shape().iter().product::<usize>();
-                let #v = ::tensor_fn::dist::segment::<#t, #dim>(&__flat[#seg..#seg + __n], self.#field.shape())?;
-                #seg += __n;
-            }
-        })
-        .collect();
+    // Each gradient as its parameter's shape at `seg` of the flat buffer: `view(dim)` makes
+    // the expression of one, given `seg`, `__n` and the parameter's shape.
+    let views_by = |view: &dyn Fn(&TokenStream, &Ident) -> TokenStream| -> Vec<TokenStream> {
+        grad_fields
+            .iter()
+            .zip(&grad_dims)
+            .enumerate()
+            .map(|(k, (field, dim))| {
+                let v = format_ident!("__g{}", k);
+                let e = view(dim, field);
+                quote! {
+                    let __n = self.#field.shape().iter().product::<usize>();
+                    let #v = #e?;
+                    #seg += __n;
+                }
+            })
+            .collect()
+    };
+    let views = views_by(
+        &|dim, field| quote!(::tensor_fn::dist::segment::<#t, #dim>(&__flat[#seg..#seg + __n], self.#field.shape())),
+    );
+    let views_dev = views_by(
+        &|dim, field| quote!(::tensor_fn::dist::device_segment::<#t, #dim>(&__fd, #seg, self.#field.shape())),
+    );
     let gvars: Vec<Ident> = (0..grad_fields.len())
         .map(|k| format_ident!("__g{}", k))
         .collect();
@@ -787,28 +797,7 @@ fn emit_data_parallel(
     };
     let outs = outs_of(format_ident!("__flat"));
     let outs_dev = outs_of(format_ident!("__head"));
-    let views_dev: Vec<TokenStream> = grad_fields
-        .iter()
-        .zip(&grad_dims)
-        .enumerate()
-        .map(|(k, (field, dim))| {
-            let v = format_ident!("__g{}", k);
-            quote! {
-                let __n = self.#field.shape().iter().product::<usize>();
-                let #v = ::tensor_fn::dist::device_segment::<#t, #dim>(&__fd, #seg, self.#field.shape())?;
-                #seg += __n;
-            }
-        })
-        .collect();
     let gname_dev = format_ident!("{}_device", gname);
-    let ret = match &meth.ret {
-        syntax::RetAst::Unit => quote!(()),
-        syntax::RetAst::One(t) => ast_out_ty(t),
-        syntax::RetAst::Tuple(ts) => {
-            let ts: Vec<TokenStream> = ts.iter().map(ast_out_ty).collect();
-            quote!((#(#ts),*))
-        }
-    };
     let ret_of = |outs: &[TokenStream]| match &meth.ret {
         syntax::RetAst::Unit => quote!(()),
         syntax::RetAst::One(_) => quote!(#(#outs)*),

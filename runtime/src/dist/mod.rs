@@ -271,9 +271,10 @@ impl Communicator {
     pub fn slice(&self, global: usize) -> Result<std::ops::Range<usize>, Error> {
         if !global.is_multiple_of(self.size) {
             return Err(Error::Comm {
-                rank: Some(self.rank),
+                rank: None,
                 message: format!(
-                    "a global minibatch of {global} rows does not split into {} equal slices",
+                    "a data-parallel minibatch of {global} rows does not split equally between \
+                     {} processes: the process count must divide it",
                     self.size
                 ),
             });

@@ -111,12 +111,14 @@ struct Lib {
 /// The library names tried, in order: Open MPI's ABI version, then the development link.
 const LIBRARIES: [&str; 2] = ["libmpi.so.40", "libmpi.so"];
 
-fn dl_error() -> String {
-    // SAFETY: dlerror returns null or a NUL-terminated string valid until the next dl call.
+/// The text of the last `dl*` failure on this thread (for NCCL's loader too).
+pub(crate) fn dl_error() -> String {
+    // SAFETY: dlerror returns null or a NUL-terminated string valid until the next dl* call on
+    // this thread; it is copied right here.
     unsafe {
         let e = libc::dlerror();
         if e.is_null() {
-            "unknown reason".into()
+            "no reason given".into()
         } else {
             CStr::from_ptr(e).to_string_lossy().into_owned()
         }

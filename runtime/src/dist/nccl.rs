@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use cust::sys::CUstream;
 
-use super::mpi::Mpi;
+use super::mpi::{dl_error, Mpi};
 use super::CommElem;
 use crate::gpu::{Backend, DevPtr};
 use crate::{Device, Error};
@@ -280,20 +280,6 @@ fn symbol(lib: *mut c_void, name: &str) -> Result<*mut c_void, String> {
         Err(format!("no function `{name}`: {why}"))
     } else {
         Ok(address)
-    }
-}
-
-/// The text of the last `dl*` failure on this thread.
-fn dl_error() -> String {
-    // SAFETY: dlerror returns null or a NUL-terminated string valid until the next dl* call on
-    // this thread; it is copied right here.
-    unsafe {
-        let text = libc::dlerror();
-        if text.is_null() {
-            "no reason given".into()
-        } else {
-            CStr::from_ptr(text).to_string_lossy().into_owned()
-        }
     }
 }
 
