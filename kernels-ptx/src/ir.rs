@@ -456,8 +456,27 @@ impl LoopKernel {
             }
             written.push(r.out);
         }
+        // A buffer may be read and written only in place, element by element: a store (not a
+        // reduction, and the kernel has none, so it is one launch visiting every point once)
+        // whose every load of it is at the point being written. Each point then reads its old
+        // value before writing the new one, and no point reads another's (an update loop that
+        // writes its parameter directly).
+        let root: &[Ix] = match rank {
+            0 => &[],
+            1 => &[Ix::Inner],
+            _ => &[Ix::Outer, Ix::Inner],
+        };
+        let in_place = |b: BufId| {
+            self.reductions.is_empty()
+                && self.stores.iter().any(|(_, x)| *x == b)
+                && self.instrs.iter().all(|ins| match ins {
+                    Instr::Load { buf, index } if *buf == b => index.as_slice() == root,
+                    Instr::Random { stream, .. } => *stream != b,
+                    _ => true,
+                })
+        };
         for (i, b) in written.iter().enumerate() {
-            if read.contains(b) {
+            if read.contains(b) && !in_place(*b) {
                 return err(format!("b{b} is both read and written"));
             }
             if written[..i].contains(b) {

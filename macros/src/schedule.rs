@@ -671,8 +671,88 @@ pub fn schedule(f: &Function) -> Schedule {
     fuse_calls(&mut s);
     if !f.options.nan_guard {
         drop_dead_stores(&mut s);
+        update_loops_in_place(&mut s);
     }
     s
+}
+
+/// An update computed by a loop of its own (`b -= lr * g`, where no GEMM accumulates) writes
+/// its parameter directly instead of a buffer copied into the parameter afterwards, where
+/// that is safe: the loop stores only the new value, reads the parameter only at the element
+/// it writes, nothing else reads the new value, and no in-place kernel reads the parameter.
+/// It then runs first among the in-place kernels, after every kernel that reads old values
+/// (the in-place GEMMs read no parameter), and the copy is gone: a pass that wrote the new
+/// value and one that read it back, per step.
+fn update_loops_in_place(s: &mut Schedule) {
+    let mut i = 0;
+    while i < s.commits.len() {
+        let (p, b) = s.commits[i];
+        match in_place_loop(s, p, b) {
+            Some((k, pbuf)) => {
+                let mut kern = s.kernels.remove(k);
+                if let Kernel::Loop(l) = &mut kern {
+                    l.stores[0].1 = pbuf;
+                    for w in &mut l.written {
+                        if *w == b {
+                            *w = pbuf;
+                        }
+                    }
+                }
+                s.inplace_from -= 1;
+                s.kernels.insert(s.inplace_from, kern);
+                s.commits.remove(i);
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// The loop kernel that can update parameter `p` in place of committing buffer `b`, and the
+/// parameter's buffer (see [`update_loops_in_place`]).
+fn in_place_loop(s: &Schedule, p: u32, b: BufId) -> Option<(usize, BufId)> {
+    let pbuf = s.bufs.iter().position(|x| x.kind == BufKind::Param(p))?;
+    let rank = s.bufs[pbuf].ty.rank();
+    if rank == 0 || s.bufs[b].ty.shape != s.bufs[pbuf].ty.shape {
+        return None;
+    }
+    let viewed = |x: BufId| s.bufs.iter().any(|v| v.kind == BufKind::View(x));
+    if viewed(b) || viewed(pbuf) {
+        return None;
+    }
+    let writers: Vec<usize> = (0..s.inplace_from)
+        .filter(
+            |&k| matches!(&s.kernels[k], Kernel::Loop(l) if l.stores.iter().any(|(_, x)| *x == b)),
+        )
+        .collect();
+    let [k] = writers[..] else {
+        return None;
+    };
+    let Kernel::Loop(l) = &s.kernels[k] else {
+        return None;
+    };
+    if l.stores.len() != 1 || !l.reductions.is_empty() || l.dims != s.bufs[pbuf].ty.shape {
+        return None;
+    }
+    let root = root_index(rank);
+    let loads_ok = l.instrs.iter().all(|ins| match ins {
+        Instr::Load { buf, index } if *buf == pbuf => *index == root,
+        Instr::Load { buf, .. } => *buf != b,
+        _ => true,
+    });
+    // Kernels before the in-place section read the old value before the loop runs; one in
+    // the section (an update loop moved there before) would run after it.
+    let read_elsewhere = s.kernels.iter().enumerate().any(|(j, kk)| {
+        j != k
+            && reads(kk)
+                .iter()
+                .any(|&r| r == b || (r == pbuf && j >= s.inplace_from))
+    });
+    let output = s
+        .outputs
+        .iter()
+        .any(|o| matches!(o, OutSrc::Buf(x) if *x == b || *x == pbuf));
+    let committed_twice = s.commits.iter().filter(|(_, x)| *x == b).count() > 1;
+    (loads_ok && !read_elsewhere && !output && !committed_twice).then_some((k, pbuf))
 }
 
 /// The buffers a kernel reads (views as themselves).

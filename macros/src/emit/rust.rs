@@ -526,7 +526,22 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                     }
                 }
             }
-            Kernel::Loop(_) | Kernel::Call(_) => unreachable!("only GEMMs run in place"),
+            Kernel::Loop(l) => {
+                // An update loop writing its parameter (`schedule::update_loops_in_place`).
+                let Some(BufKind::Param(v)) = l.stores.first().map(|(_, b)| s.bufs[*b].kind) else {
+                    unreachable!("in-place loops store into their parameter")
+                };
+                let id = format_ident!("__p{}", v);
+                let field = Ident::new(&g.vars[v as usize].name, Span::call_site());
+                let code = emit_loop(g, s, l, dtype, s.inplace_from + i);
+                quote! {
+                    {
+                        let #id: &mut [#t] = self.#field.data_mut()?;
+                        #code
+                    }
+                }
+            }
+            Kernel::Call(_) => unreachable!("only GEMMs and update loops run in place"),
         })
         .collect();
 
@@ -1113,6 +1128,8 @@ fn emit_loop(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     for (_, b) in &l.stores {
         writes.push((*b, Part::Rows(inner_len.clone())));
     }
+    // An update loop that writes its parameter in place reads it through its store row.
+    reads.retain(|b| !l.stores.iter().any(|(_, x)| x == b));
     for r in &l.reductions {
         // Mirrors `loop_body`: with rank 2, axis 0 folds the rows, axis 1 each row.
         let part = match r.axis {
@@ -1406,6 +1423,18 @@ fn loop_body(g: &Graph, s: &Schedule, l: &LoopKernel, dt: DType, ki: usize) -> T
     for (vi, ins) in l.instrs.iter().enumerate() {
         let v = format_ident!("__v{}", vi);
         let e = match ins {
+            // A parameter its update loop writes in place: read at the element being written,
+            // through the store's row, before the store (`schedule::update_loops_in_place`).
+            Instr::Load { buf, .. } if l.stores.iter().any(|(_, x)| x == buf) => {
+                let k = l
+                    .stores
+                    .iter()
+                    .position(|(_, x)| x == buf)
+                    .expect("found above");
+                let row = format_ident!("__st{}", k);
+                pre[2].push(quote!(let #v: #t = #row[__j];));
+                continue;
+            }
             Instr::Load { buf, index } => {
                 let id = buf_ident(s, *buf);
                 let shape = &s.bufs[*buf].ty.shape;
