@@ -534,8 +534,25 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                 let id = format_ident!("__p{}", v);
                 let field = Ident::new(&g.vars[v as usize].name, Span::call_site());
                 let code = emit_loop(g, s, l, dtype, s.inplace_from + i);
+                // The other parameters it reads (another update's old value), borrowed alongside.
+                let mut others: Vec<u32> = Vec::new();
+                for ins in &l.instrs {
+                    if let Instr::Load { buf, .. } = ins {
+                        if let BufKind::Param(u) = s.bufs[*buf].kind {
+                            if u != v && !others.contains(&u) {
+                                others.push(u);
+                            }
+                        }
+                    }
+                }
+                let reads = others.iter().map(|u| {
+                    let id = format_ident!("__p{}", u);
+                    let field = Ident::new(&g.vars[*u as usize].name, Span::call_site());
+                    quote!(let #id: &[#t] = self.#field.data()?;)
+                });
                 quote! {
                     {
+                        #(#reads)*
                         let #id: &mut [#t] = self.#field.data_mut()?;
                         #code
                     }
