@@ -231,10 +231,6 @@ fn run(args: Args, comm: &mut Communicator) -> Result<(), Box<dyn std::error::Er
             m.b0.data_mut()?,
             m.w1.data_mut()?,
             m.b1.data_mut()?,
-        ] {
-            comm.broadcast(p, 0)?;
-        }
-        for p in [
             m.w2.data_mut()?,
             m.b2.data_mut()?,
             m.w3.data_mut()?,

@@ -650,11 +650,10 @@ impl MethodItem<'_> {
                 into,
             )
         };
-        let gpu = gpu_of(None);
-        let gpu_into = if self.flat {
-            gpu_of(Some(quote!(__into)))
+        let (gpu, gpu_into) = if self.flat {
+            (quote!(), gpu_of(Some(quote!(__into))))
         } else {
-            quote!()
+            (gpu_of(None), quote!())
         };
         let cache_fn = crate::emit::gpu::cache_fn(&cache);
         let method = rs::emit_fn(
@@ -838,20 +837,34 @@ fn emit_data_parallel(
             let __len: usize = #n_out_lit #(+ self.#grad_fields.shape().iter().product::<usize>())*;
             let __inv: #t = 1.0 / (comm.size() as #t);
             let __dev = self.device()?;
-            if comm.reduces_on(__dev) {
-                // On the GPU: the gradients go into a device buffer, are summed there, and
-                // the update part reads them there; only the scalar outputs come back.
+            if __dev.is_gpu() {
+                // On a GPU the gradient part writes into a device buffer. With NCCL (or alone)
+                // it is summed there and the update part reads it there, so only the scalar
+                // outputs come back; otherwise (MPI's buffers are host memory) it comes back
+                // whole, is summed on the host, and the update part uploads it.
                 let __fd = comm.take_device_flat(__dev, __len * ::core::mem::size_of::<#t>())?;
                 let __r = self
                     .#gname_dev(&__fd, comm.rank(), #(#pass),*)
                     .and_then(|()| {
-                        comm.all_reduce_sum_device(&__fd, __len, <#t as ::tensor_fn::dist::CommElem>::F64)
-                    })
-                    .and_then(|()| ::tensor_fn::dist::read_head::<#t, #n_out_lit>(&__fd))
-                    .and_then(|__head| {
-                        let mut #seg = #n_out_lit;
-                        #(#views_dev)*
-                        self.#aname(#(#scalar_args,)* #(#gvars,)* __inv).map(|()| __head)
+                        if comm.reduces_on(__dev) {
+                            comm.all_reduce_sum_device(&__fd, __len, <#t as ::tensor_fn::dist::CommElem>::F64)?;
+                            let __head = ::tensor_fn::dist::read_head::<#t, #n_out_lit>(&__fd)?;
+                            let mut #seg = #n_out_lit;
+                            #(#views_dev)*
+                            return self.#aname(#(#scalar_args,)* #(#gvars,)* __inv).map(|()| __head);
+                        }
+                        let mut __flat = comm.take_flat::<#t>(__len);
+                        ::tensor_fn::dist::read_into(&__fd, &mut __flat)?;
+                        let __flat = comm.all_reduce_sum_vec(__flat)?;
+                        let mut __head = [0.0 as #t; #n_out_lit];
+                        __head.copy_from_slice(&__flat[..#n_out_lit]);
+                        let __applied = (|| -> ::core::result::Result<(), ::tensor_fn::Error> {
+                            let mut #seg = #n_out_lit;
+                            #(#views)*
+                            self.#aname(#(#scalar_args,)* #(#gvars,)* __inv)
+                        })();
+                        comm.give_flat(__flat);
+                        __applied.map(|()| __head)
                     });
                 comm.give_device_flat(__fd);
                 let __head = __r?;

@@ -28,9 +28,9 @@ pub enum Shape<'a> {
     /// (`emit::gpu::call`); `fields` are all the model's parameters (they decide the device).
     /// With `flat`, the method writes its outputs one after the other into a caller's slice
     /// instead of returning them (a data-parallel method's gradients, summed in place across
-    /// ranks); it takes the slice and the process's rank before its arguments. A flat method
-    /// also gets `<name>_device`, for a model on a GPU: the outputs go into a device buffer,
-    /// by `gpu_into` (`emit::gpu::call` with a destination).
+    /// ranks); it takes the slice and the process's rank before its arguments. That is its CPU
+    /// form: a model on a GPU calls `<name>_device`, whose outputs go into a device buffer by
+    /// `gpu_into` (`emit::gpu::call` with a destination); `gpu` is then unused.
     Method {
         name: &'a Ident,
         vis: TokenStream,
@@ -724,29 +724,8 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
             let fname = &f.name;
             let field_strs: Vec<String> = fields.iter().map(|i| i.to_string()).collect();
             if flat {
-                // On a GPU the outputs come back to the host as usual and are copied into the
-                // slice; on the CPU the kernels write them there.
-                let outs: Vec<Ident> = (0..f.outputs.len())
-                    .map(|i| format_ident!("__go{}", i))
-                    .collect();
-                let copies = f.outputs.iter().enumerate().map(|(i, o)| {
-                    let (fo, go) = (&flat_ids[i], &outs[i]);
-                    if g.ty(*o).rank() == 0 {
-                        quote!(#fo[0] = #go as #t;)
-                    } else {
-                        quote! {
-                            #fo.copy_from_slice(#go.as_slice().ok_or_else(|| {
-                                ::tensor_fn::Error::Internal("a GPU output is not contiguous".into())
-                            })?);
-                        }
-                    }
-                });
-                let unpack = if outs.len() == 1 {
-                    quote!(let #(#outs)* = __vals;)
-                } else {
-                    quote!(let (#(#outs),*) = __vals;)
-                };
-                let flat_body_splits = &out_allocs[0];
+                // The kernels write the outputs into the slice on the CPU; a model on a GPU
+                // writes them into a device buffer through `<name>_device`.
                 let (name_dev, imp_dev) = (
                     format_ident!("{}_device", name),
                     format_ident!("{}_device", imp),
@@ -785,13 +764,9 @@ pub fn emit_fn(f: &Function, s: &Schedule, shape: Shape, docs: &[TokenStream]) -
                         let __dev = ::tensor_fn::gpu::model_device(#fname, &[#((#field_strs, self.#fields.device())),*])?;
                         #(#checks)*
                         if __dev.is_gpu() {
-                            let __mode = ::tensor_fn::gpu::Mode::Wait;
-                            let __lazy = (|| -> ::core::result::Result<::tensor_fn::gpu::Lazy<#ret>, ::tensor_fn::Error> { #gpu })()?;
-                            let __vals = __lazy.get()?;
-                            #flat_body_splits
-                            #unpack
-                            #(#copies)*
-                            return ::core::result::Result::Ok(());
+                            return ::core::result::Result::Err(::tensor_fn::Error::Internal(::std::format!(
+                                "`{}` on {}: a model on a GPU writes its outputs to the device", #fname, __dev
+                            )));
                         }
                         #body
                     }

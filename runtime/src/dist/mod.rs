@@ -32,8 +32,15 @@ use crate::{Arg, Device, Error};
 /// The default collective timeout, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 60.0;
 
+mod sealed {
+    /// Only `f32` and `f64`: `read_into` treats their memory as plain bytes.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
 /// An element type the communicator averages: `f32` or `f64`.
-pub trait CommElem: Copy + Send + 'static {
+pub trait CommElem: sealed::Sealed + Copy + Send + 'static {
     /// `true` for `f64`.
     const F64: bool;
     /// `self / n` for the mean of `n` ranks.
@@ -555,23 +562,23 @@ pub fn device_segment<'a, T: CommElem, D: ndarray::Dimension>(
     })
 }
 
-/// The first `N` elements of `buf` (a data-parallel step's scalar outputs, summed), read back
-/// after the work queued before.
+/// `out.len()` elements from the start of `buf`, read back after the work queued before (a
+/// data-parallel step's gradients, which an engine without device buffers sums on the host).
+#[doc(hidden)]
+pub fn read_into<T: CommElem>(buf: &GpuBuf, out: &mut [T]) -> Result<(), Error> {
+    // SAFETY: `T` is `f32` or `f64` (the trait is sealed): plain bytes, every bit pattern a
+    // valid value, and a `u8` view needs no alignment.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(out))
+    };
+    buf.download(0, bytes)
+}
+
+/// The first `N` elements of `buf` (a data-parallel step's scalar outputs, summed).
 #[doc(hidden)]
 pub fn read_head<T: CommElem, const N: usize>(buf: &GpuBuf) -> Result<[T; N], Error> {
-    let size = std::mem::size_of::<T>();
-    let mut bytes = vec![0u8; N * size];
-    buf.download(0, &mut bytes)?;
     let mut out = [T::from_f64(0.0); N];
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(size)) {
-        *o = if T::F64 {
-            T::from_f64(f64::from_le_bytes(b.try_into().expect("8 bytes")))
-        } else {
-            T::from_f64(f64::from(f32::from_le_bytes(
-                b.try_into().expect("4 bytes"),
-            )))
-        };
-    }
+    read_into(buf, &mut out)?;
     Ok(out)
 }
 
